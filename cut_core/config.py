@@ -1,0 +1,340 @@
+"""The typed config tree of raycut, with the paper's presets.
+
+Field names follow the official CUT options (``--crop_size``, ``--lambda_NCE``,
+``--nce_layers`` ...) so that ``--set crop_size=512`` means what a CUT user
+expects. Every section is a frozen dataclass that validates itself; the whole
+tree is converted to a dict only at the edges (JSON, YAML, Ray, MLflow).
+
+Presets (official values, models/cut_model.py and models/sincut_model.py of the
+reference implementation):
+
+==========  =======  ==========  =======  =====  ===================
+preset      nce_idt  lambda_NCE  flip eq  epochs  notes
+==========  =======  ==========  =======  =====  ===================
+cut         on       1           off      200+200
+fastcut     off      10          on       150+50
+sincut      on       4           off      8+8    R1, identity L1, all-batch negatives
+==========  =======  ==========  =======  =====  ===================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, Mapping
+
+from cut_core.errors import ConfigError
+
+Preset = Literal["cut", "fastcut", "sincut"]
+GanMode = Literal["lsgan", "nonsaturating", "vanilla"]
+Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none"]
+Precision = Literal["fp32", "bf16"]
+
+FORMAT_VERSION = 1
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_choice(name: str, value: Any, literal: Any) -> None:
+    choices = typing.get_args(literal)
+    _check(value in choices, f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Generator G, discriminator D and patch MLP F (the official ``resnet_9blocks``,
+    ``basic`` PatchGAN and ``mlp_sample``)."""
+
+    input_nc: int = 3
+    output_nc: int = 3
+    ngf: int = 64  # channels of G's first conv; 64 gives 11,378,179 parameters
+    ndf: int = 64
+    n_blocks: int = 9  # residual blocks at 1/4 resolution
+    n_layers_D: int = 3  # PatchGAN depth: 70x70 receptive field
+    netF_nc: int = 256  # width of the MLP heads H_l
+    init_gain: float = 0.02  # xavier_normal gain, as the official --init_type xavier
+
+    def __post_init__(self) -> None:
+        for name in ("input_nc", "output_nc", "ngf", "ndf", "n_blocks", "n_layers_D", "netF_nc"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be an integer >= 1")
+        _check(self.init_gain > 0, f"init_gain={self.init_gain} must be > 0")
+
+    @property
+    def n_generator_layers(self) -> int:
+        """Length of G's ``model`` Sequential: 4 stem + 2*4 down + blocks + 2*4 up + 3 head."""
+        return self.n_blocks + 23
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Objective: GAN + PatchNCE (+ identity/R1 for SinCUT)."""
+
+    gan_mode: GanMode = "lsgan"
+    lambda_GAN: float = 1.0
+    lambda_NCE: float = 1.0
+    nce_idt: bool = True  # CUT: NCE on G(real_B) vs real_B as well, the two terms averaged
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)  # indices into G.model
+    num_patches: int = 256  # per layer and image
+    nce_T: float = 0.07  # tau
+    nce_includes_all_negatives_from_minibatch: bool = False  # SinCUT: negatives from every image
+    flip_equivariance: bool = False  # FastCUT
+    lambda_identity: float = 0.0  # SinCUT: L1(G(real_B), real_B)
+    lambda_R1: float = 0.0  # SinCUT: R1 gradient penalty on D(real_B)
+
+    def __post_init__(self) -> None:
+        _check_choice("gan_mode", self.gan_mode, GanMode)
+        _check(len(self.nce_layers) > 0, "nce_layers is empty; give at least one layer id, e.g. 0,4,8,12,16")
+        _check(
+            list(self.nce_layers) == sorted(set(self.nce_layers)),
+            f"nce_layers={','.join(map(str, self.nce_layers))} must be strictly increasing",
+        )
+        _check(self.nce_layers[0] >= 0, f"nce_layers has a negative id {self.nce_layers[0]}")
+        _check(self.num_patches >= 1, f"num_patches={self.num_patches} must be >= 1")
+        _check(self.nce_T > 0, f"nce_T={self.nce_T} must be > 0 (it divides the logits)")
+        for name in ("lambda_GAN", "lambda_NCE", "lambda_identity", "lambda_R1"):
+            _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for G, D and F, with the official 'linear' policy: constant for
+    ``n_epochs``, then linear decay to zero over ``n_epochs_decay``."""
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_epochs: int = 200
+    n_epochs_decay: int = 200
+    batch_size: int = 1  # per worker
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"lr={self.lr} must be > 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must lie in [0, 1)")
+        _check(self.n_epochs >= 0 and self.n_epochs_decay >= 0, "n_epochs and n_epochs_decay must be >= 0")
+        _check(self.n_epochs + self.n_epochs_decay >= 1, "n_epochs + n_epochs_decay must be >= 1")
+        _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing, as the official ``--preprocess/--load_size/--crop_size``."""
+
+    preprocess: Preprocess = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    no_flip: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("preprocess", self.preprocess, Preprocess)
+        _check(self.crop_size >= 4, f"crop_size={self.crop_size} must be >= 4")
+        _check(self.crop_size % 4 == 0, f"crop_size={self.crop_size} must be a multiple of 4 (G downsamples twice)")
+        if self.preprocess in ("resize_and_crop", "scale_width_and_crop"):
+            _check(
+                self.load_size >= self.crop_size,
+                f"load_size={self.load_size} is smaller than crop_size={self.crop_size}; raise load_size",
+            )
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    """Fast paths. fp32 eager is the reference the tests compare against."""
+
+    precision: Precision = "fp32"  # bf16: autocast; NCE logits, softmax and losses stay fp32
+    channels_last: bool = False
+    compile: bool = False  # torch.compile of G, D and F (pays a compile time up front)
+
+    def __post_init__(self) -> None:
+        _check_choice("precision", self.precision, Precision)
+
+
+@dataclass(frozen=True)
+class CUTConfig:
+    """The whole resolved configuration of one run."""
+
+    preset: Preset = "cut"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("preset", self.preset, Preset)
+        last = self.model.n_generator_layers - 1
+        bad = [i for i in self.loss.nce_layers if i > last]
+        _check(
+            not bad,
+            f"nce_layers id {bad[0] if bad else ''} is out of range: G with n_blocks={self.model.n_blocks} "
+            f"has layers 0..{last}",
+        )
+
+    # ---- presets -------------------------------------------------------------------
+    @classmethod
+    def cut(cls) -> CUTConfig:
+        return cls(preset="cut")
+
+    @classmethod
+    def fastcut(cls) -> CUTConfig:
+        return cls(
+            preset="fastcut",
+            loss=LossConfig(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True),
+            optim=OptimConfig(n_epochs=150, n_epochs_decay=50),
+        )
+
+    @classmethod
+    def sincut(cls) -> CUTConfig:
+        # The official SinCUT pairs these losses with a StyleGAN2 G/D; raycut keeps the
+        # ResNet G here, so the layer ids are the ResNet ones of CUT.
+        return cls(
+            preset="sincut",
+            loss=LossConfig(
+                gan_mode="nonsaturating",
+                lambda_NCE=4.0,
+                nce_includes_all_negatives_from_minibatch=True,
+                lambda_identity=1.0,
+                lambda_R1=1.0,
+            ),
+            optim=OptimConfig(lr=2e-3, beta1=0.0, beta2=0.99, n_epochs=8, n_epochs_decay=8, batch_size=16),
+            data=DataConfig(preprocess="crop", load_size=1024, crop_size=64),
+        )
+
+    @classmethod
+    def from_preset(cls, name: str) -> CUTConfig:
+        makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut}
+        if name not in makers:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(makers)}")
+        return makers[name]()
+
+    # ---- dict boundary -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CUTConfig:
+        """Inverse of :meth:`to_dict`. Unknown keys are errors, missing keys take defaults."""
+        return _build(cls, data, path="")
+
+    def flat(self) -> dict[str, Any]:
+        """``{"crop_size": 256, "lambda_NCE": 1.0, ...}``: for MLflow params and Tune."""
+        out: dict[str, Any] = {"preset": self.preset, "seed": self.seed}
+        for section in _SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> CUTConfig:
+        """Apply ``{"crop_size": "512", "loss.nce_T": 0.05}``: flat official names or
+        dotted paths; strings are parsed to the field's type."""
+        # Group by section first so that related values (load_size with crop_size)
+        # are validated together, not one at a time.
+        top: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, raw in overrides.items():
+            section, name = _locate(key)
+            if section is None:
+                top[name] = _coerce(key, raw, _field_type(CUTConfig, name))
+            else:
+                tp = _field_type(_section_type(section), name)
+                grouped.setdefault(section, {})[name] = _coerce(key, raw, tp)
+        for section, values in grouped.items():
+            top[section] = replace(getattr(self, section), **values)
+        return replace(self, **top)
+
+_SECTIONS = ("model", "loss", "optim", "data", "perf")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["crop_size=512", "nce_layers=0,4,8"]`` -> dict; one clear error per bad item."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value (for example --set crop_size=512)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _locate(key: str) -> tuple[str | None, str]:
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS or name not in {f.name for f in fields(_section_type(section))}:
+            raise ConfigError(f"unknown config key {key!r}")
+        return section, name
+    if key in ("preset", "seed"):
+        return None, key
+    for section in _SECTIONS:
+        if key in {f.name for f in fields(_section_type(section))}:
+            return section, key
+    raise ConfigError(f"unknown config key {key!r}; see `raycut train --help` or cut_core/config.py for the names")
+
+
+def _section_type(section: str) -> type:
+    return _field_type(CUTConfig, section)
+
+
+def _coerce(key: str, raw: Any, tp: Any) -> Any:
+    """Parse ``raw`` (often a string from the command line or YAML) into type ``tp``."""
+    origin = typing.get_origin(tp)
+    try:
+        if origin is Literal:
+            value = str(raw)
+            if value not in typing.get_args(tp):
+                raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}")
+            return value
+        if origin is tuple:
+            if isinstance(raw, str):
+                parts = [p for p in raw.replace(" ", "").split(",") if p]
+            else:
+                parts = list(raw)
+            return tuple(int(p) for p in parts)
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}={raw!r} is not a boolean (use true or false)")
+        if tp is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return str(raw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={raw!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section {path or 'root'!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {(path + '.' if path else '') + unknown[0]!r}")
+    kwargs = {}
+    for name, raw in data.items():
+        tp = hints[name]
+        key = f"{path}.{name}" if path else name
+        kwargs[name] = _build(tp, raw, key) if dataclasses.is_dataclass(tp) else _coerce(key, raw, tp)
+    return cls(**kwargs)

@@ -1,0 +1,262 @@
+"""The CUT training step as explicit phases over a small state object.
+
+One iteration (Park et al. 2020, Sec. 3; the official ``optimize_parameters``):
+
+1. ``generator_pass``: G translates real_A (and real_B for the identity branch) in
+   one batch; the same pass yields the PatchNCE keys, so the source images are not
+   encoded a second time (the keys are detached in the loss anyway).
+2. ``d_step``: D learns real_B against the detached fake_B (+ R1 for SinCUT).
+3. ``g_step``: G and F learn: GAN loss through the updated D, plus PatchNCE between
+   the encodings of fake_B (queries) and real_A (keys), at the same patch ids.
+
+Every phase returns a dict of detached scalar tensors. Randomness (patch ids, the
+flip of FastCUT) comes from ``state.rng``, a ``torch.Generator`` the caller seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cut_core import losses
+from cut_core.config import CUTConfig, OptimConfig
+from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
+from cut_core.networks import (
+    PatchGANDiscriminator,
+    PatchSampleMLP,
+    ResnetGenerator,
+    build_discriminator,
+    build_generator,
+    build_patch_mlp,
+)
+
+
+@dataclass
+class TrainState:
+    """Networks, optimizers and counters of one training run (one worker)."""
+
+    config: CUTConfig
+    G: ResnetGenerator
+    D: PatchGANDiscriminator
+    F: PatchSampleMLP
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    opt_F: torch.optim.Optimizer
+    rng: torch.Generator  # CPU generator: patch ids and flips
+    device: torch.device
+    step: int = 0
+    epoch: int = 0
+    # The callables the phases run: the modules' methods, or their torch.compile'd
+    # versions. Kept apart from the modules so state dicts keep their plain keys.
+    run: dict[str, Callable] = field(default_factory=dict)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D, "F": self.F}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D, "F": self.opt_F}
+
+
+def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0) -> TrainState:
+    """Fresh G, D, F and Adam optimizers. Weights depend on ``cfg.seed`` only (so all
+    data-parallel ranks start equal); the patch/flip RNG is seeded with seed + rank."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        G = build_generator(cfg.model)
+        D = build_discriminator(cfg.model)
+        Fm = build_patch_mlp(cfg.model, G, cfg.loss.nce_layers)
+    for m in (G, D, Fm):
+        prepare_module(cfg.perf, m.to(device))
+    o = cfg.optim
+    betas = (o.beta1, o.beta2)
+    state = TrainState(
+        config=cfg,
+        G=G,
+        D=D,
+        F=Fm,
+        opt_G=torch.optim.Adam(G.parameters(), lr=o.lr, betas=betas),
+        opt_D=torch.optim.Adam(D.parameters(), lr=o.lr, betas=betas),
+        opt_F=torch.optim.Adam(Fm.parameters(), lr=o.lr, betas=betas),
+        rng=torch.Generator().manual_seed(cfg.seed + rank),
+        device=device,
+    )
+    state.run = {
+        "G_forward_and_encode": maybe_compile(cfg.perf, G.forward_and_encode),
+        "G_encode": maybe_compile(cfg.perf, G.encode),
+        "D": maybe_compile(cfg.perf, D),
+        "F": maybe_compile(cfg.perf, Fm),
+    }
+    return state
+
+
+# ---- learning rate ----------------------------------------------------------------
+
+
+def lr_factor(optim: OptimConfig, epoch: int) -> float:
+    """Official 'linear' policy at 0-based ``epoch``: 1 for ``n_epochs`` epochs, then
+    down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1))."""
+    return 1.0 - max(0, epoch + 1 - optim.n_epochs) / float(optim.n_epochs_decay + 1)
+
+
+def set_epoch(state: TrainState, epoch: int) -> float:
+    """Enter ``epoch``: set every optimizer's LR from the schedule; returns the LR.
+
+    The LR is derived from the epoch rather than kept in a scheduler object, so a
+    resumed run only needs the epoch number to be exact."""
+    state.epoch = epoch
+    lr = state.config.optim.lr * lr_factor(state.config.optim, epoch)
+    for opt in state.optimizers().values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return lr
+
+
+# ---- phases -----------------------------------------------------------------------
+
+
+@dataclass
+class GeneratorPass:
+    """Output of phase 1. B = batch size of real_A."""
+
+    fake_B: torch.Tensor  # (B, 3, H, W), attached to G's graph
+    idt_B: torch.Tensor | None  # (B, 3, H, W) G(real_B), when the identity branch is on
+    keys: list[torch.Tensor]  # per NCE layer (B or 2B, C_l, H_l, W_l), detached
+    flipped: bool  # FastCUT: this iteration ran G on horizontally flipped inputs
+
+
+def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> GeneratorPass:
+    """Phase 1: G on real_A (+ real_B), (B, 3, H, W) each in [-1, 1]."""
+    cfg = state.config
+    layers = cfg.loss.nce_layers
+    with_idt = cfg.loss.nce_idt or cfg.loss.lambda_identity > 0
+    src = torch.cat([real_A, real_B]) if with_idt else real_A
+    flipped = cfg.loss.flip_equivariance and bool(torch.rand((), generator=state.rng) < 0.5)
+    x = torch.flip(src, dims=[3]) if flipped else src
+    with autocast(cfg.perf, state.device):
+        fake, feats = state.run["G_forward_and_encode"](x, layers)
+        if flipped:
+            # Flip equivariance: keys come from the unflipped source, queries from
+            # G(flip(x)) flipped back, so G must commute with the flip.
+            with torch.no_grad():
+                keys = state.run["G_encode"](src, layers)
+        else:
+            keys = [f.detach() for f in feats]
+    b = real_A.shape[0]
+    return GeneratorPass(fake_B=fake[:b], idt_B=fake[b:] if with_idt else None, keys=keys, flipped=flipped)
+
+
+def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Phase 2: one Adam step of D on real_B vs the detached fake_B."""
+    cfg = state.config
+    r1_on = cfg.loss.lambda_R1 > 0
+    real = real_B.detach().requires_grad_(r1_on)
+    state.opt_D.zero_grad(set_to_none=True)
+    with autocast(cfg.perf, state.device):
+        pred_fake = state.run["D"](fake_B.detach())
+        pred_real = state.run["D"](real)
+    loss_D_real = losses.gan_loss(cfg.loss.gan_mode, pred_real, target_is_real=True).mean()
+    loss_D_fake = losses.gan_loss(cfg.loss.gan_mode, pred_fake, target_is_real=False).mean()
+    loss_D = 0.5 * (loss_D_real + loss_D_fake)
+    out = {"D_real": loss_D_real.detach(), "D_fake": loss_D_fake.detach()}
+    if r1_on:
+        loss_R1 = losses.r1_penalty(pred_real, real).mean() * (0.5 * cfg.loss.lambda_R1)
+        loss_D = loss_D + loss_R1
+        out["D_R1"] = loss_R1.detach()
+    loss_D.backward()
+    state.opt_D.step()
+    out["D"] = loss_D.detach()
+    return out
+
+
+def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Phase 3: one Adam step of G and F: lambda_GAN * GAN + PatchNCE (+ identity L1)."""
+    cfg = state.config
+    L = cfg.loss
+    for p in state.D.parameters():
+        p.requires_grad_(False)  # D only passes gradients through to G here
+    state.opt_G.zero_grad(set_to_none=True)
+    state.opt_F.zero_grad(set_to_none=True)
+    out: dict[str, torch.Tensor] = {}
+    b = real_A.shape[0]
+    with autocast(cfg.perf, state.device):
+        loss_G_GAN = losses.gan_loss(L.gan_mode, state.run["D"](fwd.fake_B), target_is_real=True).mean() * L.lambda_GAN
+        loss_G = loss_G_GAN
+        out["G_GAN"] = loss_G_GAN.detach()
+        if L.lambda_NCE > 0:
+            targets = torch.cat([fwd.fake_B, fwd.idt_B]) if L.nce_idt else fwd.fake_B
+            keys = fwd.keys if L.nce_idt else [k[:b] for k in fwd.keys]
+            nce = _patch_nce_per_image(state, targets, keys, fwd.flipped)
+            out["NCE"] = nce[:b].mean().detach()
+            if L.nce_idt:
+                # CUT: the identity NCE(G(real_B), real_B) averaged with NCE(G(real_A), real_A).
+                out["NCE_Y"] = nce[b:].mean().detach()
+                loss_G = loss_G + 0.5 * (nce[:b].mean() + nce[b:].mean())
+            else:
+                loss_G = loss_G + nce.mean()
+        if L.lambda_identity > 0:
+            assert fwd.idt_B is not None
+            loss_idt = F.l1_loss(fwd.idt_B.float(), real_B.float()) * L.lambda_identity
+            loss_G = loss_G + loss_idt
+            out["idt"] = loss_idt.detach()
+    loss_G.backward()
+    state.opt_G.step()
+    state.opt_F.step()
+    for p in state.D.parameters():
+        p.requires_grad_(True)
+    out["G"] = loss_G.detach()
+    return out
+
+
+def _patch_nce_per_image(
+    state: TrainState, targets: torch.Tensor, keys: list[torch.Tensor], flipped: bool
+) -> torch.Tensor:
+    """lambda_NCE * PatchNCE averaged over layers, per target image: (N,).
+
+    targets: (N, 3, H, W) translations; keys: per layer (N, C_l, H_l, W_l) encodings
+    of their sources. With batch negatives, the A->B half and the B->B identity half
+    are separate groups (as the official code calls the loss once for each).
+    """
+    L = state.config.loss
+    feat_q = state.run["G_encode"](targets, L.nce_layers)
+    if flipped:
+        feat_q = [torch.flip(f, dims=[3]) for f in feat_q]
+    ids = PatchSampleMLP.sample_ids(keys, L.num_patches, state.rng)
+    with torch.no_grad():
+        k_proj = state.run["F"](keys, ids)
+    q_proj = state.run["F"](feat_q, ids)
+    n = targets.shape[0]
+    halves = 2 if (L.nce_idt and L.nce_includes_all_negatives_from_minibatch) else 1
+    total = torch.zeros(n, device=targets.device)
+    for q, k in zip(q_proj, k_proj, strict=True):
+        parts = [
+            losses.patch_nce(qh, kh, tau=L.nce_T, negatives_from_batch=L.nce_includes_all_negatives_from_minibatch)
+            for qh, kh in zip(q.chunk(halves), k.chunk(halves))
+        ]
+        total = total + torch.cat(parts).mean(dim=1)  # (N,)
+    return total * (L.lambda_NCE / len(q_proj))
+
+
+def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One CUT iteration. real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
+    Returns detached scalar losses: D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt, D_R1)."""
+    _check_batch(real_A, real_B)
+    perf = state.config.perf
+    real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)
+    fwd = generator_pass(state, real_A, real_B)
+    out = d_step(state, fwd.fake_B, real_B)
+    out.update(g_step(state, fwd, real_A, real_B))
+    state.step += 1
+    return out
+
+
+def _check_batch(real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+    for name, x in (("real_A", real_A), ("real_B", real_B)):
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"{name} must be a float (B, 3, H, W) batch in [-1, 1], got {x.dtype} {tuple(x.shape)}")
+    if real_A.shape != real_B.shape:
+        raise ValueError(f"real_A {tuple(real_A.shape)} and real_B {tuple(real_B.shape)} must have the same shape")

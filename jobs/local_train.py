@@ -1,0 +1,64 @@
+"""Single-process CUT training on in-memory images: the quickstart and the tests.
+(Multi-worker training on Ray Train builds on the same cut_core step.)"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
+from jobs.progress import Progress
+from pipelines.augment import to_model_input, to_uint8_images
+from pipelines.local_images import unpaired_batches
+
+
+def train_in_process(
+    cfg: CUTConfig,
+    images_a: list[np.ndarray],
+    images_b: list[np.ndarray],
+    *,
+    steps: int,
+    device: str = "cpu",
+    log_every: int = 10,
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Run ``steps`` CUT iterations; returns the state and a loss history
+    (one dict with 'step' and every loss, each ``log_every`` steps)."""
+    state = build_train_state(cfg, device=device)
+    rng = np.random.default_rng(cfg.seed)
+    batches = unpaired_batches(images_a, images_b, cfg.data, cfg.optim.batch_size, rng)
+    steps_per_epoch = max(1, max(len(images_a), len(images_b)) // cfg.optim.batch_size)
+    bar = Progress("train", steps, every=log_every) if progress else None
+    history: list[dict[str, float]] = []
+    acc: dict[str, float] = {}
+    for step in range(steps):
+        if step % steps_per_epoch == 0:
+            set_epoch(state, step // steps_per_epoch)
+        a, b = next(batches)
+        out = train_step(state, to_model_input(a).to(device), to_model_input(b).to(device))
+        for k, v in out.items():
+            acc[k] = acc.get(k, 0.0) + float(v)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            n = (step % log_every) + 1
+            row = {"step": step + 1, **{k: v / n for k, v in acc.items()}}
+            history.append(row)
+            acc = {}
+            if on_log:
+                on_log(step + 1, row)
+        if bar:
+            bar.update(values={k: float(out[k]) for k in ("G", "NCE", "D") if k in out})
+    return state, history
+
+
+@torch.no_grad()
+def translate_array(state_or_G, images: np.ndarray, *, batch_size: int = 8, device: str = "cpu") -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 through G (eval mode, fp32)."""
+    G = state_or_G.G if isinstance(state_or_G, TrainState) else state_or_G
+    was_training = G.training
+    G.eval()
+    out = [to_uint8_images(G(to_model_input(images[i : i + batch_size]).to(device))) for i in range(0, len(images), batch_size)]
+    G.train(was_training)
+    return np.concatenate(out)
