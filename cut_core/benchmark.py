@@ -1,0 +1,340 @@
+"""Timing of cut_core on any machine with torch (CPU or GPU): the training step per
+fast path, an in-run baseline with the official implementation's schedule of
+work, and full-resolution translation.
+
+Runs without Ray or MLflow, so the same numbers come from a bare GPU box:
+
+    python -m cut_core.benchmark --device cuda --crops 256 512 --translate 2048x1024 --out gpu.json
+
+``raycut bench train`` calls the same functions. Output rows follow the project's
+benchmark record: ``{"name", "metric", "value", "unit"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cut_core import losses
+from cut_core.config import CUTConfig
+from cut_core.fast_paths import autocast
+from cut_core.networks import build_generator
+from cut_core.training import TrainState, build_train_state, train_step
+
+# variant name -> PerfConfig overrides
+TRAIN_VARIANTS: dict[str, dict[str, object]] = {
+    "fp32-eager": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"precision": "bf16"},
+    "bf16-channels_last": {"precision": "bf16", "channels_last": True},
+    "bf16-compile": {"precision": "bf16", "compile": True},
+    "fp32-compile": {"compile": True},
+}
+DEFAULT_VARIANTS = ("fp32-eager", "channels_last", "bf16", "bf16-channels_last")
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    times_ms: tuple[float, ...]
+    peak_mem_mb: float
+
+
+def machine_info(device: str) -> dict[str, object]:
+    info: dict[str, object] = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> float:
+    """Start a peak-memory window; returns the current baseline in MB."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:  # Linux: writing 5 to clear_refs resets the resident-set high-water mark.
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _rss_mb("VmRSS")
+
+
+def _peak(device: str, baseline: float) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20 - baseline
+    return _rss_mb("VmHWM") - baseline
+
+
+def _rss_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def time_calls(fn: Callable[[], object], *, device: str, warmup: int, iters: int) -> Timing:
+    """Median wall time of ``fn`` after ``warmup`` untimed calls, and its peak memory
+    above what was allocated before the timed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    base = _reset_peak(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return Timing(statistics.median(times), tuple(times), _peak(device, base))
+
+
+def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
+    """The reference implementation's work per iteration, in fp32 eager, on raycut's
+    networks: a baseline for the benchmark, not for training.
+
+    Differences from ``train_step`` that cost time: the keys are re-encoded with a
+    graph (once per NCE call), each NCE call encodes separately, and F runs on the
+    keys with gradients.
+    """
+    cfg, L = state.config, state.config.loss
+    G, D, Fm = state.G, state.D, state.F
+    b = real_A.shape[0]
+    real = torch.cat([real_A, real_B]) if L.nce_idt else real_A
+    flipped = L.flip_equivariance and bool(torch.rand((), generator=state.rng) < 0.5)
+    if flipped:
+        real = torch.flip(real, [3])
+    fake = G(real)
+    fake_B, idt_B = fake[:b], fake[b:]
+    state.opt_D.zero_grad()
+    loss_D = 0.5 * (
+        losses.gan_loss(L.gan_mode, D(fake_B.detach()), target_is_real=False).mean()
+        + losses.gan_loss(L.gan_mode, D(real_B), target_is_real=True).mean()
+    )
+    loss_D.backward()
+    state.opt_D.step()
+    for p in D.parameters():
+        p.requires_grad_(False)
+    state.opt_G.zero_grad()
+    state.opt_F.zero_grad()
+
+    def nce(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        feat_q = G.encode(tgt, L.nce_layers)
+        if flipped:
+            feat_q = [torch.flip(f, [3]) for f in feat_q]
+        feat_k = G.encode(src, L.nce_layers)
+        # One draw per layer, shared by every image of the batch, as the reference.
+        shared = [
+            torch.randperm(f.shape[2] * f.shape[3], generator=state.rng)[: L.num_patches].to(f.device).expand(f.shape[0], -1)
+            for f in feat_k
+        ]
+        k, q = Fm(feat_k, shared), Fm(feat_q, shared)
+        per_layer = [losses.patch_nce(qi, ki, tau=L.nce_T, negatives_from_batch=False).mean() for qi, ki in zip(q, k)]
+        return sum(per_layer) * L.lambda_NCE / len(per_layer)
+
+    loss_G = losses.gan_loss(L.gan_mode, D(fake_B), target_is_real=True).mean() * L.lambda_GAN
+    loss_nce = nce(real_A, fake_B)
+    loss_G = loss_G + (0.5 * (loss_nce + nce(real_B, idt_B)) if L.nce_idt else loss_nce)
+    loss_G.backward()
+    state.opt_G.step()
+    state.opt_F.step()
+    for p in D.parameters():
+        p.requires_grad_(True)
+    del cfg
+
+
+def bench_train(
+    presets: tuple[str, ...] = ("cut", "fastcut"),
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    *,
+    crop: int = 256,
+    batch_size: int = 1,
+    device: str = "cpu",
+    warmup: int = 1,
+    iters: int = 3,
+    baseline: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, object]]:
+    """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) with
+    ms_per_iter and peak_mem_mb, all at one crop size, measured back to back."""
+    rows: list[dict[str, object]] = []
+    suffix = "" if crop == 256 else f"@{crop}"
+    for preset in presets:
+        runs: list[tuple[str, str, dict[str, object]]] = []
+        if baseline:
+            runs.append((f"baseline/{preset}-official-schedule{suffix}", "official", {}))
+        runs += [(f"{preset}/{v}{suffix}", "raycut", TRAIN_VARIANTS[v]) for v in variants]
+        for name, kind, perf in runs:
+            cfg = CUTConfig.from_preset(preset).with_overrides(
+                {"crop_size": crop, "load_size": max(crop, 286), "batch_size": batch_size, **perf}
+            )
+            state = build_train_state(cfg, device=device)
+            g = torch.Generator().manual_seed(0)
+            a = (torch.rand(batch_size, 3, crop, crop, generator=g) * 2 - 1).to(device)
+            bb = (torch.rand(batch_size, 3, crop, crop, generator=g) * 2 - 1).to(device)
+            step = (lambda: official_schedule_step(state, a, bb)) if kind == "official" else (lambda: train_step(state, a, bb))
+            log(f"  timing {name} ...")
+            t = time_calls(step, device=device, warmup=warmup + (1 if cfg.perf.compile else 0), iters=iters)
+            rows.append({"name": name, "metric": "ms_per_iter", "value": round(t.median_ms, 1), "unit": "ms",
+                         "times_ms": [round(x, 1) for x in t.times_ms]})
+            rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
+            log(f"    {t.median_ms:9.1f} ms/iter   peak {t.peak_mem_mb:8.1f} MB")
+            del state
+    return rows
+
+
+def bench_translate(
+    size: tuple[int, int] = (1024, 2048),
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+    *,
+    device: str = "cpu",
+    warmup: int = 1,
+    iters: int = 3,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, object]]:
+    """Full-resolution translation with an ngf-64 G: rows ``translate/<precision>@HxW``
+    in images_per_s, batch 1, no grad."""
+    h, w = size
+    cfg = CUTConfig.cut()
+    G = build_generator(cfg.model).to(device).eval()
+    x = (torch.rand(1, 3, h, w) * 2 - 1).to(device)
+    rows: list[dict[str, object]] = []
+    for prec in precisions:
+        perf = cfg.with_overrides({"precision": prec}).perf
+
+        def run() -> None:
+            with torch.no_grad(), autocast(perf, device):
+                G(x)
+
+        name = f"translate/{prec}@{h}x{w}"
+        log(f"  timing {name} ...")
+        t = time_calls(run, device=device, warmup=warmup, iters=iters)
+        rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s"})
+        rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
+        log(f"    {t.median_ms:9.1f} ms/image   peak {t.peak_mem_mb:8.1f} MB")
+    return rows
+
+
+def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
+    """Fail fast on a machine where cut_core computes wrong: every preset trains a
+    few tiny steps to finite losses, and bf16 G output stays close to fp32."""
+    for preset in ("cut", "fastcut", "sincut"):
+        cfg = CUTConfig.from_preset(preset).with_overrides(
+            {"ngf": 8, "ndf": 8, "netF_nc": 16, "crop_size": 32, "load_size": 32, "batch_size": 2}
+        )
+        for prec in ("fp32", "bf16"):
+            state = build_train_state(cfg.with_overrides({"precision": prec}), device=device)
+            x = torch.rand(2, 3, 32, 32, device=device) * 2 - 1
+            out = [train_step(state, x, x.flip(0)) for _ in range(3)][-1]
+            bad = [k for k, v in out.items() if not torch.isfinite(v)]
+            if bad:
+                raise RuntimeError(f"{preset}/{prec}: non-finite losses {bad} on {device}")
+    G = build_generator(CUTConfig.cut().model).to(device).eval()
+    x = torch.rand(1, 3, 256, 256, device=device) * 2 - 1
+    with torch.no_grad():
+        ref = G(x)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            low = G(x).float()
+    err = (ref - low).abs().max().item()
+    log(f"  check: all presets train to finite losses; max |G_bf16 - G_fp32| = {err:.4f} on {device}")
+    if err > 0.1:
+        raise RuntimeError(f"bf16 output differs from fp32 by {err:.3f} on {device}")
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    """One line per row name: ms/iter or images/s, peak memory, and the speed-up over
+    the first fp32 row of the same preset (or the in-run baseline)."""
+    by_name: dict[str, dict[str, object]] = {}
+    for r in rows:
+        by_name.setdefault(str(r["name"]), {})[str(r["metric"])] = r["value"]
+    lines = [f"{'name':44s} {'speed':>14s} {'peak MB':>9s} {'vs baseline':>11s}"]
+    for name, m in by_name.items():
+        if "ms_per_iter" in m:
+            speed = f"{m['ms_per_iter']:.0f} ms/iter"
+            preset = name.split("/")[1].split("-official")[0] if name.startswith("baseline") else name.split("/")[0]
+            suffix = name[name.index("@"):] if "@" in name else ""
+            base = by_name.get(f"baseline/{preset}-official-schedule{suffix}", {}).get("ms_per_iter")
+            ratio = f"{float(base) / float(m['ms_per_iter']):.2f}x" if base else ""
+        else:
+            speed = f"{m.get('images_per_s', 0):.3g} img/s"
+            ratio = ""
+        lines.append(f"{name:44s} {speed:>14s} {m.get('peak_mem_mb', float('nan')):9.0f} {ratio:>11s}")
+    return "\n".join(lines)
+
+
+def write_record(path: str | Path, bench: str, rows: list[dict[str, object]], device: str) -> Path:
+    record = {"bench": bench, "machine": machine_info(device), "results": rows}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cut_core.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--presets", nargs="+", default=["cut", "fastcut"])
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(TRAIN_VARIANTS))
+    p.add_argument("--crops", nargs="+", type=int, default=[256])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--translate", default="", help="also time translation at HxW, e.g. 1024x2048")
+    p.add_argument("--check", action="store_true", help="run a correctness check first")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    log(f"machine: {json.dumps(machine_info(args.device))}")
+    if args.check:
+        sanity_check(args.device, log)
+    rows: list[dict[str, object]] = []
+    for crop in args.crops:
+        rows += bench_train(tuple(args.presets), tuple(args.variants), crop=crop, device=args.device,
+                            warmup=args.warmup, iters=args.iters, baseline=not args.no_baseline, log=log)
+    if args.translate:
+        h, w = (int(v) for v in args.translate.lower().split("x"))
+        rows += bench_translate((h, w), device=args.device, log=log)
+    write_record(args.out, "train", rows, args.device)
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
