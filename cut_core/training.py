@@ -123,10 +123,19 @@ def set_epoch(state: TrainState, epoch: int) -> float:
 class GeneratorPass:
     """Output of phase 1. B = batch size of real_A."""
 
-    fake_B: torch.Tensor  # (B, 3, H, W), attached to G's graph
-    idt_B: torch.Tensor | None  # (B, 3, H, W) G(real_B), when the identity branch is on
+    fake: torch.Tensor  # (B or 2B, 3, H, W): G(real_A) (then G(real_B)), attached to G's graph
+    with_idt: bool  # the second half of ``fake`` is G(real_B)
     keys: list[torch.Tensor]  # per NCE layer (B or 2B, C_l, H_l, W_l), detached
     flipped: bool  # FastCUT: this iteration ran G on horizontally flipped inputs
+    batch: int  # B
+
+    @property
+    def fake_B(self) -> torch.Tensor:
+        return self.fake[: self.batch]
+
+    @property
+    def idt_B(self) -> torch.Tensor | None:
+        return self.fake[self.batch :] if self.with_idt else None
 
 
 def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> GeneratorPass:
@@ -146,8 +155,7 @@ def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor
                 keys = state.run["G_encode"](src, layers)
         else:
             keys = [f.detach() for f in feats]
-    b = real_A.shape[0]
-    return GeneratorPass(fake_B=fake[:b], idt_B=fake[b:] if with_idt else None, keys=keys, flipped=flipped)
+    return GeneratorPass(fake=fake, with_idt=with_idt, keys=keys, flipped=flipped, batch=real_A.shape[0])
 
 
 def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,9 +164,12 @@ def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dic
     r1_on = cfg.loss.lambda_R1 > 0
     real = real_B.detach().requires_grad_(r1_on)
     state.opt_D.zero_grad(set_to_none=True)
+    b = fake_B.shape[0]
     with autocast(cfg.perf, state.device):
-        pred_fake = state.run["D"](fake_B.detach())
-        pred_real = state.run["D"](real)
+        # One D call on [fake; real]: instance norm is per image, so this equals two
+        # calls, at half the kernel launches.
+        pred = state.run["D"](torch.cat([fake_B.detach(), real]))
+    pred_fake, pred_real = pred[:b], pred[b:]
     loss_D_real = losses.gan_loss(cfg.loss.gan_mode, pred_real, target_is_real=True).mean()
     loss_D_fake = losses.gan_loss(cfg.loss.gan_mode, pred_fake, target_is_real=False).mean()
     loss_D = 0.5 * (loss_D_real + loss_D_fake)
@@ -188,7 +199,8 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
         loss_G = loss_G_GAN
         out["G_GAN"] = loss_G_GAN.detach()
         if L.lambda_NCE > 0:
-            targets = torch.cat([fwd.fake_B, fwd.idt_B]) if L.nce_idt else fwd.fake_B
+            # With the identity branch, fake is already [G(real_A); G(real_B)]: encode it whole.
+            targets = fwd.fake if L.nce_idt else fwd.fake_B
             keys = fwd.keys if L.nce_idt else [k[:b] for k in fwd.keys]
             nce = _patch_nce_per_image(state, targets, keys, fwd.flipped)
             out["NCE"] = nce[:b].mean().detach()

@@ -1,0 +1,33 @@
+# raycut: the README's two commands.
+#   make demo   set up .venv and run the whole pipeline on the embedded default
+#   make test   set up .venv and run the test suite
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local package index of these machines prints a warning per package; keep the log readable.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, torchvision, ray, mlflow, safetensors; print('installed torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/raycut demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/raycut bench train --out bench-train.json
+
+clean:
+	rm -rf $(VENV) raycut-demo mlruns mlflow.db .pytest_cache

@@ -1,0 +1,99 @@
+"""The `raycut` command line. Each subcommand imports its work lazily so that
+`raycut --help` is instant and commands that need no Ray never import it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cut_core.errors import RaycutError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(out=Path(args.out), size=args.size, steps=args.steps, precision=args.precision, seed=args.seed))
+    return 0
+
+
+def _cmd_toy_data(args: argparse.Namespace) -> int:
+    from pipelines.toy_data import ToySpec, write_toy_dataset
+
+    if args.size < 16 or args.size % 4:
+        raise RaycutError(f"--size {args.size} must be a multiple of 4 and at least 16")
+    if args.n < 1 or args.n_test < 1:
+        raise RaycutError("--n and --n-test must be at least 1")
+    root = write_toy_dataset(args.out, ToySpec(size=args.size, n_train=args.n, n_test=args.n_test, seed=args.seed))
+    print(f"wrote the toy sim->real dataset to {root} ({args.n} train images per domain, {args.n_test} test pairs)")
+    return 0
+
+
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    from cut_core.model_dir import import_official_generator
+
+    out = import_official_generator(args.generator, args.out, preset=args.preset)
+    print(f"wrote model directory {out} (config.json + generator.safetensors)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from jobs.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raycut", description="CUT / FastCUT / SinCUT unpaired image translation on Ray.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded default (toy sim->real data)")
+    d.add_argument("--out", default="raycut-demo", help="output folder (default: ./raycut-demo)")
+    d.add_argument("--size", type=int, default=64, choices=[32, 64, 128], help="toy image size")
+    d.add_argument("--steps", type=int, default=600, help="training steps")
+    d.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("toy-data", help="generate the toy sim->real dataset (CycleGAN layout + labels + paired truth)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--size", type=int, default=128)
+    t.add_argument("--n", type=int, default=200, help="training images per domain")
+    t.add_argument("--n-test", type=int, default=40, help="test pairs")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_toy_data)
+
+    i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth into a model directory")
+    i.add_argument("--generator", required=True, help="path to latest_net_G.pth (read with weights_only=True)")
+    i.add_argument("--preset", default="cut", choices=["cut", "fastcut", "sincut"])
+    i.add_argument("--out", required=True, help="model directory to write")
+    i.set_defaults(func=_cmd_import_official)
+
+    b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
+    b.add_argument("which", choices=["train"], help="what to measure")
+    b.add_argument("--out", required=True, help="JSON file to write")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--crop", type=int, default=256)
+    b.add_argument("--iters", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--presets", nargs="+", default=["cut", "fastcut"], choices=["cut", "fastcut", "sincut"])
+    b.add_argument("--variants", nargs="+", default=None, help="fast paths to time (default: all but compile)")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile (adds about a minute of compile per preset)")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RaycutError as e:
+        print(f"raycut: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raycut: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

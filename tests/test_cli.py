@@ -1,0 +1,68 @@
+"""The `raycut` command as a user runs it: real subprocesses, real files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def raycut(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_help_lists_the_commands():
+    r = raycut("--help")
+    assert r.returncode == 0
+    for name in ("demo", "toy-data", "import-official", "bench"):
+        assert name in r.stdout
+
+
+def test_toy_data_command(tmp_path):
+    r = raycut("toy-data", "--out", str(tmp_path / "toy"), "--size", "32", "--n", "3", "--n-test", "2")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "toy/trainB").glob("*.png"))) == 3
+    bad = raycut("toy-data", "--out", str(tmp_path / "x"), "--size", "30")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "multiple of 4" in bad.stderr
+
+
+@pytest.mark.parametrize("content, words", [(None, "does not exist"), (b"junk", "cannot read")])
+def test_import_official_bad_input_is_one_line(tmp_path, content, words):
+    src = tmp_path / "latest_net_G.pth"
+    if content is not None:
+        src.write_bytes(content)
+    r = raycut("import-official", "--generator", str(src), "--out", str(tmp_path / "m"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("raycut: error:") and words in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_demo_writes_its_pictures_and_summary(tmp_path):
+    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "12", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "demo"
+    for name in ("samples.png", "losses.png"):
+        with Image.open(out / name) as im:
+            im.verify()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["metrics_per_class_colour_error"]) == {"baseline/identity", "baseline/histogram", "fastcut"}
+    assert (out / "model/generator.safetensors").is_file()
+    assert "[train] 12/12" in r.stderr  # the progress line
+    assert "| baseline/identity |" in (out / "summary.md").read_text()
+
+
+def test_bench_train_writes_the_record(tmp_path):
+    out = tmp_path / "bench.json"
+    r = raycut("bench", "train", "--out", str(out), "--crop", "32", "--iters", "1", "--warmup", "0",
+               "--presets", "fastcut", "--variants", "fp32-eager", "bf16")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert record["bench"] == "train" and "cpu" in record["machine"]
+    names = {(row["name"], row["metric"]) for row in record["results"]}
+    assert ("fastcut/fp32-eager@32", "ms_per_iter") in names
+    assert ("fastcut/bf16@32", "ms_per_iter") in names
+    assert ("baseline/fastcut-official-schedule@32", "ms_per_iter") in names
+    assert all(row["value"] > 0 for row in record["results"] if row["metric"] == "ms_per_iter")
+    assert "fastcut/bf16@32" in r.stdout  # the printed table

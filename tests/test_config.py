@@ -1,0 +1,70 @@
+import pytest
+
+from cut_core import ConfigError, CUTConfig, parse_overrides
+
+
+def test_cut_preset_carries_the_official_values():
+    c = CUTConfig.cut()
+    assert (c.loss.lambda_GAN, c.loss.lambda_NCE, c.loss.nce_idt) == (1.0, 1.0, True)
+    assert c.loss.nce_layers == (0, 4, 8, 12, 16)
+    assert (c.loss.num_patches, c.loss.nce_T, c.model.netF_nc) == (256, 0.07, 256)
+    assert c.loss.flip_equivariance is False and c.loss.gan_mode == "lsgan"
+    assert (c.optim.lr, c.optim.beta1, c.optim.beta2) == (2e-4, 0.5, 0.999)
+    assert (c.optim.n_epochs, c.optim.n_epochs_decay, c.optim.batch_size) == (200, 200, 1)
+    assert (c.data.load_size, c.data.crop_size) == (286, 256)
+    assert (c.model.ngf, c.model.ndf, c.model.n_blocks, c.model.init_gain) == (64, 64, 9, 0.02)
+
+
+def test_fastcut_preset_differs_where_the_paper_says():
+    c = CUTConfig.fastcut()
+    assert c.loss.nce_idt is False and c.loss.lambda_NCE == 10.0 and c.loss.flip_equivariance is True
+    assert (c.optim.n_epochs, c.optim.n_epochs_decay) == (150, 50)
+    # Everything else as CUT.
+    assert c.model == CUTConfig.cut().model and c.loss.nce_T == 0.07
+
+
+def test_overrides_use_official_flat_names_and_dotted_paths():
+    c = CUTConfig.cut().with_overrides(parse_overrides(["crop_size=512", "load_size=1024", "nce_layers=0,4,8", "loss.nce_T=0.05", "nce_idt=false"]))
+    assert c.data.crop_size == 512 and c.data.load_size == 1024
+    assert c.loss.nce_layers == (0, 4, 8) and c.loss.nce_T == 0.05 and c.loss.nce_idt is False
+
+
+def test_dict_round_trip_and_flat_view():
+    c = CUTConfig.fastcut().with_overrides({"ngf": 16})
+    assert CUTConfig.from_dict(c.to_dict()) == c
+    flat = c.flat()
+    assert flat["ngf"] == 16 and flat["lambda_NCE"] == 10.0 and flat["preset"] == "fastcut"
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ({"nce_layers": "0,4,99"}, "out of range"),
+        ({"nce_layers": "8,4"}, "strictly increasing"),
+        ({"num_patches": 0}, "num_patches=0"),
+        ({"nce_T": 0}, "nce_T=0.0 must be > 0"),
+        ({"nce_T": -1}, "must be > 0"),
+        ({"crop_size": 30}, "multiple of 4"),
+        ({"crop_size": 512}, "load_size=286 is smaller than crop_size=512"),
+        ({"gan_mode": "wgan"}, "not one of"),
+        ({"lr": 0}, "lr=0.0"),
+        ({"crop_size": "big"}, "not a valid int"),
+        ({"nce_idt": "maybe"}, "not a boolean"),
+        ({"no_such_option": 1}, "unknown config key"),
+    ],
+)
+def test_bad_values_get_one_clear_message(override, words):
+    with pytest.raises(ConfigError) as info:
+        CUTConfig.cut().with_overrides(override)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+
+
+def test_bad_set_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["crop_size"])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        CUTConfig.from_preset("cyclegan")

@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from cut_core import ModelConfig
+from cut_core.antialias import BlurDownsample, BlurUpsample
+from cut_core.networks import build_discriminator, build_generator, build_patch_mlp
+
+
+def official_generator_keys(n_blocks: int = 9) -> list[str]:
+    """The state-dict keys of the official ResnetGenerator (antialias on, instance norm),
+    written out from its layer list rather than from raycut's module."""
+    keys = ["model.1.weight", "model.1.bias", "model.4.weight", "model.4.bias", "model.7.filt",
+            "model.8.weight", "model.8.bias", "model.11.filt"]
+    for i in range(12, 12 + n_blocks):
+        keys += [f"model.{i}.conv_block.1.weight", f"model.{i}.conv_block.1.bias",
+                 f"model.{i}.conv_block.5.weight", f"model.{i}.conv_block.5.bias"]
+    u = 12 + n_blocks
+    keys += [f"model.{u}.filt", f"model.{u + 1}.weight", f"model.{u + 1}.bias",
+             f"model.{u + 4}.filt", f"model.{u + 5}.weight", f"model.{u + 5}.bias",
+             f"model.{u + 9}.weight", f"model.{u + 9}.bias"]
+    return keys
+
+
+def test_generator_matches_the_official_state_dict():
+    g = build_generator(ModelConfig())
+    sd = g.state_dict()
+    assert list(sd) == official_generator_keys(9)
+    assert len(sd) == 52 and list(sd)[0] == "model.1.weight" and list(sd)[-1] == "model.30.bias"
+    assert sum(p.numel() for p in g.parameters()) == 11_378_179
+    assert sd["model.1.weight"].shape == (64, 3, 7, 7)
+    assert sd["model.7.filt"].shape == (128, 1, 3, 3)
+    assert sd["model.21.filt"].shape == (256, 1, 4, 4)
+    assert sd["model.30.weight"].shape == (3, 64, 7, 7)
+
+
+def test_generator_shapes_and_encode_layers():
+    g = build_generator(ModelConfig(ngf=8, n_blocks=9))
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    feats = g.encode(x, (0, 4, 8, 12, 16))
+    # 0 is the reflection-padded input; 4 and 8 the convs before each downsampling.
+    assert [tuple(f.shape) for f in feats] == [(2, 3, 38, 54), (2, 16, 32, 48), (2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 8, 12)]
+    assert g.feature_channels((0, 4, 8, 12, 16)) == [f.shape[1] for f in feats]
+    out, same = g.forward_and_encode(x, (0, 4, 8, 12, 16))
+    assert torch.equal(out, y) and all(torch.equal(a, b) for a, b in zip(same, feats))
+
+
+def test_generator_rejects_sizes_that_are_not_multiples_of_4():
+    g = build_generator(ModelConfig(ngf=8, n_blocks=1))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        g(torch.zeros(1, 3, 30, 32))
+
+
+def test_discriminator_is_a_patchgan():
+    d = build_discriminator(ModelConfig(ndf=8))
+    out = d(torch.rand(2, 3, 64, 64))
+    assert out.shape[:2] == (2, 1) and out.shape[2] > 1  # a grid of per-patch logits
+
+
+def test_patch_mlp_samples_the_same_locations_and_normalises():
+    g = build_generator(ModelConfig(ngf=8, n_blocks=3))
+    f = build_patch_mlp(ModelConfig(ngf=8, n_blocks=3, netF_nc=16), g, (0, 4, 8))
+    feats = g.encode(torch.rand(2, 3, 32, 32), (0, 4, 8))
+    ids = f.sample_ids(feats, 50, torch.Generator().manual_seed(0))
+    assert [tuple(i.shape) for i in ids] == [(2, 50), (2, 50), (2, 50)]
+    assert all(len(set(row.tolist())) == 50 for i in ids for row in i)  # without replacement
+    z = f(feats, ids)
+    assert [tuple(t.shape) for t in z] == [(2, 50, 16)] * 3
+    # Unit norm up to the official 1e-7 epsilon, which matters only for the tiny
+    # activations of a freshly initialised (gain 0.02) network.
+    assert (z[1].norm(dim=-1) <= 1).all()
+    big = f([t * 1e4 for t in feats], ids)
+    assert torch.allclose(big[1].norm(dim=-1), torch.ones(2, 50), atol=1e-4)
+    # The gather really picks the sampled location: compare with manual indexing.
+    row = feats[1][0].flatten(1)[:, ids[1][0]].T  # (P, C)
+    assert torch.allclose(f.heads[1](row), f.heads[1](feats[1].flatten(2).transpose(1, 2)[0, ids[1][0]]))
+    few = f.sample_ids([torch.zeros(1, 4, 3, 3)], 256, torch.Generator())
+    assert few[0].shape == (1, 9)  # never more patches than locations
+
+
+@pytest.mark.parametrize("size", [8, 12])
+def test_antialiased_resampling_keeps_flat_images_flat_and_halves_or_doubles(size):
+    x = torch.full((1, 4, size, size), 0.3)
+    down, up = BlurDownsample(4), BlurUpsample(4)
+    assert down(x).shape == (1, 4, size // 2, size // 2)
+    assert up(x).shape == (1, 4, 2 * size, 2 * size)
+    assert torch.allclose(down(x), torch.full_like(down(x), 0.3), atol=1e-6)
+    assert torch.allclose(up(x), torch.full_like(up(x), 0.3), atol=1e-6)
+
+
+def test_golden_output_of_a_seeded_tiny_generator():
+    torch.manual_seed(0)
+    g = build_generator(ModelConfig(ngf=8, n_blocks=2))
+    x = torch.linspace(-1, 1, 3 * 16 * 16).reshape(1, 3, 16, 16)
+    with torch.no_grad():
+        y = g(x)
+    golden = torch.tensor([
+        [0.012115690857172012, 0.010143370367586613, 0.011450857855379581, 0.01019529439508915],
+        [-0.014410262927412987, -0.00904904305934906, 0.0009961954783648252, 0.009127180092036724],
+        [0.0065903859212994576, 0.01137032825499773, 0.0091969333589077, 0.005088334437459707],
+    ])
+    torch.testing.assert_close(y[0, :, 5, 3:7], golden, rtol=1e-4, atol=1e-6)
+    assert y.sum().item() == pytest.approx(-0.41801780462265015, rel=1e-4)
+
+
+def _reference_down(x, filt):
+    """The official formulation: reflect pad, depthwise conv with the binomial filter, stride 2."""
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), filt, stride=2, groups=x.shape[1])
+
+
+def _reference_up(x, filt):
+    """The official formulation: replicate pad, depthwise transposed conv, trimmed."""
+    y = torch.nn.functional.conv_transpose2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), filt,
+                                             stride=2, padding=2, groups=x.shape[1])
+    return y[:, :, 1:-1, 1:-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hw", [(12, 10), (11, 9)])
+def test_fast_resampling_equals_the_official_convolutions(dtype, hw):
+    x = torch.randn(2, 5, *hw, generator=torch.Generator().manual_seed(0))
+    down, up = BlurDownsample(5), BlurUpsample(5)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(down(x.to(dtype)).float(), _reference_down(x, down.filt), **tol)
+    torch.testing.assert_close(up(x.to(dtype)).float(), _reference_up(x, up.filt), **tol)

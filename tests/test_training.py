@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from cut_core import build_train_state, set_epoch, train_step
+from cut_core.config import OptimConfig
+from cut_core.training import lr_factor
+from tests.conftest import tiny
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("preset", ["cut", "fastcut", "sincut"])
+def test_one_step_changes_G_D_and_F_and_returns_finite_scalars(preset, images):
+    state = build_train_state(tiny(preset))
+    before = {name: _snapshot(m) for name, m in state.modules().items()}
+    out = train_step(state, *images)
+    expected = {"D", "D_real", "D_fake", "G", "G_GAN", "NCE"}
+    expected |= {"NCE_Y"} if preset in ("cut", "sincut") else set()
+    expected |= {"idt", "D_R1"} if preset == "sincut" else set()
+    assert set(out) == expected
+    assert all(v.ndim == 0 and torch.isfinite(v) and not v.requires_grad for v in out.values())
+    for name, module in state.modules().items():
+        changed = [k for k, v in module.state_dict().items() if not torch.equal(v, before[name][k])]
+        assert changed, f"{name} did not change"
+    assert state.step == 1
+    # D's parameters must be trainable again after G's phase froze them.
+    assert all(p.requires_grad for p in state.D.parameters())
+
+
+def test_same_seed_same_run_and_rank_changes_the_patch_draws(images):
+    runs = []
+    for rank in (0, 0, 1):
+        state = build_train_state(tiny("cut"), rank=rank)
+        runs.append([float(train_step(state, *images)["NCE"]) for _ in range(2)])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    # Ranks start from the same weights (data parallel replicas must agree).
+    s0, s1 = build_train_state(tiny("cut"), rank=0), build_train_state(tiny("cut"), rank=1)
+    assert all(torch.equal(a, b) for a, b in zip(s0.G.state_dict().values(), s1.G.state_dict().values()))
+
+
+def test_bf16_losses_track_fp32_from_the_same_start(images):
+    fp32 = train_step(build_train_state(tiny("cut")), *images)
+    bf16 = train_step(build_train_state(tiny("cut", precision="bf16")), *images)
+    for key in ("NCE", "NCE_Y", "G_GAN", "D"):
+        assert bf16[key].item() == pytest.approx(fp32[key].item(), rel=0.05), key
+
+
+def test_channels_last_is_the_same_computation(images):
+    ref = train_step(build_train_state(tiny("fastcut")), *images)
+    cl = train_step(build_train_state(tiny("fastcut", channels_last=True)), *images)
+    for key in ref:
+        assert cl[key].item() == pytest.approx(ref[key].item(), rel=1e-3, abs=1e-5), key
+
+
+def test_linear_decay_schedule_matches_the_official_policy():
+    o = OptimConfig(n_epochs=3, n_epochs_decay=2)
+    assert [lr_factor(o, e) for e in range(5)] == pytest.approx([1, 1, 1, 2 / 3, 1 / 3])
+    state = build_train_state(tiny("cut", n_epochs=3, n_epochs_decay=2, lr=1e-3))
+    assert set_epoch(state, 4) == pytest.approx(1e-3 / 3)
+    assert all(g["lr"] == pytest.approx(1e-3 / 3) for opt in state.optimizers().values() for g in opt.param_groups)
+
+
+def test_step_rejects_mismatched_batches():
+    state = build_train_state(tiny("cut"))
+    with pytest.raises(ValueError, match="same shape"):
+        train_step(state, torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        train_step(state, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
