@@ -80,25 +80,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _reset_peak(device: str) -> float:
-    """Start a peak-memory window; returns the current baseline in MB."""
+def _memory_baseline(device: str) -> float:
+    """Memory in use now (MB): the start of a peak-memory window."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
-    try:  # Linux: writing 5 to clear_refs resets the resident-set high-water mark.
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _rss_mb("VmRSS")
+    return _proc_status_mb("VmRSS")
 
 
-def _peak(device: str, baseline: float) -> float:
+def _memory_peak(device: str, baseline: float) -> float:
+    """Peak memory (MB) above ``baseline`` since :func:`_memory_baseline`. On the CPU
+    this is the process's resident high-water mark, so it is only meaningful in a
+    fresh process: ``bench_train`` runs every variant in its own."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20 - baseline
-    return _rss_mb("VmHWM") - baseline
+    return _proc_status_mb("VmHWM") - baseline
 
 
-def _rss_mb(field: str) -> float:
+def _proc_status_mb(field: str) -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -109,19 +108,19 @@ def _rss_mb(field: str) -> float:
 
 
 def time_calls(fn: Callable[[], object], *, device: str, warmup: int, iters: int) -> Timing:
-    """Median wall time of ``fn`` after ``warmup`` untimed calls, and its peak memory
-    above what was allocated before the timed calls."""
+    """Median wall time of ``fn`` after ``warmup`` untimed calls, and the peak memory
+    of all calls above what was in use before the first."""
+    base = _memory_baseline(device)
     for _ in range(warmup):
         fn()
     _sync(device)
-    base = _reset_peak(device)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000)
-    return Timing(statistics.median(times), tuple(times), _peak(device, base))
+    return Timing(statistics.median(times), tuple(times), _memory_peak(device, base))
 
 
 def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
@@ -178,6 +177,35 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
     del cfg
 
 
+def _time_train_variant(preset: str, kind: str, overrides: dict[str, object], device: str, warmup: int, iters: int) -> Timing:
+    """Build a fresh state and time its step (runs inside a fresh process)."""
+    torch.set_num_threads(_threads)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    cfg = CUTConfig.from_preset(preset).with_overrides(overrides)
+    state = build_train_state(cfg, device=device)
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
+    a = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    b = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    step = official_schedule_step if kind == "official" else train_step
+    # torch.compile traces on the first calls: give it an extra warm-up.
+    return time_calls(lambda: step(state, a, b), device=device, warmup=warmup + (2 if cfg.perf.compile else 0), iters=iters)
+
+
+_threads = torch.get_num_threads()
+
+
+def _in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
+    """Run ``fn(*args)`` in a new interpreter: clean memory high-water mark, no
+    allocator or autotuning state carried from the variant measured before."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def bench_train(
     presets: tuple[str, ...] = ("cut", "fastcut"),
     variants: tuple[str, ...] = DEFAULT_VARIANTS,
@@ -188,10 +216,12 @@ def bench_train(
     warmup: int = 1,
     iters: int = 3,
     baseline: bool = True,
+    isolate: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
     """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) with
-    ms_per_iter and peak_mem_mb, all at one crop size, measured back to back."""
+    ms_per_iter and peak_mem_mb, all at one crop size, measured back to back, each
+    variant in a fresh process unless ``isolate`` is off."""
     rows: list[dict[str, object]] = []
     suffix = "" if crop == 256 else f"@{crop}"
     for preset in presets:
@@ -200,21 +230,14 @@ def bench_train(
             runs.append((f"baseline/{preset}-official-schedule{suffix}", "official", {}))
         runs += [(f"{preset}/{v}{suffix}", "raycut", TRAIN_VARIANTS[v]) for v in variants]
         for name, kind, perf in runs:
-            cfg = CUTConfig.from_preset(preset).with_overrides(
-                {"crop_size": crop, "load_size": max(crop, 286), "batch_size": batch_size, **perf}
-            )
-            state = build_train_state(cfg, device=device)
-            g = torch.Generator().manual_seed(0)
-            a = (torch.rand(batch_size, 3, crop, crop, generator=g) * 2 - 1).to(device)
-            bb = (torch.rand(batch_size, 3, crop, crop, generator=g) * 2 - 1).to(device)
-            step = (lambda: official_schedule_step(state, a, bb)) if kind == "official" else (lambda: train_step(state, a, bb))
+            overrides = {"crop_size": crop, "load_size": max(crop, 286), "batch_size": batch_size, **perf}
             log(f"  timing {name} ...")
-            t = time_calls(step, device=device, warmup=warmup + (1 if cfg.perf.compile else 0), iters=iters)
+            args = (preset, kind, overrides, device, warmup, iters)
+            t = _in_fresh_process(_time_train_variant, *args) if isolate else _time_train_variant(*args)
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(t.median_ms, 1), "unit": "ms",
                          "times_ms": [round(x, 1) for x in t.times_ms]})
             rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
             log(f"    {t.median_ms:9.1f} ms/iter   peak {t.peak_mem_mb:8.1f} MB")
-            del state
     return rows
 
 

@@ -69,3 +69,17 @@ def test_step_rejects_mismatched_batches():
         train_step(state, torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         train_step(state, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.slow
+def test_torch_compile_path_gives_the_eager_losses(images):
+    # n_blocks 1 keeps the compile time of this test down; the compiled callables are
+    # G.forward_and_encode, G.encode, D and F.
+    cfg = tiny("cut", n_blocks=1, nce_layers="0,4,8,12")
+    eager = train_step(build_train_state(cfg), *images)
+    state = build_train_state(cfg.with_overrides({"compile": True}))
+    compiled = [train_step(state, *images) for _ in range(2)][0]
+    for key in eager:
+        assert compiled[key].item() == pytest.approx(eager[key].item(), rel=1e-4, abs=1e-6), key
+    # The state dict keeps its plain keys: compiled wrappers are not registered modules.
+    assert "model.1.weight" in state.G.state_dict()
