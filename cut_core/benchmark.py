@@ -110,10 +110,15 @@ def _proc_status_mb(field: str) -> float:
 def time_calls(fn: Callable[[], object], *, device: str, warmup: int, iters: int) -> Timing:
     """Median wall time of ``fn`` after ``warmup`` untimed calls, and the peak memory
     of all calls above what was in use before the first."""
-    base = _memory_baseline(device)
+    # CPU: count from before the warm-up (the process is fresh, and the resident
+    # high-water mark cannot be lowered). CUDA: count from after it, so cuDNN's
+    # autotuning workspaces during the warm-up do not count as the step's memory.
+    base = _memory_baseline(device) if not device.startswith("cuda") else 0.0
     for _ in range(warmup):
         fn()
     _sync(device)
+    if device.startswith("cuda"):
+        base = _memory_baseline(device)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -131,7 +136,7 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
     graph (once per NCE call), each NCE call encodes separately, and F runs on the
     keys with gradients.
     """
-    cfg, L = state.config, state.config.loss
+    L = state.config.loss
     G, D, Fm = state.G, state.D, state.F
     b = real_A.shape[0]
     real = torch.cat([real_A, real_B]) if L.nce_idt else real_A
@@ -174,12 +179,10 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
     state.opt_F.step()
     for p in D.parameters():
         p.requires_grad_(True)
-    del cfg
 
 
 def _time_train_variant(preset: str, kind: str, overrides: dict[str, object], device: str, warmup: int, iters: int) -> Timing:
     """Build a fresh state and time its step (runs inside a fresh process)."""
-    torch.set_num_threads(_threads)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     cfg = CUTConfig.from_preset(preset).with_overrides(overrides)
@@ -191,9 +194,6 @@ def _time_train_variant(preset: str, kind: str, overrides: dict[str, object], de
     step = official_schedule_step if kind == "official" else train_step
     # torch.compile traces on the first calls: give it an extra warm-up.
     return time_calls(lambda: step(state, a, b), device=device, warmup=warmup + (2 if cfg.perf.compile else 0), iters=iters)
-
-
-_threads = torch.get_num_threads()
 
 
 def _in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="time every variant in this process (fine on CUDA, whose peak counter resets)")
     p.add_argument("--translate", default="", help="also time translation at HxW, e.g. 1024x2048")
     p.add_argument("--check", action="store_true", help="run a correctness check first")
     p.add_argument("--out", required=True)
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     for crop in args.crops:
         rows += bench_train(tuple(args.presets), tuple(args.variants), crop=crop, device=args.device,
-                            warmup=args.warmup, iters=args.iters, baseline=not args.no_baseline, log=log)
+                            warmup=args.warmup, iters=args.iters, baseline=not args.no_baseline,
+                            isolate=not args.no_isolate, log=log)
     if args.translate:
         h, w = (int(v) for v in args.translate.lower().split("x"))
         rows += bench_translate((h, w), device=args.device, log=log)

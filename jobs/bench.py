@@ -13,8 +13,14 @@ from cut_core.errors import RaycutError
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.which != "train":
-        raise RaycutError(f"unknown benchmark {args.which!r}")
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.which == "ingest":
+        log(f"raycut bench ingest: decode + scale_width_and_crop 1024 -> 512 crops, {args.workers} workers")
+        rows = bench_ingest(n=args.images, workers=args.workers, log=log)
+        out = benchmark.write_record(args.out, "ingest", rows, "cpu")
+        print(benchmark.format_table(rows))
+        print(f"wrote {out}")
+        return 0
     variants = list(args.variants or benchmark.DEFAULT_VARIANTS)
     unknown = [v for v in variants if v not in benchmark.TRAIN_VARIANTS]
     if unknown:
@@ -25,7 +31,6 @@ def run_bench(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise RaycutError("--device cuda was asked for but torch sees no GPU; drop --device or install a CUDA build of torch")
         torch.backends.cudnn.benchmark = True
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     log(f"raycut bench train: {', '.join(args.presets)} x {', '.join(variants)} at {args.crop} px, "
         f"batch 1, {args.iters} timed iterations after {args.warmup} warm-up, on {args.device}")
     rows = benchmark.bench_train(tuple(args.presets), tuple(variants), crop=args.crop, device=args.device,
@@ -34,3 +39,94 @@ def run_bench(args: argparse.Namespace) -> int:
     print(benchmark.format_table(rows))
     print(f"wrote {out}")
     return 0
+
+
+# ---- ingest ------------------------------------------------------------------------
+
+
+def _make_ingest_corpus(root, n: int) -> dict[str, str]:
+    """n street renders as 2048x1024 PNG (Cityscapes-sized) and 1914x1052 JPEG (GTA5-sized)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.toy_data import make_layout, render_real
+
+    root = Path(root)
+    out = {}
+    for kind, size, fmt in (("png-2048x1024", (2048, 1024), "PNG"), ("jpeg-1914x1052", (1914, 1052), "JPEG")):
+        d = root / kind
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            rng = np.random.default_rng(i)
+            img = Image.fromarray(render_real(make_layout(256, rng), rng)).resize(size, Image.BILINEAR)
+            img.save(d / f"{i:04d}.{fmt.lower()}", format=fmt, **({"quality": 92} if fmt == "JPEG" else {"compress_level": 1}))
+        out[kind] = str(d)
+    return out
+
+
+class _TorchFiles:
+    """The reference loader's way: a map-style Dataset, PIL decode, scale width, random
+    crop and flip in each DataLoader worker."""
+
+    def __init__(self, files: list[str], data) -> None:
+        self.files = files
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        from pipelines.augment import augment
+        from pipelines.local_images import read_rgb
+
+        return augment(read_rgb(self.files[i]), self.data, np.random.default_rng(i))
+
+
+def bench_ingest(n: int = 24, workers: int = 2, repeat: int = 8, log=print) -> list[dict[str, object]]:
+    """Steady-state images/s of decode + scale_width_and_crop 1024/512 + flip: Ray Data
+    against a torch DataLoader with the same number of worker processes, on the same
+    files. Each of the n frames is read ``repeat`` times in one pass, so start-up (Ray's
+    actors, the DataLoader's worker processes) is paid once, as in training."""
+    import tempfile
+    import time
+
+    import ray
+    from torch.utils.data import DataLoader
+
+    from cut_core.config import DataConfig
+    from pipelines.ingest import read_files
+    from pipelines.local_images import list_images
+
+    data = DataConfig(preprocess="scale_width_and_crop", load_size=1024, crop_size=512)
+    rows: list[dict[str, object]] = []
+
+    def timed(run) -> float:
+        t0 = time.perf_counter()
+        count = run()
+        return count / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"  writing {n} PNG 2048x1024 and {n} JPEG 1914x1052 test frames ...")
+        corpus = {kind: [str(p) for p in list_images(folder)] * repeat for kind, folder in _make_ingest_corpus(tmp, n).items()}
+        for kind, files in corpus.items():
+            loader = DataLoader(_TorchFiles(files, data), batch_size=4, num_workers=workers, collate_fn=lambda b: b)
+            rate = timed(lambda: sum(len(b) for b in loader))
+            rows.append({"name": f"baseline/torch-dataloader-{workers}w/{kind}", "metric": "images_per_s", "value": round(rate, 2), "unit": "images/s"})
+            log(f"    torch DataLoader, {workers} workers, {kind}: {rate:.2f} images/s over {len(files)} images")
+        # `workers` decode actors of one logical CPU each, plus one logical CPU for the
+        # light read tasks (the DataLoader's main process likewise comes on top of its
+        # workers); both run on the same physical cores.
+        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+        try:
+            for kind, files in corpus.items():
+                ds = read_files(files, data, batch_size=4, concurrency=workers)
+                rate = timed(lambda: sum(len(b["path"]) for b in ds.iter_batches(batch_size=4, batch_format="numpy")))
+                rows.append({"name": f"ingest/ray-data-{workers}w/{kind}", "metric": "images_per_s", "value": round(rate, 2), "unit": "images/s"})
+                log(f"    Ray Data, {workers} decode actors, {kind}: {rate:.2f} images/s over {len(files)} images")
+        finally:
+            ray.shutdown()
+    return rows

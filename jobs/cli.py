@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_cmd_import_official)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
-    b.add_argument("which", choices=["train"], help="what to measure")
+    b.add_argument("which", choices=["train", "ingest"], help="what to measure")
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crop", type=int, default=256)
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--presets", nargs="+", default=["cut", "fastcut"], choices=["cut", "fastcut", "sincut"])
     b.add_argument("--variants", nargs="+", default=None, help="fast paths to time (default: all but compile)")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (adds about a minute of compile per preset)")
+    b.add_argument("--workers", type=int, default=2, help="ingest: worker processes / Ray CPUs")
+    b.add_argument("--images", type=int, default=24, help="ingest: frames per format")
     b.set_defaults(func=_cmd_bench)
     return p
 

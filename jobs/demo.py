@@ -35,18 +35,23 @@ class DemoOptions:
 
 
 def demo_config(opts: DemoOptions) -> CUTConfig:
-    """The preset, shrunk to a laptop: ngf 16, 6 blocks, 2-layer D, the toy size as crop.
+    """The preset, shrunk to a laptop: ngf 16, 6 blocks, a 2-layer D of width 8, the toy
+    size as crop, batch 4.
 
-    The higher lr and shallow D keep the GAN balanced on tiny images."""
-    last = 6 + 22
+    Why a narrow D: at 64 px a D as wide as G learns to spot the real style's sensor
+    noise, which a deterministic G cannot produce, wins outright (D loss ~0.002) and
+    leaves G without a useful gradient. At ndf 8 the two stay balanced on most seeds
+    (D ~0.14, error ~29 after 600 steps) and every seed tried (0, 1, 2) beats both
+    baselines; GAN balance at this size still depends on the seed.
+    """
     return CUTConfig.from_preset(opts.preset).with_overrides(
         {
             "ngf": 16,
-            "ndf": 16,
+            "ndf": 8,
             "n_blocks": 6,
             "n_layers_D": 2,
             "netF_nc": 64,
-            "nce_layers": f"0,4,8,12,{min(16, last)}",
+            "nce_layers": "0,4,8,12,16",
             "num_patches": 128,
             "preprocess": "crop",
             "crop_size": opts.size,

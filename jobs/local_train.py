@@ -11,7 +11,7 @@ import torch
 from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
 from jobs.progress import Progress
 from pipelines.augment import to_model_input, to_uint8_images
-from pipelines.local_images import unpaired_batches
+from pipelines.local_images import unpaired_array_batches
 
 
 def train_in_process(
@@ -29,7 +29,7 @@ def train_in_process(
     (one dict with 'step' and every loss, each ``log_every`` steps)."""
     state = build_train_state(cfg, device=device)
     rng = np.random.default_rng(cfg.seed)
-    batches = unpaired_batches(images_a, images_b, cfg.data, cfg.optim.batch_size, rng)
+    batches = unpaired_array_batches(images_a, images_b, cfg.data, cfg.optim.batch_size, rng)
     steps_per_epoch = max(1, max(len(images_a), len(images_b)) // cfg.optim.batch_size)
     bar = Progress("train", steps, every=log_every) if progress else None
     history: list[dict[str, float]] = []

@@ -26,6 +26,18 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
 
 
+def will_upscale(shape: tuple[int, ...], data: DataConfig) -> bool:
+    """Whether an image of ``shape`` (H, W, ...) is smaller than the crop after the
+    preset's resize, so that ``augment`` must upscale it (said in the ingest report)."""
+    h, w = shape[:2]
+    c = data.crop_size
+    if data.preprocess == "crop":
+        return h < c or w < c
+    if data.preprocess == "scale_width_and_crop":
+        return h * data.load_size / w < c
+    return False  # resize_and_crop resizes to load_size >= crop; none keeps the size
+
+
 def augment(img: np.ndarray, data: DataConfig, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) uint8 -> (crop, crop, 3) uint8 for the crop presets, or the whole image
     rounded to multiples of 4 for ``none``. Random crop position and horizontal flip."""

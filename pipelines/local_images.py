@@ -8,33 +8,26 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from pipelines.decode import decode_image
+from pipelines.sources import Source, list_source_files
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted; a clear error if none."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise RaycutError(f"image folder {root} does not exist; pass a folder of images (e.g. trainA/)")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise RaycutError(f"no images (png, jpg, ...) found under {root}")
-    return paths
+    _, files = list_source_files(Source("dir", str(folder)))
+    return [Path(f) for f in files]
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, whatever the file's mode."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise RaycutError(f"cannot decode image {path}: {e}") from None
+    """(H, W, 3) uint8 RGB through the same robust decoder as the Ray Data ingest."""
+    result = decode_image(Path(path).read_bytes())
+    if result.image is None:
+        raise RaycutError(f"cannot decode image {path}: {result.reason}")
+    return result.image
 
 
 def load_folder(folder: str | Path) -> list[np.ndarray]:
@@ -42,7 +35,7 @@ def load_folder(folder: str | Path) -> list[np.ndarray]:
     return [read_rgb(p) for p in list_images(folder)]
 
 
-def unpaired_batches(
+def unpaired_array_batches(
     images_a: list[np.ndarray],
     images_b: list[np.ndarray],
     data: DataConfig,

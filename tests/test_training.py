@@ -83,3 +83,23 @@ def test_torch_compile_path_gives_the_eager_losses(images):
         assert compiled[key].item() == pytest.approx(eager[key].item(), rel=1e-4, abs=1e-6), key
     # The state dict keeps its plain keys: compiled wrappers are not registered modules.
     assert "model.1.weight" in state.G.state_dict()
+
+
+def test_fastcut_flip_equivariance_flips_the_input_and_keeps_unflipped_keys(images):
+    from cut_core.training import generator_pass
+
+    state = build_train_state(tiny("fastcut"))
+    a, b = images
+    # Find an iteration whose coin says "flip" (the coin comes from state.rng).
+    for _ in range(20):
+        before = state.rng.get_state()
+        if bool(torch.rand((), generator=state.rng) < 0.5):
+            state.rng.set_state(before)
+            break
+    fwd = generator_pass(state, a, b)
+    assert fwd.flipped and fwd.idt_B is None
+    layers = state.config.loss.nce_layers
+    with torch.no_grad():
+        torch.testing.assert_close(fwd.fake_B, state.G(torch.flip(a, [3])))  # G ran on flip(x)
+        for key, ref in zip(fwd.keys, state.G.encode(a, layers)):
+            torch.testing.assert_close(key, ref)  # keys come from the unflipped x

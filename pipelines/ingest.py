@@ -1,0 +1,225 @@
+"""Ray Data ingest: a source string -> a streaming Dataset of augmented crops.
+
+    source -> list files -> read bytes -> DecodeAugment (decode + preprocess) -> rows
+
+Rows: ``image`` (crop, crop, 3) uint8 and ``path`` (str, kept end to end). Decoding
+and cropping happen in one UDF so full-resolution frames (6 MB for Cityscapes)
+never travel between operators; only crops do, as uint8 (the trainer converts them
+to float). Bad files are skipped and sent to an ``IngestReport`` actor, which keeps
+counts, reasons and paths for the summary printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict
+from typing import Any, Iterator
+
+import numpy as np
+import ray
+
+from cut_core.config import DataConfig
+from cut_core.errors import RaycutError
+from pipelines.augment import augment, will_upscale
+from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
+from pipelines.sources import Source, list_source_files, parse_source
+
+READ_CPUS = 0.25  # logical CPUs per read task
+MAX_LISTED = 1000  # paths kept per category in the report; the counts are always exact
+
+
+@ray.remote(num_cpus=0)
+class IngestReport:
+    """Collects what decoding skipped or changed, from every UDF worker."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.skipped: list[tuple[str, str]] = []
+        self.upscaled: list[str] = []
+        self.converted: list[tuple[str, str]] = []
+
+    def add(self, ok: int, skipped: list[tuple[str, str]], upscaled: list[str], converted: list[tuple[str, str]]) -> None:
+        self.counts.update(ok=ok, skipped=len(skipped), upscaled=len(upscaled), converted=len(converted))
+        self.skipped += skipped[: MAX_LISTED - len(self.skipped)]
+        self.upscaled += upscaled[: MAX_LISTED - len(self.upscaled)]
+        self.converted += converted[: MAX_LISTED - len(self.converted)]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "skipped": list(self.skipped),
+            "upscaled": list(self.upscaled),
+            "converted": list(self.converted),
+        }
+
+
+def format_report(summary: dict[str, Any], *, name: str = "ingest", limit: int = 20) -> str:
+    """Human-readable report: totals, then each skipped file with its reason."""
+    c = summary["counts"]
+    lines = [
+        f"[{name}] decoded {c.get('ok', 0)} images, skipped {c.get('skipped', 0)} bad files, "
+        f"upscaled {c.get('upscaled', 0)} smaller than the crop, converted {c.get('converted', 0)} to RGB"
+    ]
+    for path, reason in summary["skipped"][:limit]:
+        lines.append(f"  skipped {path}: {reason}")
+    if c.get("skipped", 0) > limit:
+        lines.append(f"  ... and {c['skipped'] - limit} more")
+    return "\n".join(lines)
+
+
+class DecodeAugment:
+    """Ray Data UDF. Input columns: ``bytes`` (encoded image), ``path`` (str).
+    Output columns: ``image`` uint8 (B', crop, crop, 3) (a list of (H, W, 3) for
+    preprocess ``none``), ``path`` (str); B' <= B, bad files are dropped and reported."""
+
+    def __init__(self, data: dict[str, Any], *, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 report: Any = None) -> None:
+        self.data = DataConfig(**data)
+        self.max_pixels = max_pixels
+        self.report = report
+        # Independent crops per worker process; streaming order is not reproducible
+        # anyway, so per-process entropy mixed with the seed is what matters.
+        self.rng = np.random.default_rng([seed, os.getpid(), id(self)])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        images, paths = [], []
+        skipped, upscaled, converted = [], [], []
+        for data, path in zip(batch["bytes"], batch["path"]):
+            path = str(path)
+            result = decode_image(bytes(data), max_pixels=self.max_pixels)
+            if result.image is None:
+                skipped.append((path, result.reason))
+                continue
+            if result.note:
+                converted.append((path, result.note))
+            if will_upscale(result.image.shape, self.data):
+                upscaled.append(path)
+            images.append(augment(result.image, self.data, self.rng))
+            paths.append(path)
+        if self.report is not None:
+            self.report.add.remote(len(images), skipped, upscaled, converted)
+        c = self.data.crop_size
+        if self.data.preprocess != "none":
+            stacked = np.stack(images) if images else np.zeros((0, c, c, 3), np.uint8)
+            return {"image": stacked, "path": np.array(paths, dtype=object)}
+        return {"image": images, "path": np.array(paths, dtype=object)}
+
+
+def read_domain(
+    spec: str | Source,
+    data: DataConfig,
+    *,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    report: Any = None,
+    shuffle_files: bool = True,
+    batch_size: int = 16,
+    concurrency: int | tuple[int, int] | None = None,
+    num_cpus: float = 1.0,
+) -> ray.data.Dataset:
+    """A lazy, streaming Dataset of {image, path} crops for one domain.
+
+    Files are listed now (an empty or missing source stops here with one line);
+    nothing is read until the Dataset is iterated. ``shuffle_files`` reorders the
+    files on every pass, so each epoch sees the domain in a new order.
+    """
+    source = spec if isinstance(spec, Source) else parse_source(spec)
+    fs, files = list_source_files(source)
+    return read_files(files, data, filesystem=fs, parquet_column=source.column if source.layout == "parquet" else None,
+                      seed=seed, max_pixels=max_pixels, report=report, shuffle_files=shuffle_files,
+                      batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+
+
+def read_files(
+    files: list[str],
+    data: DataConfig,
+    *,
+    filesystem: Any = None,
+    parquet_column: str | None = None,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    report: Any = None,
+    shuffle_files: bool = True,
+    batch_size: int = 16,
+    concurrency: int | tuple[int, int] | None = None,
+    num_cpus: float = 1.0,
+) -> ray.data.Dataset:
+    """:func:`read_domain` for an explicit file list (image files, or Parquet files
+    with ``parquet_column`` holding the encoded images)."""
+    if parquet_column is not None:
+        ds = _read_parquet(files, filesystem, parquet_column, shuffle_files)
+    else:
+        # Reading bytes is I/O, not compute: a small CPU share keeps the read tasks from
+        # starving the decode actors (or the trainer) on small machines.
+        ds = ray.data.read_binary_files(files, include_paths=True, filesystem=filesystem, num_cpus=READ_CPUS,
+                                        shuffle="files" if shuffle_files else None)
+    return ds.map_batches(
+        DecodeAugment,
+        fn_constructor_kwargs={"data": asdict(data), "seed": seed, "max_pixels": max_pixels, "report": report},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=_actor_pool(concurrency),
+        num_cpus=num_cpus,
+        udf_modifying_row_count=True,
+    )
+
+
+def _actor_pool(concurrency: int | tuple[int, int] | None) -> ray.data.ActorPoolStrategy:
+    if concurrency is None:
+        # Leave one logical CPU for the read tasks: decode actors holding every CPU
+        # would starve the reads that feed them, and the pipeline would stall.
+        concurrency = (1, max(1, int(ray.available_resources().get("CPU", 2)) - 1))
+    lo, hi = (concurrency, concurrency) if isinstance(concurrency, int) else concurrency
+    return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+
+
+def _read_parquet(files: list[str], fs: Any, column: str, shuffle_files: bool) -> ray.data.Dataset:
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(files[0], filesystem=fs)
+    if column not in schema.names:
+        raise RaycutError(f"{files[0]} has no column {column!r} (columns: {', '.join(schema.names)}); use parquet:PATH:COLUMN")
+    has_path = "path" in schema.names and column != "path"
+    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=not has_path, num_cpus=READ_CPUS,
+                               shuffle="files" if shuffle_files else None)
+    ds = ds.select_columns([column, "path"])  # pushed down: other columns are never read
+    return ds.rename_columns({column: "bytes"}) if column != "bytes" else ds
+
+
+def domain_size(spec: str | Source) -> int:
+    """Number of images a source holds (files, or Parquet rows): the epoch arithmetic
+    needs it before anything is read."""
+    source = spec if isinstance(spec, Source) else parse_source(spec)
+    fs, files = list_source_files(source)
+    if source.layout != "parquet":
+        return len(files)
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files)
+
+
+def steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: int = 1) -> int:
+    """An epoch is max(|A|, |B|) images per domain, as in the official unaligned loader,
+    spread over ``workers`` data-parallel ranks of ``batch_size`` each."""
+    return max(1, max(size_a, size_b) // (batch_size * workers))
+
+
+def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``steps`` pairs of (B, crop, crop, 3) uint8 batches from two Ray Data iterators
+    (a worker's ``get_dataset_shard("A")`` and ``("B")``), drawn independently.
+
+    The smaller domain starts a new pass when it runs out, so every step pairs fresh
+    crops of A with fresh crops of B; each pass reshuffles its files (``read_domain``)."""
+    def endless(shard: Any, name: str) -> Iterator[np.ndarray]:
+        while True:
+            got = 0
+            for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+                got += 1
+                yield batch["image"]
+            if got == 0:
+                raise RaycutError(f"domain {name} gave no full batch of {batch_size}; it has fewer images than the batch size")
+
+    it_a, it_b = endless(shard_a, "A"), endless(shard_b, "B")
+    for _ in range(steps):
+        yield next(it_a), next(it_b)
