@@ -7,7 +7,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The local package index of these machines prints a warning per package; keep the log readable.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# Only grep's "no lines left" status is ignored; with pipefail a pip failure still stops make.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: setup demo test bench clean
 

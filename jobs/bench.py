@@ -98,7 +98,7 @@ def bench_ingest(n: int = 24, workers: int = 2, repeat: int = 8, log=print) -> l
     from torch.utils.data import DataLoader
 
     from cut_core.config import DataConfig
-    from pipelines.ingest import read_files
+    from pipelines.ingest import IngestOptions, read_files
     from pipelines.local_images import list_images
 
     data = DataConfig(preprocess="scale_width_and_crop", load_size=1024, crop_size=512)
@@ -123,7 +123,7 @@ def bench_ingest(n: int = 24, workers: int = 2, repeat: int = 8, log=print) -> l
         ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
         try:
             for kind, files in corpus.items():
-                ds = read_files(files, data, batch_size=4, concurrency=workers)
+                ds = read_files(files, data, options=IngestOptions(batch_size=4, concurrency=workers))
                 rate = timed(lambda: sum(len(b["path"]) for b in ds.iter_batches(batch_size=4, batch_format="numpy")))
                 rows.append({"name": f"ingest/ray-data-{workers}w/{kind}", "metric": "images_per_s", "value": round(rate, 2), "unit": "images/s"})
                 log(f"    Ray Data, {workers} decode actors, {kind}: {rate:.2f} images/s over {len(files)} images")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -106,61 +106,52 @@ class DecodeAugment:
         return {"image": images, "path": np.array(paths, dtype=object)}
 
 
-def read_domain(
-    spec: str | Source,
-    data: DataConfig,
-    *,
-    seed: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    report: Any = None,
-    shuffle_files: bool = True,
-    batch_size: int = 16,
-    concurrency: int | tuple[int, int] | None = None,
-    num_cpus: float = 1.0,
-) -> ray.data.Dataset:
+@dataclass(frozen=True)
+class IngestOptions:
+    """How a domain is read; the defaults suit training."""
+
+    seed: int = 0  # mixed into each decode worker's crop/flip RNG
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger files are refused (decompression bombs)
+    shuffle_files: bool = True  # a new file order on every pass (epoch)
+    batch_size: int = 16  # images per UDF call
+    concurrency: int | tuple[int, int] | None = None  # decode actors; None: 1 .. CPUs - 1
+    num_cpus: float = 1.0  # logical CPUs per decode actor
+
+
+def read_domain(spec: str | Source, data: DataConfig, *, options: IngestOptions = IngestOptions(),
+                report: Any = None) -> ray.data.Dataset:
     """A lazy, streaming Dataset of {image, path} crops for one domain.
 
     Files are listed now (an empty or missing source stops here with one line);
-    nothing is read until the Dataset is iterated. ``shuffle_files`` reorders the
-    files on every pass, so each epoch sees the domain in a new order.
+    nothing is read until the Dataset is iterated. ``report`` (an ``IngestReport``
+    actor) collects the skipped, upscaled and converted files.
     """
     source = spec if isinstance(spec, Source) else parse_source(spec)
     fs, files = list_source_files(source)
-    return read_files(files, data, filesystem=fs, parquet_column=source.column if source.layout == "parquet" else None,
-                      seed=seed, max_pixels=max_pixels, report=report, shuffle_files=shuffle_files,
-                      batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+    column = source.column if source.layout == "parquet" else None
+    return read_files(files, data, filesystem=fs, parquet_column=column, options=options, report=report)
 
 
-def read_files(
-    files: list[str],
-    data: DataConfig,
-    *,
-    filesystem: Any = None,
-    parquet_column: str | None = None,
-    seed: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    report: Any = None,
-    shuffle_files: bool = True,
-    batch_size: int = 16,
-    concurrency: int | tuple[int, int] | None = None,
-    num_cpus: float = 1.0,
-) -> ray.data.Dataset:
+def read_files(files: list[str], data: DataConfig, *, filesystem: Any = None, parquet_column: str | None = None,
+               options: IngestOptions = IngestOptions(), report: Any = None) -> ray.data.Dataset:
     """:func:`read_domain` for an explicit file list (image files, or Parquet files
     with ``parquet_column`` holding the encoded images)."""
+    shuffle = "files" if options.shuffle_files else None
     if parquet_column is not None:
-        ds = _read_parquet(files, filesystem, parquet_column, shuffle_files)
+        ds = _read_parquet(files, filesystem, parquet_column, shuffle)
     else:
         # Reading bytes is I/O, not compute: a small CPU share keeps the read tasks from
         # starving the decode actors (or the trainer) on small machines.
         ds = ray.data.read_binary_files(files, include_paths=True, filesystem=filesystem, num_cpus=READ_CPUS,
-                                        shuffle="files" if shuffle_files else None)
+                                        shuffle=shuffle)
     return ds.map_batches(
         DecodeAugment,
-        fn_constructor_kwargs={"data": asdict(data), "seed": seed, "max_pixels": max_pixels, "report": report},
-        batch_size=batch_size,
+        fn_constructor_kwargs={"data": asdict(data), "seed": options.seed, "max_pixels": options.max_pixels,
+                               "report": report},
+        batch_size=options.batch_size,
         batch_format="numpy",
-        compute=_actor_pool(concurrency),
-        num_cpus=num_cpus,
+        compute=_actor_pool(options.concurrency),
+        num_cpus=options.num_cpus,
         udf_modifying_row_count=True,
     )
 
@@ -174,7 +165,7 @@ def _actor_pool(concurrency: int | tuple[int, int] | None) -> ray.data.ActorPool
     return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
 
 
-def _read_parquet(files: list[str], fs: Any, column: str, shuffle_files: bool) -> ray.data.Dataset:
+def _read_parquet(files: list[str], fs: Any, column: str, shuffle: str | None) -> ray.data.Dataset:
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(files[0], filesystem=fs)
@@ -182,7 +173,7 @@ def _read_parquet(files: list[str], fs: Any, column: str, shuffle_files: bool) -
         raise RaycutError(f"{files[0]} has no column {column!r} (columns: {', '.join(schema.names)}); use parquet:PATH:COLUMN")
     has_path = "path" in schema.names and column != "path"
     ds = ray.data.read_parquet(files, filesystem=fs, include_paths=not has_path, num_cpus=READ_CPUS,
-                               shuffle="files" if shuffle_files else None)
+                               shuffle=shuffle)
     ds = ds.select_columns([column, "path"])  # pushed down: other columns are never read
     return ds.rename_columns({column: "bytes"}) if column != "bytes" else ds
 

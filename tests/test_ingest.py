@@ -11,7 +11,7 @@ import ray
 from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
-from pipelines.ingest import IngestReport, format_report, read_domain
+from pipelines.ingest import IngestOptions, IngestReport, format_report, read_domain
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.test_decode_sources import bad_file_corpus
 
@@ -31,7 +31,7 @@ def toy(tmp_path_factory):
 
 
 def test_cyclegan_domain_streams_uint8_crops_with_paths(local_ray, toy):
-    ds = read_domain(f"cyclegan:{toy}:trainA", CROP, seed=1)
+    ds = read_domain(f"cyclegan:{toy}:trainA", CROP, options=IngestOptions(seed=1))
     rows = ds.take_all()
     assert len(rows) == 10
     assert all(r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8 for r in rows)
@@ -73,7 +73,7 @@ def test_empty_source_stops_at_once(local_ray, tmp_path):
 
 
 def test_two_consumers_get_disjoint_shards(local_ray, toy):
-    ds = read_domain(f"cyclegan:{toy}:trainB", CROP, shuffle_files=False)
+    ds = read_domain(f"cyclegan:{toy}:trainB", CROP, options=IngestOptions(shuffle_files=False))
     shards = ds.streaming_split(2, equal=True)
     seen: list[list[str]] = [[], []]
 
