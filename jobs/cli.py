@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--variants", nargs="+", default=None, help="fast paths to time (default: all but compile)")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (adds about a minute of compile per preset)")
     b.add_argument("--workers", type=int, default=2, help="ingest: worker processes / Ray CPUs")
-    b.add_argument("--images", type=int, default=24, help="ingest: frames per format")
+    b.add_argument("--images", type=int, default=16, help="ingest: distinct frames per format (each read 24 times)")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -69,13 +69,15 @@ def format_report(summary: dict[str, Any], *, name: str = "ingest", limit: int =
 
 
 class DecodeAugment:
-    """Ray Data UDF. Input columns: ``bytes`` (encoded image), ``path`` (str).
+    """Ray Data UDF. Input columns: ``path`` (str) and, when the source already holds
+    the encoded images (Parquet), ``bytes``; otherwise the UDF reads the file itself.
     Output columns: ``image`` uint8 (B', crop, crop, 3) (a list of (H, W, 3) for
     preprocess ``none``), ``path`` (str); B' <= B, bad files are dropped and reported."""
 
     def __init__(self, data: dict[str, Any], *, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 report: Any = None) -> None:
+                 report: Any = None, filesystem: Any = None) -> None:
         self.data = DataConfig(**data)
+        self.fs = filesystem
         self.max_pixels = max_pixels
         self.report = report
         # Independent crops per worker process; streaming order is not reproducible
@@ -85,8 +87,15 @@ class DecodeAugment:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         images, paths = [], []
         skipped, upscaled, converted = [], [], []
-        for data, path in zip(batch["bytes"], batch["path"]):
+        encoded = batch["bytes"] if "bytes" in batch else [None] * len(batch["path"])
+        for data, path in zip(encoded, batch["path"]):
             path = str(path)
+            if data is None:
+                try:
+                    data = self._read(path)
+                except OSError as e:
+                    skipped.append((path, f"unreadable ({e})"))
+                    continue
             result = decode_image(bytes(data), max_pixels=self.max_pixels)
             if result.image is None:
                 skipped.append((path, result.reason))
@@ -97,13 +106,20 @@ class DecodeAugment:
                 upscaled.append(path)
             images.append(augment(result.image, self.data, self.rng))
             paths.append(path)
-        if self.report is not None:
+        if self.report is not None and (images or skipped):
             self.report.add.remote(len(images), skipped, upscaled, converted)
         c = self.data.crop_size
         if self.data.preprocess != "none":
             stacked = np.stack(images) if images else np.zeros((0, c, c, 3), np.uint8)
             return {"image": stacked, "path": np.array(paths, dtype=object)}
         return {"image": images, "path": np.array(paths, dtype=object)}
+
+    def _read(self, path: str) -> bytes:
+        if self.fs is None:
+            with open(path, "rb") as f:
+                return f.read()
+        with self.fs.open_input_file(path) as f:
+            return f.readall()
 
 
 @dataclass(frozen=True)
@@ -140,14 +156,21 @@ def read_files(files: list[str], data: DataConfig, *, filesystem: Any = None, pa
     if parquet_column is not None:
         ds = _read_parquet(files, filesystem, parquet_column, shuffle)
     else:
-        # Reading bytes is I/O, not compute: a small CPU share keeps the read tasks from
-        # starving the decode actors (or the trainer) on small machines.
-        ds = ray.data.read_binary_files(files, include_paths=True, filesystem=filesystem, num_cpus=READ_CPUS,
-                                        shuffle=shuffle)
+        # Paths only: each decode actor reads its own files. A separate read operator
+        # (read_binary_files) measured 1.9x slower on 2 cores: one task per file, and
+        # every encoded frame copied through the object store before decoding.
+        blocks = max(1, min(len(files) // options.batch_size, 1000))
+        if options.shuffle_files:
+            # Seeded permutation, so a block holds files from all over the dataset (not
+            # 16 consecutive frames of one sequence); the block order changes every pass.
+            files = [files[i] for i in np.random.default_rng(options.seed).permutation(len(files))]
+        ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks)
+        if options.shuffle_files:
+            ds = ds.randomize_block_order()
     return ds.map_batches(
         DecodeAugment,
         fn_constructor_kwargs={"data": asdict(data), "seed": options.seed, "max_pixels": options.max_pixels,
-                               "report": report},
+                               "report": report, "filesystem": filesystem},
         batch_size=options.batch_size,
         batch_format="numpy",
         compute=_actor_pool(options.concurrency),
