@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def save_generator(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": ARCHITECTURE,
-        "model": _model_dict(model_config),
+        "model": asdict(model_config),
         "normalization": NORMALIZATION,
         "training": training_config.to_dict() if training_config is not None else None,
         **(extra or {}),
@@ -181,12 +182,6 @@ def _load_state(generator: ResnetGenerator, state: dict[str, torch.Tensor], *, s
                 f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the architecture expects {tuple(v.shape)}"
             )
     generator.load_state_dict(state)
-
-
-def _model_dict(cfg: ModelConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def _model_config(data: Any, file: Path) -> ModelConfig:

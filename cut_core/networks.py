@@ -118,7 +118,6 @@ class ResnetGenerator(nn.Module):
                 feats.append(x)
         return x, feats
 
-    @torch.no_grad()
     def feature_channels(self, layer_ids: tuple[int, ...]) -> list[int]:
         """Channel count C_l after each layer id, derived from the layers (no forward)."""
         channels, out = self.model[1].in_channels, []

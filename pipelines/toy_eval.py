@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from pipelines.local_images import list_images, read_rgb
 from pipelines.toy_data import per_class_colour_error
@@ -39,8 +40,7 @@ def load_toy_test(root: str | Path) -> tuple[list[Path], np.ndarray, np.ndarray,
     paths = list_images(root / "testA")
     a = np.stack([read_rgb(p) for p in paths])
     b = np.stack([read_rgb(root / "testB" / p.name) for p in paths])
-    from PIL import Image
-
+    # Labels are single-channel class ids: read them as they are, not through read_rgb.
     labels = np.stack([np.asarray(Image.open(root / "labels" / "testA" / p.name)) for p in paths])
     return paths, a, b, labels
 
