@@ -91,6 +91,10 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
         "D": maybe_compile(cfg.perf, D),
         "F": maybe_compile(cfg.perf, Fm),
     }
+    # G's GAN loss reads D with D frozen. A separate entry because under DDP the
+    # D step goes through the gradient-syncing wrapper and this call must not
+    # (cut_core.distributed).
+    state.run["D_for_G"] = state.run["D"]
     return state
 
 
@@ -195,7 +199,7 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     out: dict[str, torch.Tensor] = {}
     b = real_A.shape[0]
     with autocast(cfg.perf, state.device):
-        loss_G_GAN = losses.gan_loss(L.gan_mode, state.run["D"](fwd.fake_B), target_is_real=True).mean() * L.lambda_GAN
+        loss_G_GAN = losses.gan_loss(L.gan_mode, state.run["D_for_G"](fwd.fake_B), target_is_real=True).mean() * L.lambda_GAN
         loss_G = loss_G_GAN
         out["G_GAN"] = loss_G_GAN.detach()
         if L.lambda_NCE > 0:

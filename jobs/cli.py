@@ -37,6 +37,22 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train import TrainOptions, run_train
+
+    run_train(
+        TrainOptions(
+            preset=args.preset, data_a=args.data_a or "", data_b=args.data_b or "", config_file=args.config,
+            sets=tuple(args.set), workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker, steps=args.steps, epochs=args.epochs, register=args.register or "",
+            resume=args.resume, name=args.name, storage_path=args.storage_path, checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, sample_every=args.sample_every,
+            max_failures=args.max_failures, experiment=args.experiment, placement=args.placement,
+        )
+    )
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import run_bench
 
@@ -68,6 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", default="cut", choices=["cut", "fastcut", "sincut"])
     i.add_argument("--out", required=True, help="model directory to write")
     i.set_defaults(func=_cmd_import_official)
+
+    r = sub.add_parser(
+        "train",
+        help="train CUT / FastCUT with Ray Train (local Ray, or the cluster at RAY_ADDRESS), tracked in MLflow",
+        description="Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
+        "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
+    )
+    r.add_argument("--preset", default="cut", choices=["cut", "fastcut"])
+    r.add_argument("--data-a", help="source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], s3://...")
+    r.add_argument("--data-b", help="target domain (same forms)")
+    r.add_argument("--config", help="YAML file of options (official CUT names), applied over the preset")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. crop_size=512")
+    r.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
+    r.add_argument("--gpus-per-worker", type=float, default=0.0)
+    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    length = r.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="total training steps")
+    length.add_argument("--epochs", type=int, help="total epochs (default: n_epochs + n_epochs_decay of the config)")
+    r.add_argument("--register", help="register the final model in the MLflow Model Registry under this name")
+    r.add_argument("--resume", action="store_true", help="continue the latest run (or --name) from its last checkpoint")
+    r.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
+    r.add_argument("--storage-path", default="raycut-runs", help="checkpoint storage: folder, NFS path or s3://bucket/prefix")
+    r.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    r.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the newest)")
+    r.add_argument("--log-every", type=int, default=20, help="steps between metric reports and progress lines")
+    r.add_argument("--sample-every", type=int, default=500, help="steps between sample grids logged to MLflow")
+    r.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint")
+    r.add_argument("--experiment", default="raycut", help="MLflow experiment")
+    r.add_argument("--placement", default="pack", choices=["pack", "spread", "strict-spread"],
+                   help="how workers spread over nodes (strict-spread: one per node)")
+    r.set_defaults(func=_cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
     b.add_argument("which", choices=["train", "ingest"], help="what to measure")

@@ -10,7 +10,7 @@ import torch
 
 from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
 from jobs.progress import Progress
-from pipelines.augment import to_model_input, to_uint8_images
+from cut_core.images import to_model_input, to_uint8_images
 from pipelines.local_images import unpaired_array_batches
 
 

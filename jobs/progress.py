@@ -21,12 +21,15 @@ class Progress:
     printed every ``every`` updates so the log stays readable.
     """
 
-    def __init__(self, label: str, total: int, *, unit: str = "it", every: int = 10, stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, total: int, *, unit: str = "it", every: int = 10, stream: TextIO | None = None,
+                 initial: int = 0) -> None:
         self.label, self.total, self.unit, self.every = label, total, unit, max(1, every)
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.start = time.perf_counter()
-        self.done = 0
+        # A resumed run starts at ``initial``: the rate (and so the ETA) counts only
+        # the work done in this process.
+        self.initial = self.done = initial
 
     def update(self, n: int = 1, values: Mapping[str, float] | None = None) -> None:
         self.done += n
@@ -35,7 +38,7 @@ class Progress:
 
     def line(self, values: Mapping[str, float]) -> str:
         elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         vals = " ".join(f"{k} {v:.3g}" for k, v in values.items())
         pct = 100 * self.done / max(1, self.total)

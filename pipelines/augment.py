@@ -64,15 +64,3 @@ def augment(img: np.ndarray, data: DataConfig, rng: np.random.Generator) -> np.n
     if not data.no_flip and rng.random() < 0.5:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
-
-
-def to_model_input(batch: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
-def to_uint8_images(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [-1, 1] -> (B, H, W, 3) uint8."""
-    y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.permute(0, 2, 3, 1).cpu().numpy()

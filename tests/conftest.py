@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -34,3 +37,32 @@ def images() -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     b = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
     return a, b
+
+
+# The same tiny model as ``tiny()``, as `raycut train --set` items.
+TINY_SETS = ("ngf=8", "ndf=8", "n_blocks=3", "netF_nc=16", "nce_layers=0,4,8,12,14", "num_patches=32",
+             "crop_size=32", "load_size=32", "preprocess=crop", "batch_size=2")
+
+
+def kill_one_train_worker_when(ready, *, timeout: float = 180.0) -> threading.Thread:
+    """In the background: wait until ``ready()`` is true, then SIGKILL one Ray Train
+    worker process (a real crash, not an exception). The thread's ``killed`` attribute
+    holds the pid."""
+    import psutil
+
+    def run() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                for proc in psutil.process_iter(["cmdline"]):
+                    cmd = proc.info["cmdline"] or []
+                    if cmd and cmd[0].startswith("ray::RayTrainWorker"):
+                        proc.kill()
+                        thread.killed = proc.pid
+                        return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.killed = None
+    thread.start()
+    return thread

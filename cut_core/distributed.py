@@ -1,0 +1,83 @@
+"""Data-parallel CUT: G, D and F each wrapped in DistributedDataParallel.
+
+DDP averages gradients only for calls that go through its ``forward``, once per
+backward. The CUT phases call G by method (``forward_and_encode``, ``encode``) and
+call D in two roles, so the wrapping is explicit about which call is synced:
+
+- G: the translation pass (``forward_and_encode``) goes through DDP. The query
+  encoding in ``g_step`` uses the plain module: its gradient reaches the same
+  parameters inside the same backward, where autograd sums both contributions
+  before DDP's per-parameter hook fires, so one synced forward covers both.
+- D: the D step goes through DDP; G's GAN loss uses the plain module, because D
+  is frozen there and a DDP forward would wait for gradients that never come.
+- F: the query projection goes through DDP; the key projection runs under
+  no_grad, where DDP does not prepare a reduction.
+
+Pure torch: the process group is the caller's (Ray Train's TorchTrainer, torchrun,
+or a test's ``init_process_group``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cut_core.training import TrainState
+
+
+class _Dispatch(nn.Module):
+    """Holds a module's parameters for DDP and routes ``forward(name, ...)`` to one of
+    the callables that ``TrainState.run`` already uses (plain or compiled)."""
+
+    def __init__(self, module: nn.Module, calls: dict[str, Callable[..., Any]]) -> None:
+        super().__init__()
+        self.module = module
+        self._calls = calls
+
+    def forward(self, name: str, *args: Any) -> Any:
+        return self._calls[name](*args)
+
+
+def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None) -> dict[str, DistributedDataParallel]:
+    """Wrap G, D and F of ``state`` in DDP (in place: ``state.run`` is rerouted).
+
+    DDP's constructor broadcasts rank 0's parameters, so every replica starts equal
+    even if a caller built them differently. Returns the three DDP modules (kept
+    alive by ``state.run``); checkpoints keep using ``state.G/D/F`` and their plain
+    state-dict keys.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("wrap_data_parallel needs an initialised torch.distributed process group")
+    run = dict(state.run)
+    plain = {"G": {"forward_and_encode": run["G_forward_and_encode"]}, "D": {"forward": run["D"]}, "F": {"forward": run["F"]}}
+    wrapped = {
+        name: DistributedDataParallel(
+            _Dispatch(module, plain[name]),
+            device_ids=device_ids,
+            # No buffer is trained (instance norm keeps no running stats; the blur
+            # filters are constants), so skip the per-forward broadcast.
+            forward_sync_buffers=False,
+        )
+        for name, module in state.modules().items()
+    }
+    state.run["G_forward_and_encode"] = partial(wrapped["G"], "forward_and_encode")
+    state.run["D"] = partial(wrapped["D"], "forward")
+    state.run["F"] = partial(wrapped["F"], "forward")
+    # Unchanged and deliberately unsynced: G_encode and D_for_G (see the module doc).
+    return wrapped
+
+
+@torch.no_grad()
+def replica_divergence(state: TrainState) -> float:
+    """Largest absolute difference of any G, D or F weight across ranks (0.0 when the
+    replicas are equal). All ranks must call it."""
+    flat = torch.cat([p.detach().float().flatten() for m in state.modules().values() for p in m.parameters()])
+    hi, lo = flat.clone(), flat.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).max())

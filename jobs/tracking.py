@@ -1,0 +1,164 @@
+"""MLflow: where runs go, what they record, and the registered model.
+
+The embedded default is a SQLite store ``mlflow.db`` in the working directory with
+artifacts in ``./mlruns`` beside it; ``MLFLOW_TRACKING_URI`` points anywhere else (a
+tracking server on PostgreSQL + an object store, on a cluster). The driver creates
+the experiment and the run; training rank 0 logs into that run by id through an
+``MlflowClient``, so no worker depends on MLflow's process-global active run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from cut_core.errors import RaycutError
+
+MODEL_ARTIFACT = "model"  # the logged MLflow model's name in the run
+MODEL_DIR_ARTIFACT = "model_dir"  # key of the raycut model directory among its artifacts
+PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before any training, when the tracking store cannot be used."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot track"
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise RaycutError(
+            f"MLflow tracking store {uri} is unreachable ({reason}); start the server or fix "
+            "MLFLOW_TRACKING_URI (unset it to use ./mlflow.db)"
+        ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """Create (or reuse) the experiment, start a run with ``params``; returns its id."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            # Artifacts beside the database, as an absolute path: Ray Train workers run
+            # in a Ray session folder, where MLflow's relative default would point.
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags))
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)) for k, v in sorted(params.items())]
+    client = _client(uri)
+    for i in range(0, len(items), 100):  # the store takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a resumed run as running again (a crash may have left it FAILED)."""
+    _client(uri).update_run(run_id, status="RUNNING")
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+class RunLogger:
+    """What training rank 0 logs into an existing run: metrics and picture artifacts."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = _client(uri)
+        self.run_id = run_id
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def artifact(self, path: str | Path, folder: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
+
+
+def log_model_dir(uri: str, run_id: str, model_dir: str | Path) -> str:
+    """Log a raycut model directory as an MLflow pyfunc model ("models from code": the
+    class is read from jobs/mlflow_model.py, nothing is pickled). Returns the model URI."""
+    import mlflow
+    import cut_core
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_CODE),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            # cut_core travels with the model, so it loads without raycut installed.
+            code_paths=[str(Path(cut_core.__file__).parent)],
+            pip_requirements=["torch", "safetensors", "numpy"],
+        )
+    return info.model_uri
+
+
+def register(uri: str, model_uri: str, name: str, tags: Mapping[str, str]) -> str:
+    """Register ``model_uri`` under ``name``; returns the new version. ``models:/NAME@latest``
+    then resolves to it (``latest`` is MLflow's built-in alias for the newest version;
+    other aliases such as ``champion`` are set by the user or by ``raycut tune``)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mv = mlflow.register_model(model_uri, name, tags=dict(tags))
+    return str(mv.version)
+
+
+def set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    _client(uri).set_registered_model_alias(name, alias, version)
+
+
+def resolve_model_dir(model: str, *, uri: str | None = None, cache: str | Path | None = None) -> Path:
+    """A local raycut model directory for ``model``: a directory path as is, or an MLflow
+    model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``runs:/ID/model``) downloaded."""
+    local = Path(model)
+    if "://" not in model and not model.startswith(("models:", "runs:")):
+        if not (local / "config.json").is_file():
+            raise RaycutError(f"{model} is not a raycut model directory (no config.json); pass a model dir or models:/NAME@ALIAS")
+        return local
+    import mlflow
+
+    mlflow.set_tracking_uri(uri or tracking_uri())
+    dst = Path(cache) if cache else Path(tempfile.mkdtemp(prefix="raycut-model-"))
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst)))
+    except Exception as e:  # noqa: BLE001
+        raise RaycutError(f"cannot fetch model {model} from {uri or tracking_uri()} ({str(e).splitlines()[0][:200]}); "
+                          "check the name and alias with `mlflow ui` or MlflowClient().search_model_versions()") from None
+    # A pyfunc model keeps its artifacts under artifacts/<name>/.
+    found = sorted(root.glob("artifacts/*/config.json")) or sorted(root.glob("**/config.json"))
+    if not found:
+        raise RaycutError(f"{model} holds no raycut model directory; was it logged by `raycut train`?")
+    return found[0].parent

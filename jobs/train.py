@@ -1,0 +1,328 @@
+"""`raycut train`: CUT / FastCUT on Ray Train, tracked in MLflow.
+
+    resolve config -> check MLflow -> MLflow run -> Ray (local, or RAY_ADDRESS)
+    -> Ray Data A and B (pipelines.ingest) -> TorchTrainer(train_worker, DDP)
+    -> final checkpoint -> model directory logged (+ registered) in MLflow
+
+Batch sizes: ``batch_size`` (``--set batch_size=N``) is per worker; the global batch
+is batch_size x workers, and an epoch is max(|A|, |B|) / global batch steps, so
+adding workers makes epochs shorter, not longer.
+
+Storage: checkpoints go to ``<storage_path>/<name>/`` (a local folder by default,
+s3://... or an NFS path on a cluster, where every node must reach it). The run's
+spec sits beside them as ``run.json``; ``--resume`` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cut_core.errors import RaycutError
+from jobs import tracking
+from jobs.config_file import resolve_config
+from jobs.train_job import SPEC_NAME, TrainJob
+from pipelines.ingest import IngestOptions, domain_size, read_domain, steps_per_epoch
+
+LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
+DONE_NAME = "done.json"
+MIN_FILES_PER_PASS = 2048  # small datasets are repeated within one Ray Data pass (IngestOptions.repeat)
+# Keep the console to raycut's progress lines and real warnings: Ray Data logs every
+# execution start at INFO, once per epoch per domain.
+QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict-spread": "STRICT_SPREAD"}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    preset: str = "cut"
+    data_a: str = ""
+    data_b: str = ""
+    config_file: str | None = None
+    sets: tuple[str, ...] = ()
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    steps: int | None = None
+    epochs: int | None = None
+    register: str = ""
+    resume: bool = False
+    name: str | None = None
+    storage_path: str = "raycut-runs"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 20
+    sample_every: int = 500
+    max_failures: int = 3
+    experiment: str = "raycut"
+    placement: str = "pack"
+
+
+@dataclass
+class TrainResult:
+    job: TrainJob
+    metrics: dict[str, Any]
+    checkpoint_dir: Path  # local copy of the final checkpoint
+    model_dir: Path
+    mlflow_run_id: str
+    model_uri: str
+    model_version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_train(opts: TrainOptions) -> TrainResult:
+    _check_options(opts)
+    storage = _absolute_storage(opts.storage_path)
+    if opts.resume:
+        job = _load_job(storage, opts.name)
+        job = replace(job, register=opts.register or job.register)
+        uri = job.tracking_uri  # the run lives where it was started
+        tracking.check_reachable(uri)
+        tracking.reopen_run(uri, job.mlflow_run_id)
+    else:
+        uri = tracking.tracking_uri()
+        tracking.check_reachable(uri)  # before anything slow
+        job = _new_job(opts, storage, uri)
+    _write_text(storage, f"{job.name}/{SPEC_NAME}", json.dumps(job.to_dict(), indent=2, sort_keys=True) + "\n")
+    _write_text(storage, LATEST_NAME, job.name + "\n")
+    print(f"[train] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
+          flush=True)
+    try:
+        result = _fit(job, opts)
+    except BaseException:
+        tracking.end_run(uri, job.mlflow_run_id, "FAILED")
+        raise
+    return _finish(job, result, uri)
+
+
+def _check_options(opts: TrainOptions) -> None:
+    if not opts.resume and not (opts.data_a and opts.data_b):
+        raise RaycutError("--data-a and --data-b are required (or --resume to continue a run)")
+    if opts.steps is not None and opts.epochs is not None:
+        raise RaycutError("pass --steps or --epochs, not both")
+    for name in ("workers", "checkpoint_every", "log_every", "sample_every", "keep_checkpoints"):
+        if getattr(opts, name) < 1:
+            raise RaycutError(f"--{name.replace('_', '-')} must be at least 1")
+    if (opts.steps is not None and opts.steps < 1) or (opts.epochs is not None and opts.epochs < 1):
+        raise RaycutError("--steps and --epochs must be at least 1")
+    if opts.placement not in PLACEMENTS:
+        raise RaycutError(f"--placement must be one of {', '.join(PLACEMENTS)}")
+
+
+def _new_job(opts: TrainOptions, storage: str, uri: str) -> TrainJob:
+    cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets))
+    size_a, size_b = domain_size(opts.data_a), domain_size(opts.data_b)
+    spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
+    epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
+    steps = opts.steps or epochs * spe
+    name = opts.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if _exists(storage, f"{name}/{SPEC_NAME}"):
+        raise RaycutError(f"run {name} already exists in {storage}; pass --resume to continue it, or another --name")
+    job = TrainJob(
+        config=cfg.to_dict(), data_a=opts.data_a, data_b=opts.data_b, name=name, storage_path=storage, steps=steps,
+        steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
+        cpus_per_worker=opts.cpus_per_worker, checkpoint_every=opts.checkpoint_every,
+        keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every, sample_every=opts.sample_every,
+        max_failures=opts.max_failures, tracking_uri=uri, register=opts.register,
+        extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
+    )
+    params = {**cfg.flat(), "data_a": opts.data_a, "data_b": opts.data_b, "workers": opts.workers,
+              "global_batch": job.global_batch, "steps": steps, "steps_per_epoch": spe, "images_a": size_a,
+              "images_b": size_b, "gpus_per_worker": opts.gpus_per_worker}
+    tags = {"raycut.run": name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}
+    run_id = tracking.create_run(uri, opts.experiment, name, params, tags)
+    return replace(job, mlflow_run_id=run_id)
+
+
+def _fit(job: TrainJob, opts: TrainOptions) -> Any:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs.train_worker import train_worker
+
+    cfg = job.cut
+    # Ray Train's report() waits on the controller's health-check poll (2 s by default);
+    # a faster poll keeps reports cheap. Propagated to the controller and the workers.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    start_ray(job.workers * job.cpus_per_worker)
+    data_cpus = max(1.0, ray.cluster_resources().get("CPU", 1) - job.workers * job.cpus_per_worker)
+    # One decode actor per domain per 2 spare CPUs (at least one), the rest left to the
+    # streaming split and reads: trainers must never wait on starved decoders.
+    actors = max(1, int(data_cpus // 4))
+    smallest = min(job.extra.get("images_a", 0), job.extra.get("images_b", 0)) or MIN_FILES_PER_PASS
+    ingest = IngestOptions(seed=cfg.seed, concurrency=actors, num_cpus=min(1.0, data_cpus / (2 * actors + 1)),
+                           repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
+    datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest), "B": read_domain(job.data_b, cfg.data, options=ingest)}
+    samples = _sample_images(job, ingest)
+    use_gpu = job.gpus_per_worker > 0
+    resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job.to_dict(), "samples": samples},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources,
+            placement_strategy=PLACEMENTS[job.extra.get("placement", opts.placement)],
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.name,
+            storage_path=job.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; keep the first line, point at --resume
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise RaycutError(f"training failed after {job.max_failures} restarts ({first}); fix the cause and run "
+                          f"`raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
+
+
+def start_ray(train_cpus: float) -> None:
+    """Connect to RAY_ADDRESS, or start a local Ray with enough logical CPUs for the
+    trainers plus the data pipeline (on a 2-core laptop the CPU count is logical:
+    Ray schedules by it, the OS shares the cores)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
+        return
+    for k, v in QUIET_ENV.items():  # local workers inherit the driver's environment
+        os.environ.setdefault(k, v)
+    cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
+    # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
+    ray.init(num_cpus=cpus, logging_level="warning")
+
+
+def _sample_images(job: TrainJob, ingest: IngestOptions) -> np.ndarray:
+    """The first few crops of domain A (files in order, same preprocessing as training):
+    the inputs of every sample grid of the run."""
+    from pipelines.ingest import read_files
+    from pipelines.sources import list_source_files, parse_source
+
+    source = parse_source(job.data_a)
+    fs, files = list_source_files(source)
+    column = source.column if source.layout == "parquet" else None
+    head = files[: job.samples] if column is None else files[:1]
+    ds = read_files(head, job.cut.data, filesystem=fs, parquet_column=column,
+                    options=replace(ingest, shuffle_files=False, concurrency=1, batch_size=job.samples))
+    try:
+        return np.asarray(ds.take_batch(job.samples, batch_format="numpy")["image"])
+    except ValueError:  # an empty dataset: every file of the head was unreadable
+        raise RaycutError(f"no readable image among the first files of {job.data_a}") from None
+
+
+def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
+    from jobs.train_worker import MODEL_SUBDIR
+
+    if result.checkpoint is None:
+        raise RaycutError(f"run {job.name} ended without a checkpoint; see the log above")
+    local = Path(tempfile.mkdtemp(prefix=f"raycut-{job.name}-"))
+    result.checkpoint.to_directory(str(local))
+    model_dir = local / MODEL_SUBDIR
+    if not (model_dir / "config.json").is_file():
+        raise RaycutError(f"the last checkpoint of {job.name} holds no model directory; resume it to finish training")
+    t = time.perf_counter()
+    _log_loss_plot(uri, job.mlflow_run_id, local)
+    model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, model_dir)
+    version = None
+    if job.register:
+        version = tracking.register(uri, model_uri, job.register, {"raycut.run": job.name, "raycut.steps": str(job.steps)})
+    tracking.end_run(uri, job.mlflow_run_id, "FINISHED")
+    _write_text(job.storage_path, f"{job.name}/{DONE_NAME}",
+                json.dumps({"steps": job.steps, "mlflow_run_id": job.mlflow_run_id, "model_uri": model_uri,
+                            "registered": job.register, "version": version}) + "\n")
+    metrics = dict(result.metrics or {})
+    print(_summary(job, metrics, uri, model_uri, version), flush=True)
+    return TrainResult(job=job, metrics=metrics, checkpoint_dir=local, model_dir=model_dir, mlflow_run_id=job.mlflow_run_id,
+                       model_uri=model_uri, model_version=version, timings={"log_model_s": time.perf_counter() - t})
+
+
+def _log_loss_plot(uri: str, run_id: str, folder: Path) -> None:
+    """Loss curves of the whole run (across restarts) from MLflow's metric history."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.report import save_loss_plot
+
+    client = MlflowClient(tracking_uri=uri)
+    keys = [k for k in ("G_GAN", "NCE", "NCE_Y", "D", "images_per_s") if client.get_metric_history(run_id, k)]
+    rows: dict[int, dict[str, float]] = {}
+    for k in keys:
+        for m in client.get_metric_history(run_id, k):
+            rows.setdefault(m.step, {"step": m.step})[k] = m.value
+    if rows:
+        plot = save_loss_plot([rows[s] for s in sorted(rows)], folder / "losses.png", keys=keys)
+        client.log_artifact(run_id, str(plot))
+
+
+def _summary(job: TrainJob, metrics: dict[str, Any], uri: str, model_uri: str, version: str | None) -> str:
+    losses = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("G_GAN", "NCE", "D") if k in metrics)
+    lines = [
+        f"[train] done: {job.name}, step {int(metrics.get('step', job.steps))}/{job.steps} ({losses}), "
+        f"{metrics.get('images_per_s', 0):.1f} images/s on {int(metrics.get('nodes', 1))} node(s)",
+        f"[train] model: {model_uri}" + (f", registered as models:/{job.register}@latest (version {version})" if version else ""),
+        f"[train] see it: mlflow ui --backend-store-uri {uri}",
+    ]
+    return "\n".join(lines)
+
+
+# ---- storage: local folders or pyarrow filesystems (s3://, gs://) ------------------
+
+
+def _absolute_storage(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _fs(storage: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    if "://" not in storage:
+        return pafs.LocalFileSystem(), storage
+    return pafs.FileSystem.from_uri(storage)
+
+
+def _write_text(storage: str, rel: str, text: str) -> None:
+    fs, root = _fs(storage)
+    path = f"{root.rstrip('/')}/{rel}"
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def _read_text(storage: str, rel: str) -> str | None:
+    fs, root = _fs(storage)
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{rel}") as f:
+            return f.read().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _exists(storage: str, rel: str) -> bool:
+    return _read_text(storage, rel) is not None
+
+
+def _load_job(storage: str, name: str | None) -> TrainJob:
+    name = name or (_read_text(storage, LATEST_NAME) or "").strip()
+    if not name:
+        raise RaycutError(f"no run to resume in {storage}; start one with raycut train --data-a ... --data-b ...")
+    spec = _read_text(storage, f"{name}/{SPEC_NAME}")
+    if spec is None:
+        raise RaycutError(f"run {name} has no {SPEC_NAME} in {storage}; pass the --name and --storage-path it was started with")
+    if _exists(storage, f"{name}/{DONE_NAME}"):
+        raise RaycutError(f"run {name} already finished; start a new run (its model is in MLflow)")
+    return TrainJob.from_dict(json.loads(spec))

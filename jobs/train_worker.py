@@ -1,0 +1,173 @@
+"""The per-worker loop of ``raycut train`` (runs inside Ray Train's worker processes).
+
+    build G/D/F (+ restore the latest checkpoint) -> wrap in DDP -> for each step:
+    next A and B batch from this worker's Ray Data shards -> cut_core.train_step ->
+    every log_every: report metrics (rank 0 also logs to MLflow and prints progress)
+    every checkpoint_every and at the end: report a checkpoint
+    every sample_every (rank 0): a sample grid into the MLflow run
+
+Every rank calls ``ray.train.report`` at the same steps: it is a barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.numpy import save_file as save_numpy
+
+from cut_core import build_train_state, save_generator, set_epoch, train_step
+from cut_core.distributed import replica_divergence, wrap_data_parallel
+from cut_core.images import to_model_input, to_uint8_images
+from cut_core.train_checkpoint import load_train_state, save_train_state
+from cut_core.training import TrainState
+from jobs.progress import Progress
+from jobs.tracking import RunLogger
+from jobs.train_job import TrainJob
+from pipelines.ingest import unpaired_batches
+from pipelines.report import save_grid
+
+MODEL_SUBDIR = "model"  # the final checkpoint also holds the model directory
+FINAL_SAMPLES = "final_samples.safetensors"  # inputs and the in-memory G's outputs
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    _quiet_ray_train()
+    job = TrainJob.from_dict(loop_config["job"])
+    samples: np.ndarray = loop_config["samples"]  # (S, crop, crop, 3) uint8 from domain A
+    cfg = job.cut
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+
+    state = build_train_state(cfg, device=device, rank=rank)
+    resumed_from = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            load_train_state(state, folder, rank=rank)
+        resumed_from = state.step
+    if world > 1:
+        wrap_data_parallel(state, device_ids=[device.index] if device.type == "cuda" else None)
+    nodes = _count_nodes(world)
+
+    lead = rank == 0
+    logger = RunLogger(job.tracking_uri, job.mlflow_run_id) if lead and job.mlflow_run_id else None
+    bar = Progress("train", job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if lead else None
+    if lead:
+        where = f"resuming at step {resumed_from}" if resumed_from else "starting"
+        sys.stdout.write(f"[train] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
+                         f"worker per step (global batch {job.global_batch}), {job.steps} steps of "
+                         f"{job.steps_per_epoch} per epoch\n")
+        sys.stdout.flush()
+    if logger and resumed_from:
+        logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
+
+    shards = ray.train.get_dataset_shard("A"), ray.train.get_dataset_shard("B")
+    sums: dict[str, torch.Tensor] = {}
+    window_steps, window_start, waited = 0, time.perf_counter(), 0.0
+    lr = state.opt_G.param_groups[0]["lr"]
+    batches = unpaired_batches(*shards, batch_size=job.batch_per_worker, steps=job.steps - state.step)
+    while True:
+        t = time.perf_counter()
+        pair = next(batches, None)
+        waited += time.perf_counter() - t
+        if pair is None:
+            break
+        epoch = state.step // job.steps_per_epoch
+        if epoch != state.epoch or state.step == resumed_from:
+            lr = set_epoch(state, epoch)
+        a, b = (to_model_input(x).to(device, non_blocking=True) for x in pair)
+        losses = train_step(state, a, b)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v  # stays on the device: no sync per step
+        window_steps += 1
+        step, last = state.step, state.step == job.steps
+        save = step % job.checkpoint_every == 0 or last
+        if not (save or step % job.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window_start
+        metrics = {k: float(v) / window_steps for k, v in sums.items()}
+        metrics.update(step=step, epoch=state.epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
+                       images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
+        if save:
+            metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
+            _report_checkpoint(state, job, rank, metrics, samples if last else None)
+        else:
+            ray.train.report(metrics)
+        if lead:
+            _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
+        sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
+
+
+def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],
+                       final_samples: np.ndarray | None) -> None:
+    """Every rank writes its part (rank 0 the networks and optimizers, each rank its
+    RNG); Ray Train merges the parts into one checkpoint directory."""
+    with tempfile.TemporaryDirectory(prefix="raycut-ckpt-") as tmp:
+        save_train_state(state, tmp, rank=rank)
+        if rank == 0 and final_samples is not None:
+            cfg = state.config
+            save_generator(state.G, Path(tmp) / MODEL_SUBDIR, model_config=cfg.model, training_config=cfg,
+                           extra={"trained_steps": state.step, "run": job.name})
+            save_numpy({"input": final_samples, "output": _translate(state, final_samples)}, str(Path(tmp) / FINAL_SAMPLES))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: Progress | None,
+               metrics: dict[str, float], samples: np.ndarray, steps: int) -> None:
+    step = int(metrics["step"])
+    if bar is not None:
+        shown = {k: metrics[k] for k in ("G", "NCE", "D") if k in metrics}
+        shown["img/s"] = metrics["images_per_s"]
+        bar.update(steps, values=shown)
+    if logger is None:
+        return
+    logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
+    if step % job.sample_every == 0 or step == job.steps:
+        with tempfile.TemporaryDirectory() as tmp:
+            fake = _translate(state, samples)
+            grid = save_grid([[samples[i], fake[i]] for i in range(len(samples))], Path(tmp) / f"step_{step:07d}.png",
+                             titles=("input A", f"translation, step {step}"), scale=max(1, 128 // samples.shape[1]))
+            logger.artifact(grid, "samples")
+
+
+@torch.no_grad()
+def _translate(state: TrainState, images: np.ndarray) -> np.ndarray:
+    """(S, H, W, 3) uint8 through the plain (unwrapped) G, in fp32 eval mode."""
+    G = state.G
+    G.eval()
+    try:
+        return to_uint8_images(G(to_model_input(images).to(state.device)))
+    finally:
+        G.train()
+
+
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report (the full metrics dict, per rank) at INFO from a
+    logger that LoggingConfig does not reach; the progress line says it better."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # another Ray version: noisy, not broken
+        pass
+
+
+def _count_nodes(world: int) -> int:
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return 1
+    ids: list[Any] = [None] * world
+    dist.all_gather_object(ids, node)
+    return len(set(ids))

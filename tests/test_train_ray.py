@@ -1,0 +1,98 @@
+"""`raycut train` on a real local Ray with a real SQLite MLflow: a crashed worker is
+restarted from its checkpoint, an interrupted run resumes, bad setups fail early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from cut_core.errors import RaycutError
+from jobs.train import TrainOptions, run_train
+from pipelines.toy_data import ToySpec, write_toy_dataset
+from tests.conftest import TINY_SETS, kill_one_train_worker_when
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), ToySpec(size=32, n_train=16, n_test=2))
+
+
+def _options(toy: Path, storage: Path, **kw) -> TrainOptions:
+    base = dict(preset="fastcut", data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB", sets=TINY_SETS,
+                workers=2, steps=40, log_every=5, checkpoint_every=5, sample_every=20, storage_path=str(storage),
+                name="run")
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _has_checkpoint(run_dir: Path):
+    # Ray Train writes its snapshot once a checkpoint is registered (all ranks reported).
+    return lambda: (run_dir / "checkpoint_manager_snapshot.json").is_file()
+
+
+def test_crashed_worker_restarts_from_checkpoint(local_ray, toy, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the embedded default: ./mlflow.db and ./mlruns
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    killer = kill_one_train_worker_when(_has_checkpoint(tmp_path / "runs" / "run"))
+    result = run_train(_options(toy, tmp_path / "runs", max_failures=3))
+    killer.join(timeout=1)
+    assert killer.killed is not None, "the run ended before a worker could be killed"
+    m = result.metrics
+    assert m["step"] == 40 and m["resumed_from_step"] >= 5
+    assert m["replica_divergence"] == 0.0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["crop_size"] == "32" and run.data.params["global_batch"] == "4"
+    assert [h.value for h in client.get_metric_history(run.info.run_id, "resumed_from_step")] != []
+    steps = {h.step for h in client.get_metric_history(run.info.run_id, "NCE")}
+    assert {5, 40} <= steps
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
+    assert {"samples/step_0000020.png", "samples/step_0000040.png"} <= artifacts
+    assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database
+    # Only the newest checkpoints are kept (keep_checkpoints 3), each a complete state.
+    kept = sorted(json.loads(f.read_text())["step"] for f in (tmp_path / "runs" / "run").glob("checkpoint_*/train_state.json"))
+    assert kept == [30, 35, 40]
+
+
+def test_resume_after_interrupted_run(local_ray, toy, tmp_path, monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    storage = tmp_path / "runs"
+    killer = kill_one_train_worker_when(_has_checkpoint(storage / "run"))
+    with pytest.raises(RaycutError, match="--resume"):
+        run_train(_options(toy, storage, max_failures=0))
+    killer.join(timeout=1)
+    client = MlflowClient(tracking_uri=uri)
+    (first,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
+    assert first.info.status == "FAILED"
+
+    with pytest.raises(RaycutError, match="already exists"):
+        run_train(_options(toy, storage))  # the same name again without --resume
+    result = run_train(TrainOptions(resume=True, storage_path=str(storage), register="toy-resumed"))
+    assert result.metrics["step"] == 40 and result.metrics["resumed_from_step"] >= 5
+    assert result.mlflow_run_id == first.info.run_id
+    assert client.get_run(first.info.run_id).info.status == "FINISHED"
+    assert str(client.get_model_version_by_alias("toy-resumed", "latest").version) == result.model_version
+    with pytest.raises(RaycutError, match="already finished"):
+        run_train(TrainOptions(resume=True, storage_path=str(storage)))
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(RaycutError, match="unreachable"):
+        run_train(_options(Path("unused"), tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
