@@ -19,6 +19,7 @@ or a test's ``init_process_group``).
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, Callable
 
@@ -28,6 +29,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cut_core.training import TrainState
+
+
+# No buffer is trained (instance norm keeps no running stats; the blur filters are
+# constants), so skip the per-forward buffer broadcast. torch 2.14 renamed the option
+# and warns on the old name; torch <= 2.13 (a GPU box's install) knows only the old one.
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class _Dispatch(nn.Module):
@@ -59,9 +70,7 @@ def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None
         name: DistributedDataParallel(
             _Dispatch(module, plain[name]),
             device_ids=device_ids,
-            # No buffer is trained (instance norm keeps no running stats; the blur
-            # filters are constants), so skip the per-forward broadcast.
-            forward_sync_buffers=False,
+            **_NO_BUFFER_SYNC,
         )
         for name, module in state.modules().items()
     }

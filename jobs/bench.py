@@ -21,6 +21,14 @@ def run_bench(args: argparse.Namespace) -> int:
         print(benchmark.format_table(rows))
         print(f"wrote {out}")
         return 0
+    if args.ray:
+        log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px bf16, Ray Train 1 and 2 workers "
+            "against the bare cut_core step")
+        rows = bench_train_ray(tuple(args.presets), crop=args.crop, log=log)
+        out = benchmark.write_record(args.out, "train-ray", rows, "cpu")
+        print(benchmark.format_table(rows))
+        print(f"wrote {out}")
+        return 0
     variants = list(args.variants or benchmark.DEFAULT_VARIANTS)
     unknown = [v for v in variants if v not in benchmark.TRAIN_VARIANTS]
     if unknown:
@@ -133,6 +141,90 @@ def bench_ingest(n: int = 16, workers: int = 2, repeat: int = 24, log=print) -> 
                 rate = timed(b["path"] for b in ds.iter_batches(batch_size=4, batch_format="numpy"))
                 rows.append({"name": f"ingest/ray-data-{workers}w/{kind}", "metric": "images_per_s", "value": round(rate, 2), "unit": "images/s"})
                 log(f"    Ray Data, {workers} decode actors, {kind}: {rate:.2f} images/s over {len(files)} images")
+        finally:
+            ray.shutdown()
+    return rows
+
+
+# ---- train on Ray ------------------------------------------------------------------
+
+
+def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256, precision: str = "bf16",
+                    steps: int = 16, window: int = 4, log=print) -> list[dict[str, object]]:
+    """Per-step time of `raycut train` (Ray Train + Ray Data feed + DDP + metric
+    reports) with 1 and 2 workers, against cut_core's bare step in one process, on the
+    same machine and the same threads.
+
+    The Ray figures come from the run's own per-window images/s (MLflow history), the
+    first window (start-up, first epoch of data) dropped; batch 1 per worker. With 1
+    worker the worker gets all cores (as the bare step does); with 2 workers each gets
+    half, so that row shows what data parallelism buys on this machine.
+    """
+    import os
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from jobs.train import TrainOptions, run_train, start_ray
+    from pipelines.toy_data import ToySpec, write_toy_dataset
+
+    cores = os.cpu_count() or 1
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+        toy = write_toy_dataset(root / "toy", ToySpec(size=crop, n_train=32, n_test=1))
+        start_ray(cores)
+        try:
+            for preset in presets:
+                overrides = {"crop_size": crop, "load_size": crop, "preprocess": "crop", "batch_size": 1,
+                             "precision": precision}
+                bare_times: list[float] = []
+
+                def time_bare(when: str) -> None:
+                    log(f"  timing {preset} bare cut_core step ({cores} threads, {when}) ...")
+                    t = benchmark._in_fresh_process(benchmark._time_train_variant, preset, "raycut", overrides, "cpu", 1, 5)
+                    bare_times.extend(t.times_ms)
+                    log(f"    {t.median_ms:9.1f} ms/step")
+
+                # The bare step is timed before and after the Ray runs and the median of
+                # all its steps is the baseline: on a noisy machine a drift between the
+                # two measurements would otherwise be read as Ray's overhead.
+                time_bare("before the Ray runs")
+                ray_rows: list[dict[str, object]] = []
+                for workers in (1, 2):
+                    log(f"  timing {preset} on Ray Train, {workers} worker(s) ...")
+                    result = run_train(TrainOptions(
+                        preset=preset, data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB",
+                        sets=tuple(f"{k}={v}" for k, v in overrides.items()), workers=workers,
+                        cpus_per_worker=max(1, cores // workers), steps=steps, log_every=window,
+                        checkpoint_every=steps, sample_every=steps, storage_path=str(root / "runs"),
+                        name=f"{preset}-{workers}w", experiment="bench",
+                    ))
+                    history = MlflowClient().get_metric_history(result.mlflow_run_id, "images_per_s")
+                    rates = [h.value for h in sorted(history, key=lambda h: h.step)][1:]
+                    waits = [h.value for h in MlflowClient().get_metric_history(result.mlflow_run_id, "data_wait_frac")]
+                    ms = 1000.0 * workers / statistics.median(rates)  # per step of the global batch
+                    name = f"{preset}/ray-train-{workers}w"
+                    ray_rows.append({"name": name, "metric": "images_per_s", "value": round(statistics.median(rates), 3),
+                                     "unit": "images/s", "windows": [round(r, 3) for r in rates],
+                                     "data_wait_frac": [round(w, 4) for w in waits]})
+                    if workers == 1:  # per-step time compares directly only at the same batch
+                        ray_rows.append({"name": name, "metric": "ms_per_iter", "value": round(ms, 1), "unit": "ms"})
+                    log(f"    {ms:9.1f} ms/step, {statistics.median(rates):.3f} images/s")
+                time_bare("after the Ray runs")
+                bare_ms = statistics.median(bare_times)
+                rows.append({"name": f"baseline/{preset}-bare-step", "metric": "ms_per_iter", "value": round(bare_ms, 1),
+                             "unit": "ms", "times_ms": [round(x, 1) for x in bare_times]})
+                rows.append({"name": f"baseline/{preset}-bare-step", "metric": "images_per_s",
+                             "value": round(1000.0 / bare_ms, 3), "unit": "images/s"})
+                rows += ray_rows
+                one = next(r["value"] for r in ray_rows if r["metric"] == "ms_per_iter")
+                rows.append({"name": f"{preset}/ray-train-1w", "metric": "overhead_vs_bare_pct",
+                             "value": round(100.0 * (float(one) - bare_ms) / bare_ms, 1), "unit": "%"})
         finally:
             ray.shutdown()
     return rows

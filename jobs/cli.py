@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--presets", nargs="+", default=["cut", "fastcut"], choices=["cut", "fastcut", "sincut"])
     b.add_argument("--variants", nargs="+", default=None, help="fast paths to time (default: all but compile)")
     b.add_argument("--compile", action="store_true", help="also time torch.compile (adds about a minute of compile per preset)")
+    b.add_argument("--ray", action="store_true",
+                   help="train: time `raycut train` on Ray (1 and 2 workers) against the bare cut_core step")
     b.add_argument("--workers", type=int, default=2, help="ingest: worker processes / Ray CPUs")
     b.add_argument("--images", type=int, default=16, help="ingest: distinct frames per format (each read 24 times)")
     b.set_defaults(func=_cmd_bench)

@@ -95,12 +95,21 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str) -> None:
         self.client = _client(uri)
         self.run_id = run_id
+        self.pending: list[Any] = []
 
     def metrics(self, values: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        # Asynchronous: the training step does not wait for the tracking store.
+        self.pending.append(self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()],
+                                                  synchronous=False))
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is stored."""
+        for op in self.pending:
+            op.wait()
+        self.pending.clear()
 
     def artifact(self, path: str | Path, folder: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)

@@ -33,7 +33,11 @@ from pipelines.ingest import IngestOptions, domain_size, read_domain, steps_per_
 
 LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
 DONE_NAME = "done.json"
-MIN_FILES_PER_PASS = 2048  # small datasets are repeated within one Ray Data pass (IngestOptions.repeat)
+MIN_FILES_PER_PASS = 2048
+# Decode actors run at a lower OS priority than the trainers. At the start of every
+# pass Ray Data decodes ahead as fast as it can until its buffer is full; on a machine
+# whose cores the trainers use, that burst would otherwise slow the training step.
+DECODE_NICE = 10  # small datasets are repeated within one Ray Data pass (IngestOptions.repeat)
 # Keep the console to raycut's progress lines and real warnings: Ray Data logs every
 # execution start at INFO, once per epoch per domain.
 QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
@@ -159,7 +163,7 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
     actors = max(1, int(data_cpus // 4))
     smallest = min(job.extra.get("images_a", 0), job.extra.get("images_b", 0)) or MIN_FILES_PER_PASS
     ingest = IngestOptions(seed=cfg.seed, concurrency=actors, num_cpus=min(1.0, data_cpus / (2 * actors + 1)),
-                           repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)))
+                           repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)), nice=DECODE_NICE)
     ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
     datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest), "B": read_domain(job.data_b, cfg.data, options=ingest)}
     samples = _sample_images(job, ingest)
@@ -221,7 +225,7 @@ def _sample_images(job: TrainJob, ingest: IngestOptions) -> np.ndarray:
     ds = read_files(head, job.cut.data, filesystem=fs, parquet_column=column,
                     options=replace(ingest, shuffle_files=False, concurrency=1, batch_size=job.samples))
     try:
-        return np.asarray(ds.take_batch(job.samples, batch_format="numpy")["image"])
+        return np.ascontiguousarray(ds.take_batch(job.samples, batch_format="numpy")["image"])
     except ValueError:  # an empty dataset: every file of the head was unreadable
         raise RaycutError(f"no readable image among the first files of {job.data_a}") from None
 

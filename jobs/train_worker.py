@@ -2,11 +2,12 @@
 
     build G/D/F (+ restore the latest checkpoint) -> wrap in DDP -> for each step:
     next A and B batch from this worker's Ray Data shards -> cut_core.train_step ->
-    every log_every: report metrics (rank 0 also logs to MLflow and prints progress)
-    every checkpoint_every and at the end: report a checkpoint
+    every log_every (rank 0): metrics to MLflow, one progress line
+    every checkpoint_every and at the end: report metrics + a checkpoint to Ray Train
     every sample_every (rank 0): a sample grid into the MLflow run
 
-Every rank calls ``ray.train.report`` at the same steps: it is a barrier.
+Every rank calls ``ray.train.report`` at the same steps (the checkpoint steps): it
+is a barrier.
 """
 
 from __future__ import annotations
@@ -101,13 +102,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics.update(step=step, epoch=state.epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
                        images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
         if save:
+            # Ray Train hears from the workers only with a checkpoint: report() is a
+            # barrier that waits on the controller's poll, so calling it every log
+            # window would cost every rank that wait. Progress and metrics go straight
+            # to the console and MLflow from rank 0 instead.
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
             _report_checkpoint(state, job, rank, metrics, samples if last else None)
-        else:
-            ray.train.report(metrics)
         if lead:
             _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
+    if logger is not None:
+        logger.flush()  # the driver reads the whole metric history when the workers end
 
 
 def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],
@@ -120,7 +125,9 @@ def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dic
             cfg = state.config
             save_generator(state.G, Path(tmp) / MODEL_SUBDIR, model_config=cfg.model, training_config=cfg,
                            extra={"trained_steps": state.step, "run": job.name})
-            save_numpy({"input": final_samples, "output": _translate(state, final_samples)}, str(Path(tmp) / FINAL_SAMPLES))
+            # safetensors.numpy writes the raw buffer, ignoring strides: contiguous copies only.
+            pair = {"input": final_samples, "output": _translate(state, final_samples)}
+            save_numpy({k: np.ascontiguousarray(v) for k, v in pair.items()}, str(Path(tmp) / FINAL_SAMPLES))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 

@@ -75,7 +75,9 @@ class DecodeAugment:
     preprocess ``none``), ``path`` (str); B' <= B, bad files are dropped and reported."""
 
     def __init__(self, data: dict[str, Any], *, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 report: Any = None, filesystem: Any = None) -> None:
+                 report: Any = None, filesystem: Any = None, nice: int = 0) -> None:
+        if nice:
+            os.nice(nice)  # this actor process only
         self.data = DataConfig(**data)
         self.fs = filesystem
         self.max_pixels = max_pixels
@@ -136,6 +138,7 @@ class IngestOptions:
     # included, ~3 s on 2 cores), so a small dataset is listed ``repeat`` times, each
     # copy in its own order, to make a pass long enough to amortise that start.
     repeat: int = 1
+    nice: int = 0  # added to the decode actors' OS niceness (lower priority than training)
 
 
 def read_domain(spec: str | Source, data: DataConfig, *, options: IngestOptions = IngestOptions(),
@@ -177,7 +180,7 @@ def read_files(files: list[str], data: DataConfig, *, filesystem: Any = None, pa
     return ds.map_batches(
         DecodeAugment,
         fn_constructor_kwargs={"data": asdict(data), "seed": options.seed, "max_pixels": options.max_pixels,
-                               "report": report, "filesystem": filesystem},
+                               "report": report, "filesystem": filesystem, "nice": options.nice},
         batch_size=options.batch_size,
         batch_format="numpy",
         compute=_actor_pool(options.concurrency),

@@ -66,3 +66,11 @@ def test_two_ranks_equal_one_batch_of_two(tmp_path: Path) -> None:
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         err = float((ranks[0][name] - g).abs().max())
         assert err <= 1e-5 * scale[name[0]], f"{name}: {err} vs scale {scale[name[0]]}"
+
+
+def test_resume_under_ddp_is_exact_on_cpu() -> None:
+    """The check `python -m cut_core.benchmark --check` runs on a GPU machine, here on
+    the CPU, where it must be bit-exact."""
+    from cut_core.benchmark import check_resume_under_ddp
+
+    assert check_resume_under_ddp("cpu", log=lambda s: None) == 0.0
