@@ -181,7 +181,7 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
         p.requires_grad_(True)
 
 
-def _time_train_variant(preset: str, kind: str, overrides: dict[str, object], device: str, warmup: int, iters: int) -> Timing:
+def time_train_variant(preset: str, kind: str, overrides: dict[str, object], device: str, warmup: int, iters: int) -> Timing:
     """Build a fresh state and time its step (runs inside a fresh process)."""
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
@@ -196,7 +196,7 @@ def _time_train_variant(preset: str, kind: str, overrides: dict[str, object], de
     return time_calls(lambda: step(state, a, b), device=device, warmup=warmup + (2 if cfg.perf.compile else 0), iters=iters)
 
 
-def _in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
+def in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
     """Run ``fn(*args)`` in a new interpreter: clean memory high-water mark, no
     allocator or autotuning state carried from the variant measured before."""
     import concurrent.futures
@@ -233,7 +233,7 @@ def bench_train(
             overrides = {"crop_size": crop, "load_size": max(crop, 286), "batch_size": batch_size, **perf}
             log(f"  timing {name} ...")
             args = (preset, kind, overrides, device, warmup, iters)
-            t = _in_fresh_process(_time_train_variant, *args) if isolate else _time_train_variant(*args)
+            t = in_fresh_process(time_train_variant, *args) if isolate else time_train_variant(*args)
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(t.median_ms, 1), "unit": "ms",
                          "times_ms": [round(x, 1) for x in t.times_ms]})
             rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})

@@ -186,7 +186,7 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
 
                 def time_bare(when: str) -> None:
                     log(f"  timing {preset} bare cut_core step ({cores} threads, {when}) ...")
-                    t = benchmark._in_fresh_process(benchmark._time_train_variant, preset, "raycut", overrides, "cpu", 1, 5)
+                    t = benchmark.in_fresh_process(benchmark.time_train_variant, preset, "raycut", overrides, "cpu", 1, 5)
                     bare_times.extend(t.times_ms)
                     log(f"    {t.median_ms:9.1f} ms/step")
 

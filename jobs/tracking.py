@@ -9,6 +9,7 @@ the experiment and the run; training rank 0 logs into that run by id through an
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cut_core.errors import RaycutError
+
+# MLflow announces every schema set-up of a new SQLite store at INFO; not news to a user.
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 MODEL_ARTIFACT = "model"  # the logged MLflow model's name in the run
 MODEL_DIR_ARTIFACT = "model_dir"  # key of the raycut model directory among its artifacts

@@ -91,9 +91,10 @@ def run_train(opts: TrainOptions) -> TrainResult:
         tracking.check_reachable(uri)
         tracking.reopen_run(uri, job.mlflow_run_id)
     else:
+        job = _plan_job(opts, storage)  # config and data sources checked first
         uri = tracking.tracking_uri()
         tracking.check_reachable(uri)  # before anything slow
-        job = _new_job(opts, storage, uri)
+        job = _start_tracking(job, opts, uri)
     _write_text(storage, f"{job.name}/{SPEC_NAME}", json.dumps(job.to_dict(), indent=2, sort_keys=True) + "\n")
     _write_text(storage, LATEST_NAME, job.name + "\n")
     print(f"[train] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
@@ -120,7 +121,7 @@ def _check_options(opts: TrainOptions) -> None:
         raise RaycutError(f"--placement must be one of {', '.join(PLACEMENTS)}")
 
 
-def _new_job(opts: TrainOptions, storage: str, uri: str) -> TrainJob:
+def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
     cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets))
     size_a, size_b = domain_size(opts.data_a), domain_size(opts.data_b)
     spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
@@ -134,15 +135,22 @@ def _new_job(opts: TrainOptions, storage: str, uri: str) -> TrainJob:
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
         cpus_per_worker=opts.cpus_per_worker, checkpoint_every=opts.checkpoint_every,
         keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every, sample_every=opts.sample_every,
-        max_failures=opts.max_failures, tracking_uri=uri, register=opts.register,
+        max_failures=opts.max_failures, register=opts.register,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
-    params = {**cfg.flat(), "data_a": opts.data_a, "data_b": opts.data_b, "workers": opts.workers,
-              "global_batch": job.global_batch, "steps": steps, "steps_per_epoch": spe, "images_a": size_a,
-              "images_b": size_b, "gpus_per_worker": opts.gpus_per_worker}
-    tags = {"raycut.run": name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}
-    run_id = tracking.create_run(uri, opts.experiment, name, params, tags)
-    return replace(job, mlflow_run_id=run_id)
+    return job
+
+
+def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
+    """Create the MLflow run of a new job, with the resolved config as params."""
+    cfg = job.cut
+    params = {**cfg.flat(), "data_a": job.data_a, "data_b": job.data_b, "workers": job.workers,
+              "global_batch": job.global_batch, "steps": job.steps, "steps_per_epoch": job.steps_per_epoch,
+              "images_a": job.extra["images_a"], "images_b": job.extra["images_b"],
+              "gpus_per_worker": job.gpus_per_worker}
+    tags = {"raycut.run": job.name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}
+    run_id = tracking.create_run(uri, opts.experiment, job.name, params, tags)
+    return replace(job, tracking_uri=uri, mlflow_run_id=run_id)
 
 
 def _fit(job: TrainJob, opts: TrainOptions) -> Any:

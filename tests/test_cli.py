@@ -15,7 +15,7 @@ def raycut(*args, cwd=None):
 def test_help_lists_the_commands():
     r = raycut("--help")
     assert r.returncode == 0
-    for name in ("demo", "toy-data", "import-official", "bench"):
+    for name in ("demo", "toy-data", "import-official", "train", "bench"):
         assert name in r.stdout
 
 
@@ -66,3 +66,20 @@ def test_bench_train_writes_the_record(tmp_path):
     assert ("baseline/fastcut-official-schedule@32", "ms_per_iter") in names
     assert all(row["value"] > 0 for row in record["results"] if row["metric"] == "ms_per_iter")
     assert "fastcut/bf16@32" in r.stdout  # the printed table
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data-a", "x"], "--data-a and --data-b are required"),
+        (["--data-a", "missing-a", "--data-b", "missing-b"], "missing-a"),
+        (["--data-a", "a", "--data-b", "b", "--set", "crop_size=big"], "crop_size"),
+        (["--data-a", "a", "--data-b", "b", "--steps", "0"], "at least 1"),
+        (["--resume"], "no run to resume"),
+    ],
+)
+def test_train_bad_input_is_one_line(tmp_path, args, words):
+    """Bad input stops before Ray starts, with one line and exit code 2."""
+    r = raycut("train", *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr

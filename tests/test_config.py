@@ -68,3 +68,21 @@ def test_bad_set_syntax():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         CUTConfig.from_preset("cyclegan")
+
+
+def test_yaml_config_file_then_set_overrides(tmp_path):
+    """`raycut train --config Y --set k=v`: flat names, sections and lists in YAML;
+    --set wins; a bad file is one clear ConfigError."""
+    from cut_core.errors import ConfigError
+    from jobs.config_file import resolve_config
+
+    f = tmp_path / "run.yaml"
+    f.write_text("crop_size: 128\nload_size: 143\nloss:\n  nce_T: 0.05\nnce_layers: [0, 4, 8]\n")
+    cfg = resolve_config("cut", f, ["crop_size=96", "load_size=96"])
+    assert (cfg.data.crop_size, cfg.data.load_size, cfg.loss.nce_T) == (96, 96, 0.05)
+    assert tuple(cfg.loss.nce_layers) == (0, 4, 8)
+    (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config("cut", tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config("cut", tmp_path / "missing.yaml")

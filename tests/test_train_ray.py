@@ -91,8 +91,8 @@ def test_resume_after_interrupted_run(local_ray, toy, tmp_path, monkeypatch) -> 
         run_train(TrainOptions(resume=True, storage_path=str(storage)))
 
 
-def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch) -> None:
+def test_unreachable_tracking_server_fails_before_training(toy, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(RaycutError, match="unreachable"):
-        run_train(_options(Path("unused"), tmp_path / "runs"))
+        run_train(_options(toy, tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
