@@ -168,7 +168,8 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
     import ray
     from mlflow.tracking import MlflowClient
 
-    from jobs.train import TrainOptions, run_train, start_ray
+    from jobs.ray_runtime import start_ray
+    from jobs.train import TrainOptions, run_train
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
     cores = os.cpu_count() or 1

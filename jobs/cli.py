@@ -53,6 +53,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    from jobs.translate import TranslateOptions, run_translate
+
+    summary = run_translate(TranslateOptions(
+        model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
+        concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
+        channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, fmt=args.format, labels=args.labels,
+        link_labels=args.link_labels,
+    ))
+    return 1 if summary.failed else 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import run_bench
 
@@ -115,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--placement", default="pack", choices=["pack", "spread", "strict-spread"],
                    help="how workers spread over nodes (strict-spread: one per node)")
     r.set_defaults(func=_cmd_train)
+
+    tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")
+    tr.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a model dir")
+    tr.add_argument("--input", required=True, help="image source: folder, glob, cyclegan:ROOT:testA, gta5:ROOT, cityscapes:ROOT[:split]")
+    tr.add_argument("--output", required=True, help="output folder; mirrors the input tree, holds manifest/")
+    tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
+    tr.add_argument("--concurrency", type=int, help="translation actors (default: one per GPU, or one on CPU)")
+    tr.add_argument("--gpus-per-actor", type=float, default=0.0)
+    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    tr.add_argument("--channels-last", action="store_true")
+    tr.add_argument("--tile", type=int, default=0, help="translate in tiles of this size (multiple of 4; 0: whole image)")
+    tr.add_argument("--overlap", type=int, default=32, help="tile overlap, blended linearly")
+    tr.add_argument("--format", default="png", choices=["png", "jpg"])
+    tr.add_argument("--labels", help="label folder to copy alongside (mirrored like the images)")
+    tr.add_argument("--link-labels", action="store_true", help="hard-link labels instead of copying")
+    tr.set_defaults(func=_cmd_translate)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
     b.add_argument("which", choices=["train", "ingest"], help="what to measure")

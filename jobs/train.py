@@ -28,6 +28,7 @@ import numpy as np
 from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.config_file import resolve_config
+from jobs.ray_runtime import start_ray
 from jobs.train_job import SPEC_NAME, TrainJob
 from pipelines.ingest import IngestOptions, domain_size, read_domain, steps_per_epoch
 
@@ -38,9 +39,6 @@ MIN_FILES_PER_PASS = 2048
 # pass Ray Data decodes ahead as fast as it can until its buffer is full; on a machine
 # whose cores the trainers use, that burst would otherwise slow the training step.
 DECODE_NICE = 10  # small datasets are repeated within one Ray Data pass (IngestOptions.repeat)
-# Keep the console to raycut's progress lines and real warnings: Ray Data logs every
-# execution start at INFO, once per epoch per domain.
-QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict-spread": "STRICT_SPREAD"}
 
 
@@ -200,24 +198,6 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise RaycutError(f"training failed after {job.max_failures} restarts ({first}); fix the cause and run "
                           f"`raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
-
-
-def start_ray(train_cpus: float) -> None:
-    """Connect to RAY_ADDRESS, or start a local Ray with enough logical CPUs for the
-    trainers plus the data pipeline (on a 2-core laptop the CPU count is logical:
-    Ray schedules by it, the OS shares the cores)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
-        return
-    for k, v in QUIET_ENV.items():  # local workers inherit the driver's environment
-        os.environ.setdefault(k, v)
-    cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
-    # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
-    ray.init(num_cpus=cpus, logging_level="warning")
 
 
 def _sample_images(job: TrainJob, ingest: IngestOptions) -> np.ndarray:

@@ -39,6 +39,17 @@ def images() -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray for one test module (4 logical CPUs on any machine: trainers or
+    translation actors plus their Ray Data feed)."""
+    import ray
+
+    ray.init(num_cpus=4, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 # The same tiny model as ``tiny()``, as `raycut train --set` items.
 TINY_SETS = ("ngf=8", "ndf=8", "n_blocks=3", "netF_nc=16", "nce_layers=0,4,8,12,14", "num_patches=32",
              "crop_size=32", "load_size=32", "preprocess=crop", "batch_size=2")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
 from cut_core.errors import RaycutError
@@ -16,13 +15,6 @@ from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, kill_one_train_worker_when
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,29 @@
+"""Connecting to Ray: the cluster at RAY_ADDRESS, or a local Ray started in process."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Keep the console to raycut's progress lines and real warnings: Ray Data logs every
+# execution start at INFO, once per epoch per domain.
+QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
+
+
+def start_ray(train_cpus: float) -> None:
+    """Connect to RAY_ADDRESS, or start a local Ray with enough logical CPUs for the
+    trainers plus the data pipeline (on a 2-core laptop the CPU count is logical:
+    Ray schedules by it, the OS shares the cores)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
+        return
+    for k, v in QUIET_ENV.items():  # local workers inherit the driver's environment
+        os.environ.setdefault(k, v)
+    cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
+    # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
+    ray.init(num_cpus=cpus, logging_level="warning")

@@ -1,0 +1,193 @@
+"""`raycut translate`: a trained generator over a whole dataset, at full resolution.
+
+    --model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model, or a model dir)
+    -> list --input (minus what the manifest marks done) -> Ray Data actor pool
+       (pipelines.translate.TranslateFiles) -> outputs mirroring the input tree
+    -> manifest parts as rows stream in -> labels copied alongside -> summary
+
+Rerunning the same command finishes an interrupted job: done outputs are skipped,
+temporary files of a killed run are removed, failed inputs are tried again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cut_core.errors import RaycutError
+from jobs.progress import Progress
+from jobs.ray_runtime import start_ray
+from pipelines.sources import list_source_files, parse_source
+from pipelines.translate import (
+    TranslateFiles,
+    TranslateSpec,
+    append_manifest,
+    copy_labels,
+    done_inputs,
+    remove_partial_files,
+)
+
+FLUSH_ROWS = 64  # manifest rows per part
+FLUSH_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    model: str
+    input: str
+    output: str
+    batch_size: int = 4
+    concurrency: int | None = None  # actors; default: one per GPU, or one on CPU using every core
+    gpus_per_actor: float = 0.0
+    precision: str = "fp32"
+    channels_last: bool = False
+    tile: int = 0
+    overlap: int = 32
+    fmt: str = "png"
+    labels: str | None = None
+    link_labels: bool = False
+
+
+@dataclass
+class TranslateSummary:
+    done: int
+    skipped: int
+    failed: list[tuple[str, str]]
+    labels: int
+    output: Path
+    model_uri: str
+    model_version: str
+    seconds: float
+
+    def line(self) -> str:
+        return (f"[translate] {self.done} translated, {self.skipped} already done (skipped), {len(self.failed)} failed, "
+                f"{self.labels} label files copied -> {self.output} in {self.seconds:.1f} s")
+
+
+def run_translate(opts: TranslateOptions) -> TranslateSummary:
+    t0 = time.perf_counter()
+    _check(opts)
+    source = parse_source(opts.input)
+    if source.layout == "parquet" or "://" in source.root:
+        raise RaycutError(f"{opts.input}: translate reads local image files (folders, globs, cyclegan:, gta5:, cityscapes:); "
+                          "copy remote or Parquet data to a folder first")
+    _, files = list_source_files(source)
+    from jobs.tracking import resolve_model_dir
+
+    model_dir = resolve_model_dir(opts.model)
+    version = _model_version(opts.model)
+    src_root = _root_dir(source)
+    label_files: list[str] = []
+    if opts.labels:
+        if not Path(opts.labels).is_dir():
+            raise RaycutError(f"--labels {opts.labels} is not a folder")
+        label_files = sorted(str(p) for p in Path(opts.labels).rglob("*") if p.is_file())
+        src_root = os.path.commonpath([src_root, os.path.abspath(opts.labels)])
+    out = Path(opts.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    removed = remove_partial_files(out)
+    if removed:
+        print(f"[translate] removed {removed} partial files of an interrupted run", flush=True)
+    done = done_inputs(out)
+    todo = [f for f in files if f not in done]
+    skipped = len(files) - len(todo)
+    print(f"[translate] {len(files)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}", flush=True)
+    spec = TranslateSpec(model_dir=str(model_dir), src_root=src_root, out_root=str(out), fmt=opts.fmt,
+                         precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
+    failed: list[tuple[str, str]] = []
+    n_done = 0
+    if todo:
+        n_done, failed = _run(todo, spec, opts, version)
+    labels = copy_labels(opts.labels, label_files, src_root, str(out), link=opts.link_labels) if opts.labels else 0
+    summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
+                               model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0)
+    print(summary.line(), flush=True)
+    for path, reason in failed[:20]:
+        print(f"  failed {path}: {reason}", flush=True)
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (all in {out}/manifest)", flush=True)
+    return summary
+
+
+def _run(todo: list[str], spec: TranslateSpec, opts: TranslateOptions, version: str) -> tuple[int, list[tuple[str, str]]]:
+    import ray
+
+    cpus = os.cpu_count() or 1
+    start_ray(cpus)
+    use_gpu = opts.gpus_per_actor > 0
+    actors = opts.concurrency or (max(1, int(ray.cluster_resources().get("GPU", 0) / opts.gpus_per_actor)) if use_gpu else 1)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, min(len(todo) // opts.batch_size, 1000)))
+    ds = ds.map_batches(
+        TranslateFiles,
+        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu"},
+        batch_size=opts.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=opts.gpus_per_actor,
+        num_cpus=1,
+    )
+    bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
+    pending: list[dict] = []
+    parts, last_flush, n_done = 0, time.monotonic(), 0
+    failed: list[tuple[str, str]] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["input"])):
+            row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in batch}
+            row.update(model_uri=opts.model, model_version=version)
+            pending.append(row)
+            if row["status"] == "done":
+                n_done += 1
+            else:
+                failed.append((row["input"], row["error"]))
+        bar.update(len(batch["input"]))
+        if len(pending) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
+            append_manifest(spec.out_root, pending, parts)
+            parts, pending, last_flush = parts + 1, [], time.monotonic()
+    if pending:
+        append_manifest(spec.out_root, pending, parts)
+    return n_done, failed
+
+
+def _check(opts: TranslateOptions) -> None:
+    if opts.fmt not in ("png", "jpg"):
+        raise RaycutError(f"--format must be png or jpg, not {opts.fmt}")
+    if opts.precision not in ("fp32", "bf16"):
+        raise RaycutError(f"--precision must be fp32 or bf16, not {opts.precision}")
+    if opts.batch_size < 1 or (opts.concurrency is not None and opts.concurrency < 1):
+        raise RaycutError("--batch-size and --concurrency must be at least 1")
+    if opts.tile and (opts.tile % 4 or not 0 <= opts.overlap < opts.tile // 2):
+        raise RaycutError(f"--tile must be a multiple of 4 and --overlap below tile/2 (got {opts.tile}, {opts.overlap})")
+
+
+def _root_dir(source) -> str:
+    """The folder outputs are mirrored from: the dataset root the user named."""
+    if source.layout == "glob":
+        prefix = source.root.split("*")[0].split("?")[0].split("[")[0]
+        return os.path.abspath(os.path.dirname(prefix) or ".")
+    return os.path.abspath(source.root)
+
+
+def _model_version(model: str) -> str:
+    """The registry version behind a models:/ URI (for the manifest); '' otherwise."""
+    if not model.startswith("models:/"):
+        return ""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import tracking_uri
+
+    name_part = model[len("models:/"):]
+    client = MlflowClient(tracking_uri=tracking_uri())
+    try:
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            return str(client.get_model_version_by_alias(name, alias).version)
+        name, _, ver = name_part.partition("/")
+        return ver if ver.isdigit() else ""
+    except Exception:  # noqa: BLE001 - the model was fetched already; the version is metadata
+        return ""
+
+
+__all__ = ["TranslateOptions", "TranslateSummary", "run_translate"]

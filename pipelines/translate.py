@@ -1,0 +1,176 @@
+"""Batch translation on Ray Data: files in, translated files out, one row per input.
+
+    input files (minus those already done) -> from_items(path) ->
+    TranslateFiles actor pool (G loaded once per actor: read, decode, translate at
+    full resolution, write atomically) -> rows {input, output, height, width, status,
+    error} -> the driver appends them to the manifest as they stream in
+
+Outputs mirror their inputs' paths below a root, with the same stem. A write goes to
+a temporary name in the target folder and is renamed into place, so an output file
+either exists whole or not at all, whatever kills the job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from cut_core import load_generator
+from cut_core.images import to_model_input, to_uint8_images
+from cut_core.translate import translate
+from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
+
+TMP_SUFFIX = ".raycut-tmp"
+MANIFEST_DIR = "manifest"  # Parquet parts, one per flush: <output>/manifest/part-*.parquet
+MANIFEST_SCHEMA = pa.schema([
+    ("input", pa.string()), ("output", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("model_uri", pa.string()), ("model_version", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class TranslateSpec:
+    """What every actor needs; plain data, sent once per actor."""
+
+    model_dir: str
+    src_root: str  # outputs mirror input paths relative to this folder
+    out_root: str
+    fmt: str = "png"  # png | jpg
+    precision: str = "fp32"
+    channels_last: bool = False
+    tile: int = 0
+    overlap: int = 32
+    jpeg_quality: int = 95
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def output_path(spec: TranslateSpec, input_path: str) -> str:
+    rel = os.path.relpath(input_path, spec.src_root)
+    return str(Path(spec.out_root) / Path(rel).with_suffix("." + spec.fmt))
+
+
+def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95) -> None:
+    """Save (H, W, 3) uint8 to ``path`` via a temporary file and a rename."""
+    from PIL import Image
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
+    kwargs = {"quality": quality} if fmt == "jpg" else {"compress_level": 1}
+    Image.fromarray(image).save(tmp, format="JPEG" if fmt == "jpg" else "PNG", **kwargs)
+    os.replace(tmp, target)
+
+
+class TranslateFiles:
+    """Ray Data UDF. Input column: ``path`` (str). Output columns: ``input``, ``output``
+    (str), ``height``, ``width`` (int32), ``status`` ("done" | "failed"), ``error`` (str).
+
+    G is loaded once per actor. Encoding and writing run in a small thread pool, so
+    the next image is translated while the previous one is saved."""
+
+    def __init__(self, spec: dict[str, Any], device: str = "cpu") -> None:
+        self.spec = TranslateSpec(**spec)
+        self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
+        self.G = load_generator(self.spec.model_dir, device=self.device)
+        if self.spec.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+        self.writers = ThreadPoolExecutor(max_workers=2)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "height", "width", "status", "error")}
+        pending = []
+        for path in map(str, batch["path"]):
+            out = output_path(self.spec, path)
+            h = w = 0
+            try:
+                with open(path, "rb") as f:
+                    decoded = decode_image(f.read(), max_pixels=self.spec.max_pixels)
+                if decoded.image is None:
+                    raise ValueError(decoded.reason)
+                h, w = decoded.image.shape[:2]
+                x = to_model_input(decoded.image[None]).to(self.device)
+                y = translate(self.G, x, precision=self.spec.precision, channels_last=self.spec.channels_last,
+                              tile=self.spec.tile, overlap=self.spec.overlap)
+                image = to_uint8_images(y)[0]
+                pending.append((len(rows["input"]), self.writers.submit(
+                    write_atomic, image, out, fmt=self.spec.fmt, quality=self.spec.jpeg_quality)))
+                status, error = "done", ""
+            except Exception as e:  # noqa: BLE001 - one bad input must not stop the job
+                status, error = "failed", (str(e).splitlines() or [type(e).__name__])[0][:300]
+            for k, v in zip(rows, (path, out, h, w, status, error)):
+                rows[k].append(v)
+        for i, fut in pending:  # a failed write fails its row, not the batch
+            try:
+                fut.result()
+            except Exception as e:  # noqa: BLE001
+                rows["status"][i], rows["error"][i] = "failed", f"write failed: {str(e).splitlines()[0][:300]}"
+        return {k: np.array(v, dtype=np.int32 if k in ("height", "width") else object) for k, v in rows.items()}
+
+
+# ---- manifest ----------------------------------------------------------------------
+
+
+def read_manifest(out_root: str | Path) -> pa.Table:
+    """Every row written so far (all parts); empty when there is none."""
+    folder = Path(out_root) / MANIFEST_DIR
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not parts:
+        return MANIFEST_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=MANIFEST_SCHEMA) for p in parts])
+
+
+def done_inputs(out_root: str | Path) -> set[str]:
+    """Inputs whose latest manifest row is "done" and whose output file exists."""
+    table = read_manifest(out_root).to_pylist()
+    latest = {r["input"]: r for r in table}  # parts are in write order: the last row wins
+    return {p for p, r in latest.items() if r["status"] == "done" and Path(r["output"]).is_file()}
+
+
+def append_manifest(out_root: str | Path, rows: list[dict[str, Any]], index: int) -> Path:
+    """Write one manifest part atomically (temporary name, then rename)."""
+    folder = Path(out_root) / MANIFEST_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{index:06d}-{os.getpid()}.parquet"
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def remove_partial_files(out_root: str | Path) -> int:
+    """Delete the temporary files a killed run left behind; returns how many."""
+    count = 0
+    for p in Path(out_root).rglob(f"*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def copy_labels(label_root: str, label_files: list[str], mirror_root: str, out_root: str, *, link: bool = False) -> int:
+    """Copy (or hard-link) label files into the output tree, mirrored like the images."""
+    n = 0
+    for f in label_files:
+        target = Path(out_root) / os.path.relpath(f, mirror_root)
+        if target.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}{TMP_SUFFIX}")
+        if link:
+            try:
+                os.link(f, tmp)
+            except OSError:
+                shutil.copyfile(f, tmp)
+        else:
+            shutil.copyfile(f, tmp)
+        os.replace(tmp, target)
+        n += 1
+    return n
