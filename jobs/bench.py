@@ -21,6 +21,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(benchmark.format_table(rows))
         print(f"wrote {out}")
         return 0
+    if args.which == "translate":
+        log("raycut bench translate: full-size CUT G, 1024x512 and 2048x1024, against the reference test loop")
+        rows = bench_translate_job(n=args.images if args.images != 16 else 4, log=log)
+        out = benchmark.write_record(args.out, "translate", rows, "cpu")
+        print(benchmark.format_table(rows))
+        print(f"wrote {out}")
+        return 0
     if args.ray:
         log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px bf16, Ray Train 1 and 2 workers "
             "against the bare cut_core step")
@@ -228,4 +235,74 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
                              "value": round(100.0 * (float(one) - bare_ms) / bare_ms, 1), "unit": "%"})
         finally:
             ray.shutdown()
+    return rows
+
+
+# ---- translate ---------------------------------------------------------------------
+
+
+def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024, 2048)), n: int = 3,
+                        log=print) -> list[dict[str, object]]:
+    """images/s of `raycut translate` (bf16, Ray Data actor, writes overlapped with
+    compute) against the way the reference test script works (batch 1, serial, fp32,
+    PIL save with default PNG compression in the main thread), on the same files, the
+    same cores and the same full-size CUT generator (ngf 64, 9 blocks; random weights:
+    speed does not depend on them)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import ray
+    from PIL import Image
+
+    from cut_core import CUTConfig, load_generator, save_generator
+    from cut_core.images import to_model_input, to_uint8_images
+    from cut_core.networks import build_generator
+    from jobs.translate import TranslateOptions, run_translate
+    from pipelines.toy_data import make_layout, render_real
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = CUTConfig.cut()
+        torch.manual_seed(0)
+        model = save_generator(build_generator(cfg.model), root / "model", model_config=cfg.model)
+        G = load_generator(model)
+        for h, w in sizes:
+            src = root / f"in-{w}x{h}"
+            src.mkdir()
+            for i in range(n):
+                rng = np.random.default_rng(i)
+                Image.fromarray(render_real(make_layout(256, rng), rng)).resize((w, h), Image.BILINEAR).save(src / f"{i:03d}.png")
+            files = sorted(src.glob("*.png"))
+            log(f"  baseline: {n} frames of {w}x{h}, batch 1, fp32, serial, PIL save in the main thread ...")
+            out = root / f"base-{w}x{h}"
+            out.mkdir()
+            t = time.perf_counter()
+            with torch.no_grad():
+                for f in files:
+                    x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None])
+                    Image.fromarray(to_uint8_images(G(x))[0]).save(out / f.name)
+            base = n / (time.perf_counter() - t)
+            rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 4), "unit": "images/s"})
+            log(f"    {base:.4f} images/s")
+            for precision in ("fp32", "bf16"):
+                log(f"  raycut translate {precision} ...")
+                # One frame first, so Ray's start is not counted. The timed job still
+                # pays its own start (listing, actor start, G load): the rate is what a
+                # user sees for this many frames, and an upper bound on the overhead.
+                warm = root / f"warm-{w}x{h}-{precision}"
+                warm.mkdir()
+                (warm / "000.png").write_bytes(files[0].read_bytes())
+                run_translate(TranslateOptions(model=str(model), input=str(warm), output=str(root / f"wout-{w}-{precision}"),
+                                               precision=precision, batch_size=1))
+                t = time.perf_counter()
+                s = run_translate(TranslateOptions(model=str(model), input=str(src), output=str(root / f"out-{w}x{h}-{precision}"),
+                                                   precision=precision, batch_size=1))
+                rate = s.done / (time.perf_counter() - t)
+                rows.append({"name": f"translate/ray-{precision}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 4),
+                             "unit": "images/s", "includes": "job start-up: listing, Ray Data plan, actor start with G load"})
+                log(f"    {rate:.4f} images/s ({rate / base:.2f}x the baseline)")
+        ray.shutdown()
     return rows

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_translate)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
-    b.add_argument("which", choices=["train", "ingest"], help="what to measure")
+    b.add_argument("which", choices=["train", "ingest", "translate"], help="what to measure")
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crop", type=int, default=256)

@@ -120,14 +120,17 @@ def _run(todo: list[str], spec: TranslateSpec, opts: TranslateOptions, version: 
     actors = opts.concurrency or (max(1, int(ray.cluster_resources().get("GPU", 0) / opts.gpus_per_actor)) if use_gpu else 1)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, min(len(todo) // opts.batch_size, 1000)))
+    # On CPU the actors share the cores: each gets cores / actors torch threads (the
+    # logical CPU count of a local Ray may exceed the cores; threads follow the cores).
+    threads = 1 if use_gpu else max(1, min(int(ray.cluster_resources().get("CPU", cpus)), cpus) // actors)
     ds = ds.map_batches(
         TranslateFiles,
-        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu"},
+        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads},
         batch_size=opts.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=opts.gpus_per_actor,
-        num_cpus=1,
+        num_cpus=threads if not use_gpu else 1,
     )
     bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
     pending: list[dict] = []

@@ -77,7 +77,9 @@ class TranslateFiles:
     G is loaded once per actor. Encoding and writing run in a small thread pool, so
     the next image is translated while the previous one is saved."""
 
-    def __init__(self, spec: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, spec: dict[str, Any], device: str = "cpu", threads: int = 1) -> None:
+        # Ray sets OMP_NUM_THREADS to the actor's CPU count; say it to torch as well.
+        torch.set_num_threads(max(1, threads))
         self.spec = TranslateSpec(**spec)
         self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
         self.G = load_generator(self.spec.model_dir, device=self.device)

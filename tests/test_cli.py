@@ -83,3 +83,11 @@ def test_train_bad_input_is_one_line(tmp_path, args, words):
     r = raycut("train", *args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and words in r.stderr, r.stderr
+
+
+def test_translate_bad_model_is_one_line(tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    r = raycut("translate", "--model", str(tmp_path / "nomodel"), "--input", str(tmp_path / "in"),
+               "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not a raycut model directory" in r.stderr, r.stderr
