@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from cut_core import load_generator
@@ -31,10 +29,16 @@ from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
 
 TMP_SUFFIX = ".raycut-tmp"
 MANIFEST_DIR = "manifest"  # Parquet parts, one per flush: <output>/manifest/part-*.parquet
-MANIFEST_SCHEMA = pa.schema([
-    ("input", pa.string()), ("output", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
-    ("status", pa.string()), ("error", pa.string()), ("model_uri", pa.string()), ("model_version", pa.string()),
-])
+MANIFEST_COLUMNS = (("input", "string"), ("output", "string"), ("height", "int32"), ("width", "int32"),
+                    ("status", "string"), ("error", "string"), ("model_uri", "string"), ("model_version", "string"))
+
+
+def manifest_schema():
+    # pyarrow is imported here, not at module level: the translation UDF itself runs
+    # (and is timed) on machines that have only torch and Pillow.
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in MANIFEST_COLUMNS])
 
 
 @dataclass(frozen=True)
@@ -121,13 +125,17 @@ class TranslateFiles:
 # ---- manifest ----------------------------------------------------------------------
 
 
-def read_manifest(out_root: str | Path) -> pa.Table:
-    """Every row written so far (all parts); empty when there is none."""
+def read_manifest(out_root: str | Path):
+    """Every row written so far (all parts) as a pyarrow Table; empty when there is none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = manifest_schema()
     folder = Path(out_root) / MANIFEST_DIR
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not parts:
-        return MANIFEST_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=MANIFEST_SCHEMA) for p in parts])
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts])
 
 
 def done_inputs(out_root: str | Path) -> set[str]:
@@ -139,11 +147,14 @@ def done_inputs(out_root: str | Path) -> set[str]:
 
 def append_manifest(out_root: str | Path, rows: list[dict[str, Any]], index: int) -> Path:
     """Write one manifest part atomically (temporary name, then rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder = Path(out_root) / MANIFEST_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"part-{index:06d}-{os.getpid()}.parquet"
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
+    pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), tmp)
     os.replace(tmp, path)
     return path
 

@@ -93,3 +93,23 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
     assert not list(out.rglob("*.raycut-tmp"))
     good = {str(p) for p in (data / "images").rglob("0*.png")}
     assert {r["input"] for r in read_manifest(out).to_pylist() if r["status"] == "done"} == good
+
+
+def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, monkeypatch) -> None:
+    """A model registered the way `raycut train --register` does is used by
+    `raycut translate --model models:/NAME@latest`, with its version in the manifest."""
+    from jobs import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = tracking.create_run(uri, "raycut", "unit", {"preset": "cut"}, {})
+    version = tracking.register(uri, tracking.log_model_dir(uri, run_id, model_dir), "toy-translate", {})
+    data = _dataset(tmp_path / "gta")
+    by_alias = run_translate(TranslateOptions(model="models:/toy-translate@latest", input=f"gta5:{data}",
+                                              output=str(tmp_path / "a")))
+    by_dir = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(tmp_path / "b")))
+    assert by_alias.done == by_dir.done == len(SIZES) and by_alias.model_version == version == "1"
+    for p in (tmp_path / "b" / "images").rglob("*.png"):
+        a = tmp_path / "a" / p.relative_to(tmp_path / "b")
+        np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(p)))
+    assert {r["model_version"] for r in read_manifest(tmp_path / "a").to_pylist()} == {"1"}

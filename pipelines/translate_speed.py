@@ -1,0 +1,103 @@
+"""Time one translation actor's work without Ray: read + decode, G at full resolution,
+encode + atomic write in a background thread (``TranslateFiles``), against the
+reference test loop (batch 1, serial, fp32, PIL save in the main thread), on any
+device. Needs torch and Pillow only, so it also runs on a GPU box without Ray:
+
+    python -m pipelines.translate_speed --device cuda --out translate_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cut_core import CUTConfig, save_generator
+from cut_core.benchmark import format_table, machine_info, write_record
+from cut_core.images import to_model_input, to_uint8_images
+from cut_core.model_dir import load_generator
+from cut_core.networks import build_generator
+from pipelines.toy_data import make_layout, render_real
+from pipelines.translate import TranslateFiles, TranslateSpec
+
+
+def _frames(folder: Path, h: int, w: int, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(render_real(make_layout(256, rng), rng)).resize((w, h), Image.BILINEAR).save(folder / f"{i:03d}.png")
+    return sorted(str(p) for p in folder.glob("*.png"))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list[str], log=print) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = CUTConfig.cut()
+        torch.manual_seed(0)
+        model = save_generator(build_generator(cfg.model), root / "model", model_config=cfg.model)
+        G = load_generator(model, device=device)
+        for h, w in sizes:
+            files = _frames(root / f"in-{w}x{h}", h, w, frames)
+            out = root / f"base-{w}x{h}"
+            out.mkdir()
+            with torch.no_grad():  # warm-up (cuDNN autotuning, allocator)
+                G(to_model_input(np.asarray(Image.open(files[0]).convert("RGB"))[None]).to(device))
+            _sync(device)
+            t = time.perf_counter()
+            with torch.no_grad():
+                for f in files:
+                    x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None]).to(device)
+                    Image.fromarray(to_uint8_images(G(x))[0]).save(out / Path(f).name)
+            base = len(files) / (time.perf_counter() - t)
+            rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 3), "unit": "images/s"})
+            log(f"  baseline {w}x{h}: {base:.3f} images/s")
+            for precision in precisions:
+                spec = TranslateSpec(model_dir=str(model), src_root=str(root), out_root=str(root / f"out-{precision}"),
+                                     precision=precision)
+                udf = TranslateFiles(asdict(spec), device="cuda" if device.startswith("cuda") else "cpu",
+                                     threads=torch.get_num_threads())
+                udf({"path": np.array(files[:1], dtype=object)})  # warm-up
+                t = time.perf_counter()
+                result = udf({"path": np.array(files, dtype=object)})
+                rate = len(files) / (time.perf_counter() - t)
+                assert all(s == "done" for s in result["status"]), result["error"]
+                rows.append({"name": f"translate/actor-{precision}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 3),
+                             "unit": "images/s"})
+                log(f"  actor {precision} {w}x{h}: {rate:.3f} images/s ({rate / base:.2f}x)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.translate_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="HxW")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    log(f"machine: {machine_info(args.device)}")
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
+    rows = run(args.device, sizes, args.frames, args.precisions, log=log)  # type: ignore[arg-type]
+    write_record(args.out, "translate", rows, args.device)
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
