@@ -252,39 +252,22 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     import time
     from pathlib import Path
 
-    import numpy as np
     import ray
-    from PIL import Image
 
-    from cut_core import CUTConfig, load_generator, save_generator
-    from cut_core.images import to_model_input, to_uint8_images
-    from cut_core.networks import build_generator
+    from cut_core import load_generator
     from jobs.translate import TranslateOptions, run_translate
-    from pipelines.toy_data import make_layout, render_real
+    from pipelines.translate_speed import full_size_model, reference_loop, write_frames
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cfg = CUTConfig.cut()
-        torch.manual_seed(0)
-        model = save_generator(build_generator(cfg.model), root / "model", model_config=cfg.model)
+        model = full_size_model(root / "model")
         G = load_generator(model)
         for h, w in sizes:
             src = root / f"in-{w}x{h}"
-            src.mkdir()
-            for i in range(n):
-                rng = np.random.default_rng(i)
-                Image.fromarray(render_real(make_layout(256, rng), rng)).resize((w, h), Image.BILINEAR).save(src / f"{i:03d}.png")
-            files = sorted(src.glob("*.png"))
+            files = [Path(f) for f in write_frames(src, h, w, n)]
             log(f"  baseline: {n} frames of {w}x{h}, batch 1, fp32, serial, PIL save in the main thread ...")
-            out = root / f"base-{w}x{h}"
-            out.mkdir()
-            t = time.perf_counter()
-            with torch.no_grad():
-                for f in files:
-                    x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None])
-                    Image.fromarray(to_uint8_images(G(x))[0]).save(out / f.name)
-            base = n / (time.perf_counter() - t)
+            base = reference_loop(G, [str(f) for f in files], root / f"base-{w}x{h}")
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 4), "unit": "images/s"})
             log(f"    {base:.4f} images/s")
             for precision in ("fp32", "bf16"):

@@ -28,7 +28,16 @@ from pipelines.toy_data import make_layout, render_real
 from pipelines.translate import TranslateFiles, TranslateSpec
 
 
-def _frames(folder: Path, h: int, w: int, n: int) -> list[str]:
+def full_size_model(folder: Path) -> Path:
+    """A model directory of the full-size CUT generator (ngf 64, 9 blocks) with random
+    weights: its speed does not depend on them."""
+    cfg = CUTConfig.cut()
+    torch.manual_seed(0)
+    return save_generator(build_generator(cfg.model), folder, model_config=cfg.model)
+
+
+def write_frames(folder: Path, h: int, w: int, n: int) -> list[str]:
+    """n generated street frames of h x w as PNG; returns their paths, sorted."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -41,27 +50,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reference_loop(G: torch.nn.Module, files: list[str], out: Path, device: str = "cpu") -> float:
+    """images/s of the reference test script's way: batch 1, serial, fp32, PIL save
+    (default PNG compression) in the main thread. G is warmed up first."""
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():  # warm-up (cuDNN autotuning, allocator)
+        G(to_model_input(np.asarray(Image.open(files[0]).convert("RGB"))[None]).to(device))
+    _sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for f in files:
+            x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None]).to(device)
+            Image.fromarray(to_uint8_images(G(x))[0]).save(out / Path(f).name)
+    return len(files) / (time.perf_counter() - t)
+
+
 def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list[str], log=print) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cfg = CUTConfig.cut()
-        torch.manual_seed(0)
-        model = save_generator(build_generator(cfg.model), root / "model", model_config=cfg.model)
+        model = full_size_model(root / "model")
         G = load_generator(model, device=device)
         for h, w in sizes:
-            files = _frames(root / f"in-{w}x{h}", h, w, frames)
-            out = root / f"base-{w}x{h}"
-            out.mkdir()
-            with torch.no_grad():  # warm-up (cuDNN autotuning, allocator)
-                G(to_model_input(np.asarray(Image.open(files[0]).convert("RGB"))[None]).to(device))
-            _sync(device)
-            t = time.perf_counter()
-            with torch.no_grad():
-                for f in files:
-                    x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None]).to(device)
-                    Image.fromarray(to_uint8_images(G(x))[0]).save(out / Path(f).name)
-            base = len(files) / (time.perf_counter() - t)
+            files = write_frames(root / f"in-{w}x{h}", h, w, frames)
+            base = reference_loop(G, files, root / f"base-{w}x{h}", device)
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 3), "unit": "images/s"})
             log(f"  baseline {w}x{h}: {base:.3f} images/s")
             for precision in precisions:
