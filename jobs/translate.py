@@ -26,6 +26,7 @@ from pipelines.translate import (
     append_manifest,
     copy_labels,
     done_inputs,
+    matching_labels,
     remove_partial_files,
 )
 
@@ -100,7 +101,11 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     n_done = 0
     if todo:
         n_done, failed = _run(todo, spec, opts, version)
-    labels = copy_labels(opts.labels, label_files, src_root, str(out), link=opts.link_labels) if opts.labels else 0
+    labels = 0
+    if opts.labels:
+        translated = [f for f in files if f in done_inputs(out)]
+        mine = matching_labels(translated, _root_dir(source), label_files, os.path.abspath(opts.labels))
+        labels = copy_labels(mine, src_root, str(out), link=opts.link_labels)
     summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
                                model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0)
     print(summary.line(), flush=True)

@@ -50,9 +50,11 @@ def _dataset(root: Path, n_extra: int = 0) -> Path:
 
 def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir, tmp_path) -> None:
     data = _dataset(tmp_path / "gta")
+    Image.new("L", (8, 8)).save(data / "labels" / "99999.png")  # a label without an image: not copied
     out = tmp_path / "out"
     s = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(out),
                                        labels=str(data / "labels"), batch_size=2))
+    assert s.labels == len(SIZES) and not (out / "labels" / "99999.png").exists()
     assert (s.done, s.skipped, len(s.failed)) == (len(SIZES), 0, 2)
     assert {Path(p).name for p, _ in s.failed} == {"empty.png", "junk.png"}
     G = load_generator(model_dir)

@@ -40,3 +40,19 @@ def test_tiled_matches_untiled_within_instance_norm_tolerance(G):
     assert float(err.mean()) < 0.05 * float(full.abs().mean()) + 0.02, float(err.mean())
     # A tile as large as the image is the untiled path exactly.
     torch.testing.assert_close(translate(G, x, tile=160, overlap=16), full)
+
+
+def test_labels_are_matched_by_relative_path_and_stem():
+    """GTA5 (images/x <-> labels/x), Cityscapes (leftImg8bit <-> gtFine_*), and a
+    CycleGAN-style tree where several splits share file names."""
+    from pipelines.translate import matching_labels
+
+    gta = matching_labels(["/d/images/00001.png"], "/d", ["/d/labels/00001.png", "/d/labels/00002.png"], "/d/labels")
+    assert gta == ["/d/labels/00001.png"]
+    city = matching_labels(
+        ["/c/leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png"], "/c",
+        ["/c/gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png", "/c/gtFine/val/bonn/bonn_000002_000019_gtFine_labelIds.png"],
+        "/c/gtFine")
+    assert city == ["/c/gtFine/val/bonn/bonn_000001_000019_gtFine_labelIds.png"]
+    toy = matching_labels(["/t/testA/00000.png"], "/t", ["/t/labels/testA/00000.png", "/t/labels/trainA/00000.png"], "/t/labels")
+    assert toy == ["/t/labels/testA/00000.png"]
