@@ -9,7 +9,6 @@ that travels between processes four times smaller.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cut_core.config import DataConfig
