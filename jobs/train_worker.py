@@ -101,15 +101,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics = {k: float(v) / window_steps for k, v in sums.items()}
         metrics.update(step=step, epoch=state.epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
                        images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
+        if save:  # every rank takes part
+            metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
+        if lead:
+            _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         if save:
             # Ray Train hears from the workers only with a checkpoint: report() is a
             # barrier that waits on the controller's poll, so calling it every log
             # window would cost every rank that wait. Progress and metrics go straight
-            # to the console and MLflow from rank 0 instead.
-            metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
+            # to the console and MLflow from rank 0 instead, asynchronously, and are
+            # flushed here: what a checkpoint covers is stored before it is committed,
+            # so a crash loses no metric of the steps it does not repeat.
+            if logger is not None:
+                logger.flush()
             _report_checkpoint(state, job, rank, metrics, samples if last else None)
-        if lead:
-            _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
     if logger is not None:
         logger.flush()  # the driver reads the whole metric history when the workers end
