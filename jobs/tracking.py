@@ -150,10 +150,6 @@ def register(uri: str, model_uri: str, name: str, tags: Mapping[str, str]) -> st
     return str(mv.version)
 
 
-def set_alias(uri: str, name: str, alias: str, version: str) -> None:
-    _client(uri).set_registered_model_alias(name, alias, version)
-
-
 def resolve_model_dir(model: str, *, uri: str | None = None, cache: str | Path | None = None) -> Path:
     """A local raycut model directory for ``model``: a directory path as is, or an MLflow
     model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``runs:/ID/model``) downloaded."""

@@ -31,6 +31,7 @@ from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray
 from jobs.train_job import SPEC_NAME, TrainJob
 from pipelines.ingest import IngestOptions, domain_size, read_domain, steps_per_epoch
+from pipelines.sources import filesystem_for
 
 LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
 DONE_NAME = "done.json"
@@ -279,16 +280,8 @@ def _absolute_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def _fs(storage: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    if "://" not in storage:
-        return pafs.LocalFileSystem(), storage
-    return pafs.FileSystem.from_uri(storage)
-
-
 def _write_text(storage: str, rel: str, text: str) -> None:
-    fs, root = _fs(storage)
+    fs, root = filesystem_for(storage)
     path = f"{root.rstrip('/')}/{rel}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
@@ -296,7 +289,7 @@ def _write_text(storage: str, rel: str, text: str) -> None:
 
 
 def _read_text(storage: str, rel: str) -> str | None:
-    fs, root = _fs(storage)
+    fs, root = filesystem_for(storage)
     try:
         with fs.open_input_stream(f"{root.rstrip('/')}/{rel}") as f:
             return f.read().decode()

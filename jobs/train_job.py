@@ -4,9 +4,7 @@ resumed run has the same data, config and final step count as the original."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from cut_core import CUTConfig
@@ -60,9 +58,3 @@ class TrainJob:
     def from_dict(cls, data: dict[str, Any]) -> TrainJob:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    def write(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / SPEC_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path

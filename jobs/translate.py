@@ -103,7 +103,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
         n_done, failed = _run(todo, spec, opts, version)
     labels = 0
     if opts.labels:
-        translated = [f for f in files if f in done_inputs(out)]
+        finished = done_inputs(out)  # read the manifest once, after the run
+        translated = [f for f in files if f in finished]
         mine = matching_labels(translated, _root_dir(source), label_files, os.path.abspath(opts.labels))
         labels = copy_labels(mine, src_root, str(out), link=opts.link_labels)
     summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
