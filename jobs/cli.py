@@ -65,6 +65,23 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from jobs.evaluate import EvaluateOptions, run_evaluate
+
+    try:
+        w, h = (int(v) for v in args.seg_size.lower().split("x"))
+    except ValueError:
+        raise RaycutError(f"--seg-size must be WIDTHxHEIGHT, e.g. 256x128, not {args.seg_size}") from None
+    run_evaluate(EvaluateOptions(
+        real=args.real, fake=args.fake, toy=args.toy, name=args.name, inception_weights=args.inception_weights,
+        feature_extractor=args.feature_extractor, feature_size=args.feature_size, kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size, seg_model=args.seg_model, labels=args.labels, label_kind=args.label_kind,
+        seg_normalize=args.seg_normalize, seg_size=(h, w), batch_size=args.batch_size, concurrency=args.concurrency,
+        out=args.out, run_id=args.run_id,
+    ))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import run_bench
 
@@ -143,6 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--labels", help="label folder to copy alongside (mirrored like the images)")
     tr.add_argument("--link-labels", action="store_true", help="hard-link labels instead of copying")
     tr.set_defaults(func=_cmd_translate)
+
+    e = sub.add_parser(
+        "evaluate", help="FID/KID, label preservation, or the toy benchmark with its baselines",
+        description="Score translations: --real/--fake for FID and KID (pytorch-fid's Inception weights from a local file, "
+        "or any TorchScript extractor) and optional label preservation; --toy for the toy benchmark. Prints a table, "
+        "writes JSON, and logs every metric into --run-id (or $MLFLOW_RUN_ID).",
+    )
+    e.add_argument("--real", help="real images (folder, glob, cyclegan:ROOT:testB, cityscapes:ROOT[:split], ...)")
+    e.add_argument("--fake", help="translated images (a raycut translate output folder, or any source)")
+    e.add_argument("--toy", help="toy dataset root: score --fake (its translated testA) against the paired truth")
+    e.add_argument("--name", default="model", help="the translation's row name in the table")
+    e.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: ~/.cache/raycut/ "
+                   "or $RAYCUT_CACHE, then torch hub's checkpoints folder)")
+    e.add_argument("--feature-extractor", help="TorchScript file used instead of Inception (the report names it)")
+    e.add_argument("--feature-size", type=int, default=299, help="input size of --feature-extractor")
+    e.add_argument("--kid-subsets", type=int, default=100)
+    e.add_argument("--kid-subset-size", type=int, default=1000, help="shrunk to the smaller set when needed")
+    e.add_argument("--seg-model", help="TorchScript segmenter for label preservation (the paper: DRN-D-22 on Cityscapes)")
+    e.add_argument("--labels", help="labels of the translated images' inputs (same relative paths and stems)")
+    e.add_argument("--label-kind", default="cityscapes-ids", choices=["cityscapes-ids", "train-ids"],
+                   help="label encoding: Cityscapes/GTA5 label ids, or the 19 train ids")
+    e.add_argument("--seg-normalize", default="imagenet", choices=["imagenet", "unit", "symmetric"])
+    e.add_argument("--seg-size", default="256x128", help="WIDTHxHEIGHT the segmenter scores at (the paper: 256x128)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--concurrency", type=int, help="feature-extraction actors (default 1, using every core)")
+    e.add_argument("--out", help="JSON report (default: FAKE/evaluation.json)")
+    e.add_argument("--run-id", help="MLflow run to log the metrics into (default: $MLFLOW_RUN_ID)")
+    e.set_defaults(func=_cmd_evaluate)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
     b.add_argument("which", choices=["train", "ingest", "translate"], help="what to measure")

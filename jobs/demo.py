@@ -85,11 +85,13 @@ def run_demo(opts: DemoOptions) -> dict:
     timings["train"] = time.perf_counter() - t
 
     t = stage("3/4 translate testA and score against the paired truth")
-    metrics = evaluate_toy(data, {opts.preset: lambda x: translate_array(state, x)})
+    rows = evaluate_toy(data, {opts.preset: lambda x: translate_array(state, x)})
+    metrics = {name: row["colour_err"] for name, row in rows.items()}
     timings["evaluate"] = time.perf_counter() - t
 
     t = stage("4/4 write the report")
-    _, a, b, _ = load_toy_test(data)
+    test = load_toy_test(data)
+    a, b = test.a, test.truth
     fake = translate_array(state, a[:8])
     grid = save_grid([[a[i], fake[i], b[i]] for i in range(len(fake))], out / "samples.png",
                      titles=("sim input", "translation", "paired truth"), scale=max(1, 128 // opts.size))
@@ -97,7 +99,7 @@ def run_demo(opts: DemoOptions) -> dict:
     timings["report"] = time.perf_counter() - t
     summary = {
         "config": cfg.to_dict(),
-        "metrics_per_class_colour_error": metrics,
+        "metrics": rows,
         "timings_s": timings,
         "artifacts": {"samples": str(grid), "losses": str(plot), "model": str(model_dir)},
     }

@@ -120,6 +120,25 @@ class RunLogger:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
 
+def log_metrics_now(uri: str, run_id: str, values: Mapping[str, float], *, step: int = 0,
+                    artifact: str | Path | None = None, artifact_dir: str | None = None) -> None:
+    """Metrics (and one file) into an existing run, synchronously: for one-off reports
+    such as ``raycut evaluate``, which may log into a run that has ended."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    try:
+        client.get_run(run_id)
+    except Exception:  # noqa: BLE001
+        raise RaycutError(f"MLflow run {run_id} does not exist at {uri}; check --run-id / MLFLOW_RUN_ID") from None
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in sorted(values.items())]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])
+    if artifact is not None:
+        client.log_artifact(run_id, str(artifact), artifact_path=artifact_dir)
+
+
 def log_model_dir(uri: str, run_id: str, model_dir: str | Path) -> str:
     """Log a raycut model directory as an MLflow pyfunc model ("models from code": the
     class is read from jobs/mlflow_model.py, nothing is pickled). Returns the model URI."""

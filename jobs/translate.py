@@ -19,6 +19,7 @@ from pathlib import Path
 from cut_core.errors import RaycutError
 from jobs.progress import Progress
 from jobs.ray_runtime import start_ray
+from pipelines.label_files import matching_labels
 from pipelines.sources import list_source_files, parse_source
 from pipelines.translate import (
     TranslateFiles,
@@ -26,7 +27,6 @@ from pipelines.translate import (
     append_manifest,
     copy_labels,
     done_inputs,
-    matching_labels,
     remove_partial_files,
 )
 

@@ -168,27 +168,6 @@ def remove_partial_files(out_root: str | Path) -> int:
     return count
 
 
-_LABEL_SUFFIXES = ("_leftImg8bit", "_gtFine", "_gtCoarse")  # Cityscapes image/label names differ here
-
-
-def _key(rel: str) -> str:
-    stem = str(Path(rel).with_suffix(""))
-    for suffix in _LABEL_SUFFIXES:
-        stem = stem.split(suffix)[0]
-    return stem
-
-
-def matching_labels(inputs: list[str], src_root: str, label_files: list[str], label_root: str) -> list[str]:
-    """The label files that belong to ``inputs``: same relative path and stem (minus
-    Cityscapes' ``_leftImg8bit`` / ``_gtFine_*`` parts), where the input's path may
-    keep leading folders the label's lacks (``images/city/1.png`` <-> ``city/1.png``)."""
-    keys: set[str] = set()
-    for f in inputs:
-        parts = Path(_key(os.path.relpath(f, src_root))).parts
-        keys.update("/".join(parts[i:]) for i in range(len(parts)))
-    return [f for f in label_files if _key(os.path.relpath(f, label_root)).replace(os.sep, "/") in keys]
-
-
 def copy_labels(label_files: list[str], mirror_root: str, out_root: str, *, link: bool = False) -> int:
     """Copy (or hard-link) label files into the output tree, mirrored like the images."""
     n = 0

@@ -47,7 +47,7 @@ def test_demo_writes_its_pictures_and_summary(tmp_path):
         with Image.open(out / name) as im:
             im.verify()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["metrics_per_class_colour_error"]) == {"baseline/identity", "baseline/histogram", "fastcut"}
+    assert set(summary["metrics"]) == {"truth (paired real)", "baseline/identity", "baseline/histogram", "fastcut"}
     assert (out / "model/generator.safetensors").is_file()
     assert "[train] 12/12" in r.stderr  # the progress line
     assert "| baseline/identity |" in (out / "summary.md").read_text()

@@ -45,7 +45,7 @@ def test_tiled_matches_untiled_within_instance_norm_tolerance(G):
 def test_labels_are_matched_by_relative_path_and_stem():
     """GTA5 (images/x <-> labels/x), Cityscapes (leftImg8bit <-> gtFine_*), and a
     CycleGAN-style tree where several splits share file names."""
-    from pipelines.translate import matching_labels
+    from pipelines.label_files import matching_labels
 
     gta = matching_labels(["/d/images/00001.png"], "/d", ["/d/labels/00001.png", "/d/labels/00002.png"], "/d/labels")
     assert gta == ["/d/labels/00001.png"]
