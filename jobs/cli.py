@@ -48,6 +48,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume, name=args.name, storage_path=args.storage_path, checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, sample_every=args.sample_every,
             max_failures=args.max_failures, experiment=args.experiment, placement=args.placement,
+            eval_every=args.eval_every, eval_data=args.eval_data, eval_real=args.eval_real, eval_images=args.eval_images,
+            inception_weights=args.inception_weights, feature_extractor=args.feature_extractor,
         )
     )
     return 0
@@ -143,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--experiment", default="raycut", help="MLflow experiment")
     r.add_argument("--placement", default="pack", choices=["pack", "spread", "strict-spread"],
                    help="how workers spread over nodes (strict-spread: one per node)")
+    r.add_argument("--eval-every", type=int, default=0,
+                   help="score G every N steps on a fixed validation subset (checkpoints follow; the best is kept, "
+                   "marked and registered): toy colour error on toy data, else KID (needs --eval-data, --eval-real)")
+    r.add_argument("--eval-data", help="held-out A images for --eval-every (default: the toy testA beside --data-a)")
+    r.add_argument("--eval-real", help="held-out B images: KID's reference set")
+    r.add_argument("--eval-images", type=int, default=32, help="validation images per evaluation")
+    r.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
+    r.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
     r.set_defaults(func=_cmd_train)
 
     tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")

@@ -139,7 +139,7 @@ def log_metrics_now(uri: str, run_id: str, values: Mapping[str, float], *, step:
         client.log_artifact(run_id, str(artifact), artifact_path=artifact_dir)
 
 
-def log_model_dir(uri: str, run_id: str, model_dir: str | Path) -> str:
+def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = MODEL_ARTIFACT) -> str:
     """Log a raycut model directory as an MLflow pyfunc model ("models from code": the
     class is read from jobs/mlflow_model.py, nothing is pickled). Returns the model URI."""
     import mlflow
@@ -148,7 +148,7 @@ def log_model_dir(uri: str, run_id: str, model_dir: str | Path) -> str:
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
+            name=name,
             python_model=str(PYFUNC_CODE),
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             # cut_core travels with the model, so it loads without raycut installed.

@@ -66,6 +66,12 @@ class TrainOptions:
     max_failures: int = 3
     experiment: str = "raycut"
     placement: str = "pack"
+    eval_every: int = 0  # score G on a validation subset every N steps (checkpoints follow)
+    eval_data: str | None = None  # held-out A images (default: the toy testA beside --data-a)
+    eval_real: str | None = None  # held-out B images, for KID on non-toy data
+    eval_images: int = 32
+    inception_weights: str | None = None
+    feature_extractor: str | None = None
 
 
 @dataclass
@@ -78,6 +84,7 @@ class TrainResult:
     model_uri: str
     model_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None  # {step, metric, value, checkpoint} with --eval-every
 
 
 def run_train(opts: TrainOptions) -> TrainResult:
@@ -137,7 +144,23 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
         max_failures=opts.max_failures, register=opts.register,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
+    if opts.eval_every:
+        # Every evaluation comes with a checkpoint: Ray Train keeps the best by its score.
+        job = replace(job, eval_every=opts.eval_every, checkpoint_every=opts.eval_every, eval={
+            "eval_data": opts.eval_data, "eval_real": opts.eval_real, "n_images": opts.eval_images,
+            "inception_weights": opts.inception_weights, "feature_extractor": opts.feature_extractor})
+        plan = _eval_plan(job)  # the validation data is checked now, before anything starts
+        job = replace(job, eval={**job.eval, "metric": plan.key})
     return job
+
+
+def _eval_plan(job: TrainJob):
+    from jobs.train_eval import plan_eval
+
+    if not job.eval_every:
+        return None
+    where = {k: v for k, v in job.eval.items() if k != "metric"}
+    return plan_eval(job.eval_every, job.data_a, crop_size=job.cut.data.crop_size, **where)
 
 
 def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
@@ -174,11 +197,15 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
     ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
     datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest), "B": read_domain(job.data_b, cfg.data, options=ingest)}
     samples = _sample_images(job, ingest)
+    plan = _eval_plan(job)
+    score = {}
+    if plan is not None:
+        score = {"checkpoint_score_attribute": plan.key, "checkpoint_score_order": plan.order}
     use_gpu = job.gpus_per_worker > 0
     resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.to_dict(), "samples": samples},
+        train_loop_config={"job": job.to_dict(), "samples": samples, "eval": plan.__dict__ if plan else None},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources,
@@ -188,7 +215,8 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
             name=job.name,
             storage_path=job.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
+            # With --eval-every the best checkpoints by the score are kept (and the newest).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints, **score),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
@@ -232,9 +260,13 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
     t = time.perf_counter()
     _log_loss_plot(uri, job.mlflow_run_id, local)
     model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, model_dir)
+    best = _mark_best(job, result, uri) if job.eval_every else None
     version = None
     if job.register:
-        version = tracking.register(uri, model_uri, job.register, {"raycut.run": job.name, "raycut.steps": str(job.steps)})
+        # An evaluated run registers its best model: the paper's numbers are best-during-training.
+        registered = best["model_uri"] if best else model_uri
+        tags = {"raycut.run": job.name, "raycut.steps": str(best["step"] if best else job.steps)}
+        version = tracking.register(uri, registered, job.register, tags)
     tracking.end_run(uri, job.mlflow_run_id, "FINISHED")
     _write_text(job.storage_path, f"{job.name}/{DONE_NAME}",
                 json.dumps({"steps": job.steps, "mlflow_run_id": job.mlflow_run_id, "model_uri": model_uri,
@@ -242,7 +274,33 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
     metrics = dict(result.metrics or {})
     print(_summary(job, metrics, uri, model_uri, version), flush=True)
     return TrainResult(job=job, metrics=metrics, checkpoint_dir=local, model_dir=model_dir, mlflow_run_id=job.mlflow_run_id,
-                       model_uri=model_uri, model_version=version, timings={"log_model_s": time.perf_counter() - t})
+                       model_uri=model_uri, model_version=version, timings={"log_model_s": time.perf_counter() - t},
+                       best=best)
+
+
+def _mark_best(job: TrainJob, result: Any, uri: str) -> dict[str, Any]:
+    """The best evaluated checkpoint: its model logged as ``best_model`` in the run, its
+    score and step as run metrics/tags, and ``best.json`` in the run's folder."""
+    from jobs.train_eval import score_order
+    from jobs.train_worker import MODEL_SUBDIR
+
+    key = job.eval["metric"]
+    order = score_order(key)
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if key in m]
+    if not scored:
+        raise RaycutError(f"run {job.name} has no evaluated checkpoint; see the log above")
+    checkpoint, metrics = (min if order == "min" else max)(scored, key=lambda cm: cm[1][key])
+    local = Path(tempfile.mkdtemp(prefix=f"raycut-{job.name}-best-"))
+    checkpoint.to_directory(str(local))
+    model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, local / MODEL_SUBDIR, name="best_model")
+    best = {"step": int(metrics["step"]), "metric": key, "value": float(metrics[key]), "checkpoint": checkpoint.path,
+            "model_uri": model_uri}
+    tracking.log_metrics_now(uri, job.mlflow_run_id, {f"best_{key}": best["value"], "best_step": best["step"]},
+                             step=best["step"])
+    _write_text(job.storage_path, f"{job.name}/best.json", json.dumps(best, indent=2) + "\n")
+    print(f"[train] best checkpoint: step {best['step']}, {key} {best['value']:.4f} -> {model_uri}", flush=True)
+    return best
+
 
 
 def _log_loss_plot(uri: str, run_id: str, folder: Path) -> None:

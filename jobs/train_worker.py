@@ -5,6 +5,8 @@
     every log_every (rank 0): metrics to MLflow, one progress line
     every checkpoint_every and at the end: report metrics + a checkpoint to Ray Train
     every sample_every (rank 0): a sample grid into the MLflow run
+    with --eval-every (rank 0, at each checkpoint): score G on the validation subset;
+    a new best also puts the model directory into that checkpoint
 
 Every rank calls ``ray.train.report`` at the same steps (the checkpoint steps): it
 is a barrier.
@@ -12,6 +14,7 @@ is a barrier.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import tempfile
@@ -33,12 +36,14 @@ from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import TrainState
 from jobs.progress import Progress
 from jobs.tracking import RunLogger
+from jobs.train_eval import EvalPlan, Evaluator
 from jobs.train_job import TrainJob
 from pipelines.ingest import unpaired_batches
 from pipelines.report import save_grid
 
 MODEL_SUBDIR = "model"  # the final checkpoint also holds the model directory
 FINAL_SAMPLES = "final_samples.safetensors"  # inputs and the in-memory G's outputs
+BEST_NAME = "best.json"  # in each checkpoint of an evaluated run: the best score so far
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -53,16 +58,21 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     state = build_train_state(cfg, device=device, rank=rank)
     resumed_from = 0
+    best: dict[str, Any] = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             load_train_state(state, folder, rank=rank)
+            if (Path(folder) / BEST_NAME).is_file():
+                best = json.loads((Path(folder) / BEST_NAME).read_text())
         resumed_from = state.step
     if world > 1:
         wrap_data_parallel(state, device_ids=[device.index] if device.type == "cuda" else None)
     nodes = _count_nodes(world)
 
     lead = rank == 0
+    plan = EvalPlan(**loop_config["eval"]) if loop_config.get("eval") else None
+    evaluator = Evaluator(plan) if plan is not None and lead else None
     logger = RunLogger(job.tracking_uri, job.mlflow_run_id) if lead and job.mlflow_run_id else None
     bar = Progress("train", job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if lead else None
     if lead:
@@ -103,6 +113,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                        images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
         if save:  # every rank takes part
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
+        new_best = False
+        if save and evaluator is not None:
+            metrics.update(evaluator(state.G, device))
+            new_best = plan.better(metrics[plan.key], best.get("value"))
+            if new_best:
+                best = {"step": step, "metric": plan.key, "value": metrics[plan.key]}
+            metrics[f"best_{plan.key}"] = best["value"]
         if lead:
             _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         if save:
@@ -114,22 +131,28 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # so a crash loses no metric of the steps it does not repeat.
             if logger is not None:
                 logger.flush()
-            _report_checkpoint(state, job, rank, metrics, samples if last else None)
+            _report_checkpoint(state, job, rank, metrics, samples if last else None, best=best if lead and plan else None,
+                               with_model=new_best)
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
     if logger is not None:
         logger.flush()  # the driver reads the whole metric history when the workers end
 
 
 def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],
-                       final_samples: np.ndarray | None) -> None:
+                       final_samples: np.ndarray | None, *, best: dict[str, Any] | None = None,
+                       with_model: bool = False) -> None:
     """Every rank writes its part (rank 0 the networks and optimizers, each rank its
-    RNG); Ray Train merges the parts into one checkpoint directory."""
+    RNG); Ray Train merges the parts into one checkpoint directory. The final one and
+    every new best of an evaluated run also hold the model directory."""
     with tempfile.TemporaryDirectory(prefix="raycut-ckpt-") as tmp:
         save_train_state(state, tmp, rank=rank)
-        if rank == 0 and final_samples is not None:
+        if rank == 0 and best:
+            (Path(tmp) / BEST_NAME).write_text(json.dumps(best) + "\n")
+        if rank == 0 and (final_samples is not None or with_model):
             cfg = state.config
             save_generator(state.G, Path(tmp) / MODEL_SUBDIR, model_config=cfg.model, training_config=cfg,
                            extra={"trained_steps": state.step, "run": job.name})
+        if rank == 0 and final_samples is not None:
             # safetensors.numpy writes the raw buffer, ignoring strides: contiguous copies only.
             pair = {"input": final_samples, "output": _translate(state, final_samples)}
             save_numpy({k: np.ascontiguousarray(v) for k, v in pair.items()}, str(Path(tmp) / FINAL_SAMPLES))
@@ -142,6 +165,7 @@ def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: 
     if bar is not None:
         shown = {k: metrics[k] for k in ("G", "NCE", "D") if k in metrics}
         shown["img/s"] = metrics["images_per_s"]
+        shown.update({k.removeprefix("eval_"): metrics[k] for k in ("eval_colour_err", "eval_kid") if k in metrics})
         bar.update(steps, values=shown)
     if logger is None:
         return

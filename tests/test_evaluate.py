@@ -234,3 +234,22 @@ def test_user_networks_load_from_torch_export_too_and_garbage_is_one_line(tmp_pa
                  "--feature-extractor", str(garbage)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a loadable TorchScript or torch.export file" in err
+
+
+def test_training_time_kid_on_held_out_images(toy, extractor, tmp_path):
+    """Off the toy data, --eval-every scores KID between G's translations of held-out A
+    images and held-out B images; a G that outputs the B images exactly would score ~0."""
+    from cut_core.networks import build_generator
+    from jobs.train_eval import Evaluator, plan_eval
+    from tests.conftest import tiny
+
+    plain = tmp_path / "plainA"
+    shutil.copytree(toy / "testA", plain)  # not a toy root: no toy.json beside it
+    with pytest.raises(Exception, match="--eval-data"):
+        plan_eval(5, str(plain), eval_data=None, eval_real=None, n_images=8, crop_size=32)
+    plan = plan_eval(5, str(plain), eval_data=str(plain), eval_real=str(toy / "testB"), n_images=8, crop_size=32,
+                     feature_extractor=str(extractor))
+    assert plan.key == "eval_kid" and plan.order == "min" and plan.images["a"].shape == (8, 32, 32, 3)
+    G = build_generator(tiny("cut").model)
+    got = Evaluator(plan)(G, torch.device("cpu"))
+    assert set(got) == {"eval_kid", "eval_fid"} and np.isfinite(got["eval_kid"]) and got["eval_fid"] > 0

@@ -88,3 +88,25 @@ def test_unreachable_tracking_server_fails_before_training(toy, tmp_path, monkey
     with pytest.raises(RaycutError, match="unreachable"):
         run_train(_options(toy, tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray, toy, tmp_path, monkeypatch) -> None:
+    uri = f"sqlite:///{tmp_path / 'track.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    storage = tmp_path / "runs"
+    result = run_train(_options(toy, storage, workers=1, steps=20, eval_every=5, keep_checkpoints=1, register="toy-best"))
+    client = MlflowClient(tracking_uri=uri)
+    history = {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, "eval_colour_err")}
+    assert sorted(history) == [5, 10, 15, 20]  # every eval_every steps, on the toy testA vs its truth
+    best_step = min(history, key=history.get)
+    marked = json.loads((storage / "run" / "best.json").read_text())
+    assert marked["step"] == best_step and marked["value"] == pytest.approx(history[best_step])
+    assert result.best["step"] == best_step
+    # The best checkpoint survives retention (keep 1 by score, plus the newest) and holds the model.
+    assert Path(marked["checkpoint"], "model", "generator.safetensors").is_file()
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.metrics["best_eval_colour_err"] == pytest.approx(history[best_step])
+    version = client.get_model_version_by_alias("toy-best", "latest")
+    assert version.tags["raycut.steps"] == str(best_step)
+    assert marked["model_uri"] != result.model_uri  # the best model is logged apart from the final one
+    assert version.source == marked["model_uri"] or version.model_id == marked["model_uri"].removeprefix("models:/")

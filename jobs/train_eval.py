@@ -1,0 +1,155 @@
+"""Evaluation during training: a fixed validation subset scored every N steps.
+
+The paper reports best-during-training numbers, and Tune's scheduler needs a metric
+while a trial runs, so ``raycut train --eval-every N`` scores G on rank 0 at every
+checkpoint (checkpoints then come every N steps), reports the score with the
+checkpoint (Ray Train keeps the best ones by it) and logs it to MLflow.
+
+    toy data (a ``toy.json`` beside --data-a): per-class colour error of the first
+        ``eval_images`` testA translations against their paired truth (lower is better)
+    other data: KID between translations of --eval-data (held-out A images) and the
+        held-out B images of --eval-real, with the Inception (or TorchScript) features
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cut_core.errors import RaycutError
+
+EVAL_PREFIX = "eval_"  # reported metric names: eval_colour_err, eval_kid, ...
+LOWER_IS_BETTER = {"colour_err": True, "L1": True, "kid": True, "fid": True}
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What rank 0 needs to score G; plain data in the train loop config."""
+
+    every: int
+    metric: str  # colour_err (toy) | kid
+    images: dict[str, np.ndarray]  # "a": (N, H, W, 3) uint8 inputs; "truth"/"labels" (toy) or "real" (kid)
+    extractor: dict[str, Any] | None = None  # ExtractorSpec fields, for kid
+
+    @property
+    def key(self) -> str:
+        return EVAL_PREFIX + self.metric
+
+    @property
+    def order(self) -> str:
+        return score_order(self.metric)
+
+    def better(self, value: float, best: float | None) -> bool:
+        return best is None or (value < best if self.order == "min" else value > best)
+
+
+def score_order(metric: str) -> str:
+    """Ray Train's checkpoint_score_order for a metric: "min" or "max"."""
+    return "min" if LOWER_IS_BETTER.get(metric.removeprefix(EVAL_PREFIX), False) else "max"
+
+
+def toy_root_of(source: str) -> Path | None:
+    """The toy dataset a training source belongs to (``ROOT/trainA``, ``cyclegan:ROOT:trainA``)."""
+    from pipelines.sources import parse_source
+
+    s = parse_source(source)
+    if "://" in s.root:
+        return None
+    for candidate in (Path(s.root), Path(s.root).parent):
+        if (candidate / "toy.json").is_file():
+            return candidate
+    return None
+
+
+def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str | None, n_images: int,
+              crop_size: int, inception_weights: str | None = None, feature_extractor: str | None = None) -> EvalPlan:
+    """Load the validation subset on the driver (once for the whole run)."""
+    if every < 1:
+        raise RaycutError("--eval-every must be at least 1")
+    toy = toy_root_of(eval_data or data_a) if not eval_real else None
+    if toy is not None:
+        from pipelines.toy_eval import load_toy_test
+
+        test = load_toy_test(toy, limit=n_images)
+        return EvalPlan(every=every, metric="colour_err",
+                        images={"a": test.a, "truth": test.truth, "labels": test.labels})
+    if not (eval_data and eval_real):
+        raise RaycutError("--eval-every on non-toy data needs --eval-data (held-out A images) and --eval-real "
+                          "(held-out B images) for KID")
+    from pipelines.feature_extractors import inception_spec, load_extractor, torchscript_spec
+
+    spec = torchscript_spec(feature_extractor) if feature_extractor else inception_spec(inception_weights)
+    load_extractor(spec)  # fails here, before training, if the file does not load
+    return EvalPlan(every=every, metric="kid",
+                    images={"a": _center_crops(eval_data, n_images, crop_size),
+                            "real": _center_crops(eval_real, n_images, crop_size)},
+                    extractor={"path": spec.path, "kind": spec.kind, "input_size": spec.input_size})
+
+
+def _center_crops(source: str, n: int, size: int) -> np.ndarray:
+    """The first ``n`` readable images of a source, shorter side scaled to ``size`` and
+    centre-cropped: (n', size, size, 3) uint8."""
+    from PIL import Image
+
+    from pipelines.decode import decode_image
+    from pipelines.sources import list_source_files, parse_source
+
+    fs, files = list_source_files(parse_source(source))
+    out = []
+    for f in files:
+        with fs.open_input_file(f) as fh:
+            result = decode_image(fh.readall())
+        if result.image is None:
+            continue
+        img = Image.fromarray(result.image)
+        scale = size / min(img.size)
+        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BICUBIC)
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        out.append(np.asarray(img.crop((left, top, left + size, top + size))))
+        if len(out) == n:
+            break
+    if len(out) < 2:
+        raise RaycutError(f"{source}: fewer than 2 readable images for evaluation")
+    return np.stack(out)
+
+
+class Evaluator:
+    """Scores a generator on the plan's subset (rank 0 only)."""
+
+    def __init__(self, plan: EvalPlan) -> None:
+        self.plan = plan
+        self.net = None
+        self.real_features = None
+        if plan.metric == "kid":
+            from pipelines.feature_extractors import ExtractorSpec, load_extractor
+
+            spec = ExtractorSpec(**plan.extractor)
+            self.net = load_extractor(spec)
+            self.real_features = self._features(plan.images["real"])
+
+    @torch.no_grad()
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        from pipelines.feature_extractors import resize_for
+
+        x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images]
+        size = self.net.input_size
+        return np.concatenate([self.net(resize_for(x[i : i + 16], size)).numpy() for i in range(0, len(x), 16)])
+
+    def __call__(self, G: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """{eval_<metric>: value, ...} of G's translations (fp32, eval mode)."""
+        from jobs.local_train import translate_array
+
+        fake = translate_array(G, self.plan.images["a"], device=str(device))
+        if self.plan.metric == "colour_err":
+            from pipelines.toy_eval import paired_metrics
+
+            got = paired_metrics(fake, self.plan.images["truth"], self.plan.images["labels"])
+            return {EVAL_PREFIX + k: v for k, v in got.items()}
+        from pipelines.fid import fid_kid
+
+        got = fid_kid(self.real_features, self._features(fake))
+        return {EVAL_PREFIX + "kid": got["kid"], EVAL_PREFIX + "fid": got["fid"]}
