@@ -83,6 +83,10 @@ class LossConfig:
     num_patches: int = 256  # per layer and image
     nce_T: float = 0.07  # tau
     nce_includes_all_negatives_from_minibatch: bool = False  # SinCUT: negatives from every image
+    # External negatives (the paper's MoCo-style baseline, cut_core.memory_bank): keys per
+    # layer held in a bank (0 = off; the paper's baseline: 16384), from a momentum encoder.
+    nce_bank_size: int = 0
+    nce_bank_momentum: float = 0.999
     flip_equivariance: bool = False  # FastCUT
     lambda_identity: float = 0.0  # SinCUT: L1(G(real_B), real_B)
     lambda_R1: float = 0.0  # SinCUT: R1 gradient penalty on D(real_B)
@@ -97,8 +101,30 @@ class LossConfig:
         _check(self.nce_layers[0] >= 0, f"nce_layers has a negative id {self.nce_layers[0]}")
         _check(self.num_patches >= 1, f"num_patches={self.num_patches} must be >= 1")
         _check(self.nce_T > 0, f"nce_T={self.nce_T} must be > 0 (it divides the logits)")
+        _check(self.nce_bank_size >= 0, f"nce_bank_size={self.nce_bank_size} must be >= 0 (0 turns the bank off)")
+        _check(0 <= self.nce_bank_momentum < 1, f"nce_bank_momentum={self.nce_bank_momentum} must lie in [0, 1)")
+        _check(
+            not (self.nce_bank_size and self.nce_includes_all_negatives_from_minibatch),
+            "nce_bank_size and nce_includes_all_negatives_from_minibatch are two negative sources; choose one",
+        )
         for name in ("lambda_GAN", "lambda_NCE", "lambda_identity", "lambda_R1"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+
+
+# Where PatchNCE's negatives come from, as one name (Tune's search space, reports),
+# and the official-style options each name sets.
+NEGATIVE_SOURCES: dict[str, dict[str, Any]] = {
+    "image": {"nce_includes_all_negatives_from_minibatch": False, "nce_bank_size": 0},  # CUT: same image
+    "minibatch": {"nce_includes_all_negatives_from_minibatch": True, "nce_bank_size": 0},  # every image of the batch
+    "bank": {"nce_includes_all_negatives_from_minibatch": False, "nce_bank_size": 16384},  # MoCo-style, other images
+}
+
+
+def negative_source(loss: LossConfig) -> str:
+    """The name of ``loss``'s negative source (a key of NEGATIVE_SOURCES)."""
+    if loss.nce_bank_size:
+        return "bank"
+    return "minibatch" if loss.nce_includes_all_negatives_from_minibatch else "image"
 
 
 @dataclass(frozen=True)

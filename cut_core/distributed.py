@@ -72,7 +72,7 @@ def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None
             device_ids=device_ids,
             **_NO_BUFFER_SYNC,
         )
-        for name, module in state.modules().items()
+        for name, module in (("G", state.G), ("D", state.D), ("F", state.F))
     }
     state.run["G_forward_and_encode"] = partial(wrapped["G"], "forward_and_encode")
     state.run["D"] = partial(wrapped["D"], "forward")

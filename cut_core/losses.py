@@ -56,6 +56,21 @@ def patch_nce(feat_q: torch.Tensor, feat_k: torch.Tensor, *, tau: float, negativ
     return F.cross_entropy(logits.reshape(b * p, 1 + n), target, reduction="none").reshape(b, p)
 
 
+def patch_nce_bank(feat_q: torch.Tensor, feat_k: torch.Tensor, bank: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """PatchNCE with external negatives: the positive key against a memory bank.
+
+    feat_q, feat_k: (B, P, C) L2-normalised (``feat_k`` from the momentum encoder);
+    bank: (K, C) keys of earlier steps (cut_core.memory_bank). Returns (B, P).
+    """
+    b, p, c = feat_q.shape
+    q = feat_q.float()
+    l_pos = (q * feat_k.detach().float()).sum(-1, keepdim=True)  # (B, P, 1)
+    l_neg = q @ bank.detach().float().t()  # (B, P, K)
+    logits = torch.cat([l_pos, l_neg], dim=-1) / tau
+    target = torch.zeros(b * p, dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits.reshape(b * p, -1), target, reduction="none").reshape(b, p)
+
+
 def _lsgan(pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
     return ((pred.float() - float(target_is_real)) ** 2).flatten(1).mean(1)
 

@@ -25,6 +25,7 @@ from torch import nn
 from cut_core import losses
 from cut_core.config import CUTConfig, OptimConfig
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
+from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
 from cut_core.networks import (
     PatchGANDiscriminator,
     PatchSampleMLP,
@@ -53,9 +54,16 @@ class TrainState:
     # The callables the phases run: the modules' methods, or their torch.compile'd
     # versions. Kept apart from the modules so state dicts keep their plain keys.
     run: dict[str, Callable] = field(default_factory=dict)
+    # External negatives (loss.nce_bank_size > 0): momentum copies of G and F, and the bank.
+    key_encoder: MomentumKeyEncoder | None = None
+    bank: PatchMemoryBank | None = None
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "D": self.D, "F": self.F}
+        """Everything a checkpoint holds: G, D, F (+ the key encoder and bank when used)."""
+        out: dict[str, nn.Module] = {"G": self.G, "D": self.D, "F": self.F}
+        if self.key_encoder is not None and self.bank is not None:
+            out.update(K=self.key_encoder, bank=self.bank)
+        return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D, "F": self.opt_F}
@@ -85,6 +93,10 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
         rng=torch.Generator().manual_seed(cfg.seed + rank),
         device=device,
     )
+    if cfg.loss.nce_bank_size:
+        state.key_encoder = MomentumKeyEncoder(G, Fm, cfg.loss.nce_bank_momentum).to(device)
+        state.bank = PatchMemoryBank(len(cfg.loss.nce_layers), cfg.model.netF_nc, cfg.loss.nce_bank_size,
+                                     seed=cfg.seed).to(device)
     state.run = {
         "G_forward_and_encode": maybe_compile(cfg.perf, G.forward_and_encode),
         "G_encode": maybe_compile(cfg.perf, G.encode),
@@ -132,6 +144,7 @@ class GeneratorPass:
     keys: list[torch.Tensor]  # per NCE layer (B or 2B, C_l, H_l, W_l), detached
     flipped: bool  # FastCUT: this iteration ran G on horizontally flipped inputs
     batch: int  # B
+    src: torch.Tensor | None = None  # (B or 2B, 3, H, W) unflipped sources: the memory-bank keys' input
 
     @property
     def fake_B(self) -> torch.Tensor:
@@ -159,7 +172,7 @@ def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor
                 keys = state.run["G_encode"](src, layers)
         else:
             keys = [f.detach() for f in feats]
-    return GeneratorPass(fake=fake, with_idt=with_idt, keys=keys, flipped=flipped, batch=real_A.shape[0])
+    return GeneratorPass(fake=fake, with_idt=with_idt, keys=keys, flipped=flipped, batch=real_A.shape[0], src=src)
 
 
 def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -206,7 +219,8 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
             # With the identity branch, fake is already [G(real_A); G(real_B)]: encode it whole.
             targets = fwd.fake if L.nce_idt else fwd.fake_B
             keys = fwd.keys if L.nce_idt else [k[:b] for k in fwd.keys]
-            nce = _patch_nce_per_image(state, targets, keys, fwd.flipped)
+            src = fwd.src if L.nce_idt else fwd.src[:b]
+            nce = _patch_nce_per_image(state, targets, keys, fwd.flipped, src)
             out["NCE"] = nce[:b].mean().detach()
             if L.nce_idt:
                 # CUT: the identity NCE(G(real_B), real_B) averaged with NCE(G(real_A), real_A).
@@ -222,6 +236,9 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     loss_G.backward()
     state.opt_G.step()
     state.opt_F.step()
+    if state.key_encoder is not None and state.bank is not None:
+        state.bank.commit()
+        state.key_encoder.update(state.G, state.F)  # after the step, as MoCo
     for p in state.D.parameters():
         p.requires_grad_(True)
     out["G"] = loss_G.detach()
@@ -229,25 +246,33 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
 
 
 def _patch_nce_per_image(
-    state: TrainState, targets: torch.Tensor, keys: list[torch.Tensor], flipped: bool
+    state: TrainState, targets: torch.Tensor, keys: list[torch.Tensor], flipped: bool, src: torch.Tensor | None = None
 ) -> torch.Tensor:
     """lambda_NCE * PatchNCE averaged over layers, per target image: (N,).
 
     targets: (N, 3, H, W) translations; keys: per layer (N, C_l, H_l, W_l) encodings
-    of their sources. With batch negatives, the A->B half and the B->B identity half
-    are separate groups (as the official code calls the loss once for each).
+    of their sources ``src``. With batch negatives, the A->B half and the B->B identity
+    half are separate groups (as the official code calls the loss once for each).
+    With a memory bank, the keys come from the momentum encoder on ``src`` and the
+    negatives from the bank, which then takes this step's keys.
     """
     L = state.config.loss
     feat_q = state.run["G_encode"](targets, L.nce_layers)
     if flipped:
         feat_q = [torch.flip(f, dims=[3]) for f in feat_q]
     ids = PatchSampleMLP.sample_ids(keys, L.num_patches, state.rng)
-    with torch.no_grad():
-        k_proj = state.run["F"](keys, ids)
     q_proj = state.run["F"](feat_q, ids)
     n = targets.shape[0]
-    halves = 2 if (L.nce_idt and L.nce_includes_all_negatives_from_minibatch) else 1
     total = torch.zeros(n, device=targets.device)
+    if state.bank is not None and state.key_encoder is not None and src is not None:
+        k_proj = state.key_encoder.keys(src, L.nce_layers, ids)
+        for layer, (q, k) in enumerate(zip(q_proj, k_proj, strict=True)):
+            total = total + losses.patch_nce_bank(q, k, state.bank.negatives(layer), tau=L.nce_T).mean(dim=1)
+            state.bank.stage(layer, k.float())  # enqueued after the step: a key is never its own negative
+        return total * (L.lambda_NCE / len(q_proj))
+    with torch.no_grad():
+        k_proj = state.run["F"](keys, ids)
+    halves = 2 if (L.nce_idt and L.nce_includes_all_negatives_from_minibatch) else 1
     for q, k in zip(q_proj, k_proj, strict=True):
         parts = [
             losses.patch_nce(qh, kh, tau=L.nce_T, negatives_from_batch=L.nce_includes_all_negatives_from_minibatch)

@@ -84,8 +84,9 @@ def paired_metrics(preds: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> 
     """colour_err, L1, PSNR and SSIM of (N, H, W, 3) uint8 predictions, averaged over images."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    p = torch.from_numpy(np.ascontiguousarray(preds)).permute(0, 3, 1, 2).double() / 255.0
-    t = torch.from_numpy(np.ascontiguousarray(truth)).permute(0, 3, 1, 2).double() / 255.0
+    # Copies: the arrays may be read-only views (Ray's object store), which torch warns about.
+    p = torch.from_numpy(np.array(preds)).permute(0, 3, 1, 2).double() / 255.0
+    t = torch.from_numpy(np.array(truth)).permute(0, 3, 1, 2).double() / 255.0
     mse = ((p - t) ** 2).flatten(1).mean(1)
     psnr = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, PSNR_CAP))
     ssim = structural_similarity_index_measure(p, t, data_range=1.0)
