@@ -67,6 +67,22 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from jobs.tune import TuneOptions, run_tune
+
+    run_tune(TuneOptions(
+        data_a=args.data_a or "", data_b=args.data_b or "", preset=args.preset, config_file=args.config,
+        sets=tuple(args.set), space=args.space, samples=args.samples, max_concurrent=args.max_concurrent,
+        metric=args.metric, steps_per_trial=args.steps_per_trial, eval_every=args.eval_every,
+        grace_period=args.grace_period, reduction_factor=args.reduction_factor, search=args.search,
+        workers=args.workers, register=args.register or "", name=args.name, storage_path=args.storage_path,
+        resume=args.resume, seed=args.seed, experiment=args.experiment, eval_data=args.eval_data,
+        eval_real=args.eval_real, eval_images=args.eval_images, inception_weights=args.inception_weights,
+        feature_extractor=args.feature_extractor,
+    ))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from jobs.evaluate import EvaluateOptions, run_evaluate
 
@@ -154,6 +170,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
     r.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
     r.set_defaults(func=_cmd_train)
+
+    u = sub.add_parser(
+        "tune", help="search CUT's layer/negative settings with Ray Tune (ASHA), each trial a Ray Train run",
+        description="Each trial is a `raycut train` run that reports an evaluation metric every --eval-every steps; "
+        "ASHA stops the weak ones. MLflow: one parent run per search, one child run per trial. At the end: a results "
+        "table (CSV + Parquet), the best config as YAML for `raycut train --config`, and with --register the best "
+        "model under the alias champion.",
+    )
+    u.add_argument("--data-a", help="source domain (same forms as raycut train)")
+    u.add_argument("--data-b", help="target domain")
+    u.add_argument("--preset", default="cut", choices=["cut", "fastcut"])
+    u.add_argument("--config", help="YAML of options applied to every trial")
+    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option for every trial, e.g. crop_size=128")
+    u.add_argument("--space", help="YAML search space laid over the default (see jobs/tune_space.py)")
+    u.add_argument("--samples", type=int, default=8, help="trials")
+    u.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
+    u.add_argument("--metric", help="what ASHA and the ranking use (default: eval_colour_err on toy data, else eval_kid)")
+    u.add_argument("--steps-per-trial", type=int, default=400)
+    u.add_argument("--eval-every", type=int, help="steps between evaluations (default: steps-per-trial / 8)")
+    u.add_argument("--grace-period", type=int, help="ASHA: steps before a trial may be stopped (default: eval-every)")
+    u.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the best 1/N at each rung")
+    u.add_argument("--search", default="random", choices=["random", "optuna"],
+                   help="random sampling, or Optuna's TPE (needs `pip install optuna`)")
+    u.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    u.add_argument("--register", help="register the best trial's model under this name, with the alias champion")
+    u.add_argument("--name", help="search name (default: tune-<preset>-<date>-<time>)")
+    u.add_argument("--storage-path", default="raycut-tune", help="where Tune's state and the trials' checkpoints go")
+    u.add_argument("--resume", action="store_true", help="continue the latest (or --name) interrupted search")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--experiment", default="raycut-tune", help="MLflow experiment")
+    u.add_argument("--eval-data", help="held-out A images (default: the toy testA beside --data-a)")
+    u.add_argument("--eval-real", help="held-out B images: KID's reference set (non-toy data)")
+    u.add_argument("--eval-images", type=int, default=16)
+    u.add_argument("--inception-weights", help="for KID (see raycut evaluate --help)")
+    u.add_argument("--feature-extractor", help="TorchScript extractor for KID instead of Inception")
+    u.set_defaults(func=_cmd_tune)
 
     tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")
     tr.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a model dir")

@@ -169,6 +169,15 @@ def register(uri: str, model_uri: str, name: str, tags: Mapping[str, str]) -> st
     return str(mv.version)
 
 
+def set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    """Point ``models:/NAME@ALIAS`` at ``version`` (moving it if it pointed elsewhere)."""
+    _client(uri).set_registered_model_alias(name, alias, version)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, folder: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, str(path), artifact_path=folder)
+
+
 def resolve_model_dir(model: str, *, uri: str | None = None, cache: str | Path | None = None) -> Path:
     """A local raycut model directory for ``model``: a directory path as is, or an MLflow
     model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``runs:/ID/model``) downloaded."""

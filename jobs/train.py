@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -66,6 +66,8 @@ class TrainOptions:
     max_failures: int = 3
     experiment: str = "raycut"
     placement: str = "pack"
+    parent_run_id: str = ""  # MLflow parent run (a Tune search): this run becomes its child
+    data_cpus: float | None = None  # logical CPUs for the Ray Data feed (default: what the trainers leave)
     eval_every: int = 0  # score G on a validation subset every N steps (checkpoints follow)
     eval_data: str | None = None  # held-out A images (default: the toy testA beside --data-a)
     eval_real: str | None = None  # held-out B images, for KID on non-toy data
@@ -87,7 +89,9 @@ class TrainResult:
     best: dict[str, Any] | None = None  # {step, metric, value, checkpoint} with --eval-every
 
 
-def run_train(opts: TrainOptions) -> TrainResult:
+def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """The whole ``raycut train``; ``callbacks`` go to Ray Train's RunConfig (Tune's
+    TuneReportCallback, when the run is a trial)."""
     _check_options(opts)
     storage = _absolute_storage(opts.storage_path)
     if opts.resume:
@@ -106,7 +110,7 @@ def run_train(opts: TrainOptions) -> TrainResult:
     print(f"[train] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
           flush=True)
     try:
-        result = _fit(job, opts)
+        result = _fit(job, opts, callbacks)
     except BaseException:
         tracking.end_run(uri, job.mlflow_run_id, "FAILED")
         raise
@@ -171,11 +175,13 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
               "images_a": job.extra["images_a"], "images_b": job.extra["images_b"],
               "gpus_per_worker": job.gpus_per_worker}
     tags = {"raycut.run": job.name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}
+    if opts.parent_run_id:
+        tags["mlflow.parentRunId"] = opts.parent_run_id  # shown nested under the search in the MLflow UI
     run_id = tracking.create_run(uri, opts.experiment, job.name, params, tags)
     return replace(job, tracking_uri=uri, mlflow_run_id=run_id)
 
 
-def _fit(job: TrainJob, opts: TrainOptions) -> Any:
+def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> Any:
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -187,7 +193,7 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
     # a faster poll keeps reports cheap. Propagated to the controller and the workers.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     start_ray(job.workers * job.cpus_per_worker)
-    data_cpus = max(1.0, ray.cluster_resources().get("CPU", 1) - job.workers * job.cpus_per_worker)
+    data_cpus = opts.data_cpus or max(1.0, ray.cluster_resources().get("CPU", 1) - job.workers * job.cpus_per_worker)
     # One decode actor per domain per 2 spare CPUs (at least one), the rest left to the
     # streaming split and reads: trainers must never wait on starved decoders.
     actors = max(1, int(data_cpus // 4))
@@ -218,6 +224,7 @@ def _fit(job: TrainJob, opts: TrainOptions) -> Any:
             # With --eval-every the best checkpoints by the score are kept (and the newest).
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints, **score),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )

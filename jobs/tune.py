@@ -1,0 +1,401 @@
+"""`raycut tune`: search CUT's layer and negative settings with Ray Tune.
+
+    resolve the base config + the space -> MLflow parent run -> Tuner(trial, ASHA)
+    each trial = one `raycut train` run on Ray Train (its own workers, an MLflow child
+        run, --eval-every reports that ASHA prunes on) -> results table (CSV + Parquet)
+    -> best config as a YAML `raycut train --config` takes -> best model registered
+       with the alias `champion`
+
+Resources: a trial is a Tune function (no CPU of its own: it only waits) that starts a
+Ray Train run of ``workers`` x ``cpus_per_worker`` plus ``data_cpus`` for its Ray Data
+feed. ``max_concurrent`` trials must fit in the cluster's CPUs at once, or a worker
+group waits for CPUs that never free up; raycut sizes the per-trial CPUs from the
+cluster and --max-concurrent (fractions are fine: Ray's CPUs are logical) and gives
+the worker group a start timeout long enough for a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cut_core.errors import RaycutError
+from jobs import tracking
+
+SPEC_NAME = "tune.json"
+CHAMPION = "champion"
+# Ray Train gives a worker group 30 s to start by default; with several trials
+# starting at once on 2 cores, process start-up alone can take longer.
+WORKER_GROUP_START_TIMEOUT_S = "300"
+TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    data_a: str = ""
+    data_b: str = ""
+    preset: str = "cut"
+    config_file: str | None = None
+    sets: tuple[str, ...] = ()  # applied to every trial
+    space: str | None = None  # YAML laid over jobs.tune_space.DEFAULT_SPACE
+    samples: int = 8
+    max_concurrent: int = 2
+    metric: str | None = None  # default: eval_colour_err on toy data, eval_kid otherwise
+    steps_per_trial: int = 400
+    eval_every: int | None = None  # default: steps_per_trial / 8
+    grace_period: int | None = None  # ASHA: steps before a trial can be stopped (default: eval_every)
+    reduction_factor: int = 2
+    search: str = "random"  # random | optuna (TPE, with memory of earlier trials)
+    workers: int = 1  # Ray Train workers per trial
+    register: str = ""
+    name: str | None = None
+    storage_path: str = "raycut-tune"
+    resume: bool = False
+    seed: int = 0
+    experiment: str = "raycut-tune"
+    eval_data: str | None = None
+    eval_real: str | None = None
+    eval_images: int = 16
+    inception_weights: str | None = None
+    feature_extractor: str | None = None
+    # Filled in by the driver before the trials start (so every trial, and a resumed
+    # search, sees the same values):
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    cpus_per_worker: float = 1.0
+    data_cpus: float = 1.0
+    space_resolved: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuneSummary:
+    rows: list[dict[str, Any]]
+    metric: str
+    mode: str
+    best: dict[str, Any]
+    best_config_path: Path
+    results_path: Path
+    parent_run_id: str
+    model_version: str | None
+    stopped_early: int
+
+
+def run_tune(opts: TuneOptions) -> TuneSummary:
+    from ray import tune
+
+    storage = Path(opts.storage_path).expanduser().resolve()
+    if opts.resume:
+        opts = _load(storage, opts.name)
+        opts = replace(opts, resume=True)
+    else:
+        opts = _plan(opts, storage)
+    exp_dir = storage / opts.name
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Trials run in the driver's working directory, so relative data paths mean what
+    # the user typed (Tune would otherwise move each trial into its own folder).
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    _start_ray(opts)
+    trainable = tune.with_resources(_trial, {"CPU": TRIAL_CPU})
+    trainable = tune.with_parameters(trainable, spec=asdict(opts))
+    if opts.resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise RaycutError(f"{exp_dir} holds no Tune state to resume; start the search again without --resume")
+        print(f"[tune] resuming {opts.name}: finished trials are kept, unfinished ones start again", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = _tuner(opts, trainable, storage)
+    results = tuner.fit()
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished:  # Ctrl-C: Tune saved its state and stopped the running trials
+        raise RaycutError(f"search {opts.name} interrupted with {unfinished} trial(s) unfinished; continue it with "
+                          f"raycut tune --resume --name {opts.name} --storage-path {opts.storage_path}")
+    return _finish(opts, results, storage)
+
+
+def _plan(opts: TuneOptions, storage: Path) -> TuneOptions:
+    """Check everything cheap before Ray starts; fix the values every trial shares."""
+    from jobs.config_file import resolve_config
+    from jobs.train_eval import EVAL_PREFIX, plan_eval, score_order, toy_root_of
+    from jobs.tune_space import load_space, overrides
+
+    if not (opts.data_a and opts.data_b):
+        raise RaycutError("--data-a and --data-b are required (or --resume to continue a search)")
+    if opts.samples < 1 or opts.max_concurrent < 1 or opts.steps_per_trial < 2 or opts.workers < 1:
+        raise RaycutError("--samples, --max-concurrent, --workers must be at least 1 and --steps-per-trial at least 2")
+    if opts.search not in ("random", "optuna"):
+        raise RaycutError("--search must be random or optuna")
+    if opts.reduction_factor < 2:
+        raise RaycutError("--reduction-factor must be at least 2")
+    base = resolve_config(opts.preset, opts.config_file, list(opts.sets))
+    space = load_space(opts.space)
+    # Every value the space can produce must make a valid config with the base.
+    for key, domain in space.items():
+        values = domain.get("choice") or domain.get("grid") if isinstance(domain, dict) else [domain]
+        for v in values or []:
+            try:
+                base.with_overrides(overrides({key: v}))
+            except Exception as e:  # noqa: BLE001 - a config error, reported as one line
+                raise RaycutError(f"search space {key}={v!r} does not fit the base config: {e}") from None
+    eval_every = opts.eval_every or max(1, opts.steps_per_trial // 8)
+    toy = toy_root_of(opts.eval_data or opts.data_a) if not opts.eval_real else None
+    metric = opts.metric or EVAL_PREFIX + ("colour_err" if toy is not None else "kid")
+    plan_eval(eval_every, opts.data_a, eval_data=opts.eval_data, eval_real=opts.eval_real, n_images=opts.eval_images,
+              crop_size=base.data.crop_size, inception_weights=opts.inception_weights,
+              feature_extractor=opts.feature_extractor)  # the validation data is checked now
+    score_order(metric)
+    name = opts.name or f"tune-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (storage / name / SPEC_NAME).is_file():
+        raise RaycutError(f"search {name} already exists in {storage}; pass --resume to continue it, or another --name")
+    uri = tracking.tracking_uri()
+    tracking.check_reachable(uri)
+    parent = tracking.create_run(uri, opts.experiment, name, {
+        "preset": base.preset, "samples": opts.samples, "steps_per_trial": opts.steps_per_trial, "metric": metric,
+        "search": opts.search, "space": json.dumps(space, sort_keys=True)[:6000], "data_a": opts.data_a,
+        "data_b": opts.data_b, "sets": " ".join(opts.sets)}, {"raycut.tune": name})
+    opts = replace(opts, name=name, metric=metric, eval_every=eval_every, grace_period=opts.grace_period or eval_every,
+                   parent_run_id=parent, tracking_uri=uri, space_resolved=space, **_cpu_budget(opts))
+    (storage / name).mkdir(parents=True, exist_ok=True)
+    (storage / name / SPEC_NAME).write_text(json.dumps(asdict(opts), indent=2, sort_keys=True) + "\n")
+    print(f"[tune] search {name}: {opts.samples} trials of {opts.steps_per_trial} steps, {opts.max_concurrent} at a time, "
+          f"ASHA on {metric} every {eval_every} steps; MLflow parent run {parent} at {uri}", flush=True)
+    return opts
+
+
+def _cpu_budget(opts: TuneOptions) -> dict[str, float]:
+    """Logical CPUs per trial so that max_concurrent trials fit in the local Ray at once:
+    half for the trial's Ray Train workers, half for its Ray Data feed."""
+    total = _ray_cpus(opts)
+    per_trial = total / opts.max_concurrent - TRIAL_CPU
+    return {"cpus_per_worker": round(per_trial / 2 / opts.workers, 3), "data_cpus": round(per_trial / 2, 3)}
+
+
+def _ray_cpus(opts: TuneOptions) -> float:
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        _start_ray(opts)
+        return float(ray.cluster_resources().get("CPU", 1))
+    # A local Ray gets 2 logical CPUs per concurrent trial (at least the cores): the OS
+    # shares the cores, Ray's scheduler needs room for each trial's actors.
+    return float(max(os.cpu_count() or 1, 2 * opts.max_concurrent))
+
+
+def _start_ray(opts: TuneOptions) -> None:
+    import ray
+
+    from jobs.ray_runtime import start_ray
+
+    if not ray.is_initialized():
+        start_ray(_ray_cpus(opts) - 2 if not os.environ.get("RAY_ADDRESS") else 0)
+
+
+def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
+    import ray.tune
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from jobs.train_eval import score_order
+    from jobs.tune_space import to_tune
+
+    mode = score_order(opts.metric)
+    search_alg = None
+    if opts.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise RaycutError("--search optuna needs optuna: pip install optuna") from None
+        search_alg = OptunaSearch(seed=opts.seed)
+    # max_t one step past the end: ASHA stops a trial that reaches max_t at once, which
+    # would cut off the trial's own end (logging its model, marking it done).
+    scheduler = ASHAScheduler(time_attr="step", max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
+                              reduction_factor=opts.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(opts.space_resolved),
+        tune_config=tune.TuneConfig(metric=opts.metric, mode=mode, num_samples=opts.samples, scheduler=scheduler,
+                                    search_alg=search_alg, max_concurrent_trials=opts.max_concurrent),
+        run_config=ray.tune.RunConfig(name=opts.name, storage_path=str(storage), verbose=0,
+                                      failure_config=ray.tune.FailureConfig(max_failures=1)),
+    )
+
+
+def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """One trial: a `raycut train` run whose reports reach Tune through Ray Train's
+    TuneReportCallback. A restarted trial (after --resume) resumes its train run."""
+    from ray import tune
+
+    from jobs.train import TrainOptions, run_train
+    from jobs.tune_space import overrides
+
+    opts = TuneOptions(**spec)
+    trial = tune.get_context().get_trial_id()
+    storage = Path(opts.storage_path).expanduser().resolve() / opts.name / "trials"
+    started = (storage / trial / "run.json").is_file()
+    sets = tuple(opts.sets) + tuple(f"{k}={_as_set(v)}" for k, v in overrides(config).items())
+    train = TrainOptions(
+        preset=opts.preset, data_a=opts.data_a, data_b=opts.data_b, config_file=opts.config_file, sets=sets,
+        workers=opts.workers, cpus_per_worker=opts.cpus_per_worker, data_cpus=opts.data_cpus,
+        steps=opts.steps_per_trial, name=trial, storage_path=str(storage), checkpoint_every=opts.eval_every,
+        keep_checkpoints=1, log_every=max(1, opts.eval_every), sample_every=opts.steps_per_trial, max_failures=1,
+        experiment=opts.experiment, parent_run_id=opts.parent_run_id, eval_every=opts.eval_every,
+        eval_data=opts.eval_data, eval_real=opts.eval_real, eval_images=opts.eval_images,
+        inception_weights=opts.inception_weights, feature_extractor=opts.feature_extractor, resume=started,
+    )
+    os.environ["MLFLOW_TRACKING_URI"] = opts.tracking_uri
+    run_train(train, callbacks=[_report_to_tune()])
+
+
+def _report_to_tune():
+    """Ray Train's TuneReportCallback, quiet about the one failure that is expected: when
+    ASHA stops a trial, its Tune actor (and the queue the callback writes to) is gone
+    while the Ray Train controller still reports; that is the stop, not an error."""
+    import ray
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class QuietTuneReport(TuneReportCallback):
+        def after_report(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                super().after_report(*args, **kwargs)
+            except ray.exceptions.RayActorError:
+                pass
+
+    return QuietTuneReport()
+
+
+def _as_set(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
+    import pandas as pd
+
+    from jobs.train_eval import score_order
+
+    mode = score_order(opts.metric)
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        trial = m.get("trial_id") or (r.path and Path(r.path).name)
+        folder = storage / opts.name / "trials" / str(trial)
+        spec, done, best = (_read_json(folder / n) for n in ("run.json", "done.json", "best.json"))
+        history = r.metrics_dataframe
+        scores = history[opts.metric].dropna().tolist() if history is not None and opts.metric in history else []
+        last_step = int(m.get("step", 0))
+        rows.append({
+            "trial": trial, **{f"config/{k}": v for k, v in (r.config or {}).items()},
+            "best": (min if mode == "min" else max)(scores) if scores else None, "last": scores[-1] if scores else None,
+            "steps": last_step, "stopped_early": bool(last_step < opts.steps_per_trial and r.error is None),
+            "status": "error" if r.error else ("stopped" if last_step < opts.steps_per_trial else "finished"),
+            "mlflow_run_id": (spec or {}).get("mlflow_run_id", ""), "best_model_uri": (best or {}).get("model_uri", ""),
+        })
+        if rows[-1]["mlflow_run_id"] and done is None:
+            # Stopped by ASHA (or failed): its child run ends here rather than staying RUNNING.
+            tracking.end_run(opts.tracking_uri, rows[-1]["mlflow_run_id"], "FAILED" if r.error else "KILLED")
+    scored = [r for r in rows if r["best"] is not None]
+    if not scored:
+        raise RaycutError(f"no trial of {opts.name} reported {opts.metric}; see the trial errors above")
+    scored.sort(key=lambda r: r["best"], reverse=(mode == "max"))
+    best = scored[0]
+    out = storage / opts.name
+    frame = pd.DataFrame(scored + [r for r in rows if r["best"] is None])
+    frame.to_csv(out / "results.csv", index=False)
+    frame.to_parquet(out / "results.parquet", index=False)
+    config_path = _write_best_config(opts, best, out / "best_config.yaml")
+    # The champion is the best trial that ran to its end (a stopped trial logged no model).
+    with_model = next((r for r in scored if r["best_model_uri"]), None)
+    version = _promote(opts, with_model) if opts.register and with_model else None
+    stopped = sum(r["stopped_early"] for r in rows)
+    summary = TuneSummary(rows=scored, metric=opts.metric, mode=mode, best=best, best_config_path=config_path,
+                          results_path=out / "results.csv", parent_run_id=opts.parent_run_id, model_version=version,
+                          stopped_early=stopped)
+    _log_parent(opts, summary, frame, out)
+    print(format_results(summary), flush=True)
+    return summary
+
+
+def _write_best_config(opts: TuneOptions, best: dict[str, Any], path: Path) -> Path:
+    """A YAML of every option (official names) that `raycut train --preset P --config` takes."""
+    import yaml
+
+    from jobs.config_file import resolve_config
+    from jobs.tune_space import overrides
+
+    trial_values = {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}
+    sets = list(opts.sets) + [f"{k}={_as_set(v)}" for k, v in overrides(trial_values).items()]
+    cfg = resolve_config(opts.preset, opts.config_file, sets)
+    data = {"preset": cfg.preset, **{s: getattr(cfg, s).__dict__ for s in ("model", "loss", "optim", "data")},
+            "seed": cfg.seed}
+    data = json.loads(json.dumps(data))  # tuples -> lists
+    header = (f"# Best trial {best['trial']} of raycut tune search {opts.name}: {opts.metric} {best['best']:.4f}\n"
+              f"# Use it: raycut train --preset {cfg.preset} --config {path.name} --data-a ... --data-b ...\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _promote(opts: TuneOptions, best: dict[str, Any]) -> str | None:
+    """Register the trial's best model and point the alias `champion` at it."""
+    version = tracking.register(opts.tracking_uri, best["best_model_uri"], opts.register,
+                                {"raycut.tune": opts.name, "raycut.trial": str(best["trial"])})
+    tracking.set_alias(opts.tracking_uri, opts.register, CHAMPION, version)
+    return version
+
+
+def _log_parent(opts: TuneOptions, summary: TuneSummary, frame: Any, out: Path) -> None:
+    tracking.log_metrics_now(opts.tracking_uri, opts.parent_run_id, {
+        f"best_{opts.metric}": float(summary.best["best"]), "trials": float(len(frame)),
+        "stopped_early": float(summary.stopped_early)})
+    for name in ("results.csv", "best_config.yaml"):
+        tracking.log_artifact(opts.tracking_uri, opts.parent_run_id, out / name)
+    tracking.end_run(opts.tracking_uri, opts.parent_run_id, "FINISHED")
+
+
+def format_results(summary: TuneSummary) -> str:
+    keys = sorted({k for r in summary.rows for k in r if k.startswith("config/")})
+    head = ["trial", summary.metric + (" v" if summary.mode == "min" else " ^"), "steps", "status"]
+    head += [k.removeprefix("config/") for k in keys]
+    table = [head]
+    for r in summary.rows:
+        table.append([str(r["trial"]), f"{r['best']:.4f}", str(r["steps"]), r["status"]]
+                     + [_short(r.get(k)) for k in keys])
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [
+        f"[tune] best: trial {summary.best['trial']} ({summary.metric} {summary.best['best']:.4f}); "
+        f"{summary.stopped_early} trial(s) stopped early by ASHA",
+        f"[tune] best config: {summary.best_config_path} (raycut train --config {summary.best_config_path})",
+        f"[tune] results: {summary.results_path} (+ .parquet); MLflow parent run {summary.parent_run_id}",
+    ]
+    if summary.model_version:
+        lines.append(f"[tune] registered version {summary.model_version} with alias {CHAMPION}")
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load(storage: Path, name: str | None) -> TuneOptions:
+    if not name:
+        specs = sorted(storage.glob(f"*/{SPEC_NAME}"), key=lambda p: p.stat().st_mtime)
+        if not specs:
+            raise RaycutError(f"no search to resume in {storage}; start one with raycut tune --data-a ... --data-b ...")
+        name = specs[-1].parent.name
+    path = storage / name / SPEC_NAME
+    if not path.is_file():
+        raise RaycutError(f"search {name} has no {SPEC_NAME} in {storage}; pass the --name and --storage-path it started with")
+    return TuneOptions(**json.loads(path.read_text()))
