@@ -110,8 +110,9 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     else:
         tuner = _tuner(opts, trainable, storage)
     results = tuner.fit()
-    unfinished = len(results) - results.num_terminated - results.num_errors
-    if unfinished:  # Ctrl-C: Tune saved its state and stopped the running trials
+    # Ctrl-C: Tune saved its state and stopped; trials may be unfinished or not created yet.
+    unfinished = _expected_trials(opts) - results.num_terminated - results.num_errors
+    if unfinished > 0:
         raise RaycutError(f"search {opts.name} interrupted with {unfinished} trial(s) unfinished; continue it with "
                           f"raycut tune --resume --name {opts.name} --storage-path {opts.storage_path}")
     return _finish(opts, results, storage)
@@ -224,6 +225,15 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
     )
 
 
+def _expected_trials(opts: TuneOptions) -> int:
+    """samples x the size of every grid axis (Tune's variant generator)."""
+    n = opts.samples
+    for domain in opts.space_resolved.values():
+        if isinstance(domain, dict) and "grid" in domain:
+            n *= len(domain["grid"])
+    return n
+
+
 def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     """One trial: a `raycut train` run whose reports reach Tune through Ray Train's
     TuneReportCallback. A restarted trial (after --resume) resumes its train run."""
@@ -235,6 +245,13 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     opts = TuneOptions(**spec)
     trial = tune.get_context().get_trial_id()
     storage = Path(opts.storage_path).expanduser().resolve() / opts.name / "trials"
+    finished = _read_json(storage / trial / "done.json")
+    if finished is not None:
+        # Trained to the end before an interrupt reached Tune: report its result again
+        # instead of training it twice.
+        best = _read_json(storage / trial / "best.json") or {}
+        tune.report({"step": finished["steps"], **({best["metric"]: best["value"]} if best else {})})
+        return
     started = (storage / trial / "run.json").is_file()
     sets = tuple(opts.sets) + tuple(f"{k}={_as_set(v)}" for k, v in overrides(config).items())
     train = TrainOptions(

@@ -1,0 +1,122 @@
+"""`raycut tune` end to end on a real local Ray and a real SQLite MLflow: ASHA stops
+weak trials, the best config trains, an interrupted search resumes without redoing
+its finished trials. Each search runs as the CLI in its own process (as a user runs
+it), with tiny models on tiny toy data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from jobs.tune_space import DEFAULT_SPACE, load_space, overrides
+from pipelines.toy_data import ToySpec, write_toy_dataset
+from tests.conftest import TINY_SETS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), ToySpec(size=32, n_train=16, n_test=4))
+
+
+def _tune_cmd(toy: Path, *extra: str) -> list[str]:
+    sets = [a for s in TINY_SETS for a in ("--set", s)]
+    return [sys.executable, "-m", "jobs.cli", "tune", "--data-a", f"cyclegan:{toy}:trainA", "--data-b",
+            f"cyclegan:{toy}:trainB", "--preset", "fastcut", *sets, "--steps-per-trial", "20", "--eval-every", "5",
+            "--name", "search", *extra]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    root = Path(__file__).resolve().parents[1]
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(root)}
+
+
+def test_search_stops_weak_trials_and_its_best_config_trains(toy, tmp_path):
+    space = tmp_path / "space.yaml"
+    # Two settings far apart in quality, so ASHA has something to stop.
+    space.write_text("nce_layers: {choice: ['0,4,8,12,16', '16']}\nlambda_NCE: {loguniform: [0.5, 10]}\n"
+                     "negatives: {choice: [image, bank]}\nnum_patches: {choice: [32, 64]}\n")
+    r = subprocess.run(_tune_cmd(toy, "--samples", "4", "--max-concurrent", "2", "--space", str(space),
+                                 "--register", "toy-tuned"),
+                       cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "raycut-tune" / "search"
+    results = pd.read_parquet(out / "results.parquet")
+    assert len(results) == 4 and (out / "results.csv").is_file()
+    assert results["stopped_early"].sum() >= 1, results[["trial", "best", "steps", "status"]]
+    assert (results["steps"] < 20).sum() >= 1
+    assert "eval_colour_err v" in r.stdout and "stopped early by ASHA" in r.stdout
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("raycut-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [x for x in runs if x.data.tags.get("raycut.tune") == "search"]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 4
+    assert all(x.info.status in ("FINISHED", "KILLED") for x in children)
+    assert any(len(client.get_metric_history(x.info.run_id, "eval_colour_err")) >= 2 for x in children)
+    champion = client.get_model_version_by_alias("toy-tuned", "champion")
+    best = results.iloc[0]
+    assert champion.tags["raycut.trial"] == best["trial"]
+
+    # The best config is a YAML that raycut train takes as it is.
+    train = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--preset", "fastcut", "--config",
+                            str(out / "best_config.yaml"), "--data-a", f"cyclegan:{toy}:trainA", "--data-b",
+                            f"cyclegan:{toy}:trainB", "--steps", "4", "--checkpoint-every", "4", "--name", "again"],
+                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    spec = json.loads((tmp_path / "raycut-runs" / "again" / "run.json").read_text())
+    assert spec["config"]["loss"]["nce_layers"] == [int(v) for v in str(best["config/nce_layers"]).split(",")]
+    assert spec["config"]["loss"]["lambda_NCE"] == pytest.approx(best["config/lambda_NCE"])
+
+
+def test_interrupted_search_resumes_and_keeps_finished_trials(toy, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("".join(f"{k}: null\n" for k in DEFAULT_SPACE) + "nce_T: {grid: [0.05, 0.1, 0.2]}\n")
+    proc = subprocess.Popen(_tune_cmd(toy, "--max-concurrent", "1", "--samples", "1", "--space", str(space)),
+                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trials = tmp_path / "raycut-tune" / "search" / "trials"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not list(trials.glob("*/done.json")):
+        time.sleep(0.5)
+    done = list(trials.glob("*/done.json"))
+    assert done, "no trial finished"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "--resume" in out, out[-3000:]
+    first = done[0].parent.name
+    stamp = done[0].stat().st_mtime
+
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "tune", "--resume", "--name", "search"], cwd=tmp_path,
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    results = pd.read_parquet(tmp_path / "raycut-tune" / "search" / "results.parquet")
+    assert sorted(results["config/nce_T"]) == [0.05, 0.1, 0.2]  # the whole grid
+    assert set(results["status"]) <= {"finished", "stopped"}  # ASHA may stop the resumed ones; none failed
+    assert done[0].stat().st_mtime == stamp  # the finished trial was not trained again
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("raycut-tune").experiment_id])
+    assert sum(x.data.tags.get("raycut.run") == first for x in runs) == 1
+
+
+def test_space_yaml_overrides_and_checks(tmp_path):
+    space = tmp_path / "s.yaml"
+    space.write_text("num_patches: {choice: [64]}\nflip_equivariance: null\nnce_T: 0.1\n")
+    got = load_space(space)
+    assert got["num_patches"] == {"choice": [64]} and "flip_equivariance" not in got and got["nce_T"] == 0.1
+    assert got["nce_layers"] == DEFAULT_SPACE["nce_layers"]
+    assert overrides({"negatives": "bank", "nce_T": 0.1}) == {
+        "nce_includes_all_negatives_from_minibatch": False, "nce_bank_size": 16384, "nce_T": 0.1}
+    space.write_text("nce_T: {loguniform: [0.3, 0.03]}\n")
+    with pytest.raises(Exception, match="low < high"):
+        load_space(space)
