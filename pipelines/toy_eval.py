@@ -127,8 +127,8 @@ def read_translations(root: str | Path, folder: str | Path) -> np.ndarray:
     """The translated testA of a ``raycut translate`` output folder, in testA's order.
     An output keeps its input's stem, at ``testA/<stem>.*`` (translated with the toy
     root as the source) or ``<stem>.*`` (translated from testA itself)."""
-    folder = Path(folder)
-    found = {str(p.relative_to(folder).with_suffix("")): p for p in list_images(folder)}
+    folder = Path(folder).resolve()
+    found = {str(p.resolve().relative_to(folder).with_suffix("")): p for p in list_images(folder)}
     out = []
     for p in list_images(Path(root) / "testA"):
         hit = found.get(f"testA/{p.stem}") or found.get(p.stem)
