@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +101,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.submit import SubmitOptions, submit
+
+    command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
+    return submit(SubmitOptions(command=tuple(command), address=args.address, runtime_env=args.runtime_env,
+                                wait=args.wait, pip=not args.no_pip, env=tuple(args.env)))
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from jobs.submit import jobs_command
+
+    return jobs_command(args.action, args.job_id, args.address, follow_logs=args.follow)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import run_bench
 
@@ -113,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default (toy sim->real data)")
     d.add_argument("--out", default="raycut-demo", help="output folder (default: ./raycut-demo)")
     d.add_argument("--size", type=int, default=64, choices=[32, 64, 128], help="toy image size")
-    d.add_argument("--steps", type=int, default=600, help="training steps")
+    d.add_argument("--steps", type=int, default=500, help="training steps")
     d.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
@@ -152,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--register", help="register the final model in the MLflow Model Registry under this name")
     r.add_argument("--resume", action="store_true", help="continue the latest run (or --name) from its last checkpoint")
     r.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
-    r.add_argument("--storage-path", default="raycut-runs", help="checkpoint storage: folder, NFS path or s3://bucket/prefix")
+    r.add_argument("--storage-path", default=os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs"),
+                   help="checkpoint storage: folder, NFS path or s3://bucket/prefix (default: $RAYCUT_STORAGE_PATH, "
+                   "else ./raycut-runs)")
     r.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     r.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the newest)")
     r.add_argument("--log-every", type=int, default=20, help="steps between metric reports and progress lines")
@@ -250,6 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="JSON report (default: FAKE/evaluation.json)")
     e.add_argument("--run-id", help="MLflow run to log the metrics into (default: $MLFLOW_RUN_ID)")
     e.set_defaults(func=_cmd_evaluate)
+
+    sm = sub.add_parser(
+        "submit", help="run any raycut command as a Ray job on a cluster (Job Submission API)",
+        description="Uploads the working directory (minus .gitignore'd files) as the job's working_dir, installs the "
+        "package's pip requirements (--no-pip on raycut's image) and forwards MLFLOW_TRACKING_URI and "
+        "RAYCUT_STORAGE_PATH. Example: raycut submit --wait -- raycut train --data-a ... --data-b ...",
+    )
+    sm.add_argument("--address", help="the job server, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)")
+    sm.add_argument("--runtime-env", help="YAML runtime environment merged over raycut's (pip, env_vars, ...)")
+    sm.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's result")
+    sm.add_argument("--no-pip", action="store_true", help="the cluster image already has raycut's requirements")
+    sm.add_argument("--env", action="append", default=[], metavar="NAME",
+                    help="also forward this environment variable (e.g. AWS_ACCESS_KEY_ID)")
+    sm.add_argument("command", nargs=argparse.REMAINDER, help="-- raycut COMMAND [ARGS...]")
+    sm.set_defaults(func=_cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list, inspect, follow and stop submitted jobs")
+    jb.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jb.add_argument("job_id", nargs="?")
+    jb.add_argument("--address", help="the job server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jb.set_defaults(func=_cmd_jobs)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
     b.add_argument("which", choices=["train", "ingest", "translate"], help="what to measure")

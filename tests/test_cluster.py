@@ -1,0 +1,169 @@
+"""Cluster use: `raycut submit` / `raycut jobs` against a real Ray head started with
+`ray start --head` (token authentication on, dashboard on 127.0.0.1), and the
+cluster configuration files checked for the keys and the safety settings they need."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines.toy_data import ToySpec, write_toy_dataset
+from tests.conftest import TINY_SETS
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A real single-node Ray cluster, as `ray start --head` makes it, with its own
+    temp dir, token authentication and the job server on localhost."""
+    token = secrets.token_hex(16)
+    # The head's jobs run `python` from PATH: this environment's, as on a cluster image.
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": path}
+    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs, dash = _free_port(), _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", f"--temp-dir={temp}", "--num-cpus=4", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield {"address": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _raycut(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_submit_train_waits_logs_and_tracks(head, tmp_path):
+    toy = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=8, n_test=2))
+    env = {**head["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "RAYCUT_STORAGE_PATH": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
+    sets = [a for s in TINY_SETS for a in ("--set", s)]
+    r = _raycut(["submit", "--address", head["address"], "--wait", "--no-pip", "--", "raycut", "train", "--preset",
+                 "fastcut", "--data-a", "cyclegan:toy:trainA", "--data-b", "cyclegan:toy:trainB", *sets, "--steps", "4",
+                 "--checkpoint-every", "4", "--name", "submitted"], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    job_id = re.search(r"\[submit\] job (\S+) submitted", r.stdout).group(1)
+    assert "[train] done: submitted" in r.stdout and f"job {job_id} SUCCEEDED" in r.stdout  # the logs streamed here
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["raycut.run"] == "submitted"
+    assert (tmp_path / "runs" / "submitted" / "done.json").is_file()  # RAYCUT_STORAGE_PATH reached the job
+
+    logs = _raycut(["jobs", "logs", job_id, "--address", head["address"]], cwd=tmp_path, env=env)
+    assert logs.returncode == 0 and "[train] done: submitted" in logs.stdout
+    listed = _raycut(["jobs", "list", "--address", head["address"]], cwd=tmp_path, env=env)
+    assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout
+    status = _raycut(["jobs", "status", job_id, "--address", head["address"]], cwd=tmp_path, env=env)
+    assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED")
+
+
+def test_failed_job_is_reported_with_its_last_lines(head, tmp_path):
+    env = {**head["env"], "PYTHONPATH": str(ROOT)}
+    r = _raycut(["submit", "--address", head["address"], "--wait", "--no-pip", "--", "raycut", "train", "--data-a",
+                 str(tmp_path / "missing"), "--data-b", str(tmp_path / "missing")], cwd=tmp_path, env=env)
+    assert r.returncode == 1
+    assert "FAILED" in r.stdout and "  | raycut: error:" in r.stdout and "does not exist" in r.stdout
+
+
+def test_unreachable_or_unauthenticated_server_is_one_line(head, tmp_path):
+    r = _raycut(["submit", "--address", "http://127.0.0.1:9", "--no-pip", "--", "raycut", "toy-data", "--out", "x"],
+                cwd=tmp_path, env=head["env"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "cannot reach the Ray job server" in r.stderr
+    no_token = {k: v for k, v in head["env"].items() if k != "RAY_AUTH_TOKEN"} | {"HOME": str(tmp_path)}
+    r = _raycut(["jobs", "list", "--address", head["address"]], cwd=tmp_path, env=no_token)
+    assert r.returncode == 2 and "cannot reach the Ray job server" in r.stderr and "token" in r.stderr.lower()
+
+
+def test_runtime_env_uploads_the_working_dir_with_the_package_requirements(tmp_path, monkeypatch):
+    from jobs.submit import SubmitOptions, build_runtime_env, entrypoint
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    monkeypatch.delenv("RAYCUT_STORAGE_PATH", raising=False)
+    env = build_runtime_env(SubmitOptions(command=("raycut", "demo"), working_dir=str(tmp_path)))
+    assert env["working_dir"] == str(tmp_path)
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"}
+    assert any(req.startswith("ray[") for req in env["pip"]) and any(req.startswith("torch") for req in env["pip"])
+    assert entrypoint(("raycut", "train", "--set", "nce_layers=0,4")) == "python -m jobs.cli train --set nce_layers=0,4"
+
+
+# ---- the configuration files ------------------------------------------------------
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(p for p in CLUSTER.rglob("*.yaml") if "configs" not in p.parts)
+
+
+def test_every_cluster_file_parses_with_its_required_keys():
+    files = _yaml_files()
+    assert {p.name for p in files} >= {"aws.yaml", "gcp.yaml", "raycluster.yaml", "rayjob.yaml"}
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert docs, path
+        for doc in docs:
+            if "kind" in doc:  # KubeRay
+                assert doc["apiVersion"] == "ray.io/v1", path
+                spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+                assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", path
+                assert {g["groupName"] for g in spec["workerGroupSpecs"]} >= {"gpu-workers"}, path
+                if doc["kind"] == "RayJob":
+                    assert doc["spec"]["entrypoint"].startswith("python -m jobs.cli "), path
+            else:  # cluster launcher
+                for key in ("cluster_name", "provider", "available_node_types", "head_node_type",
+                            "head_start_ray_commands", "worker_start_ray_commands"):
+                    assert key in doc, (path, key)
+                types = doc["available_node_types"]
+                assert types[doc["head_node_type"]]["resources"] == {"CPU": 0}, path
+                assert {"gpu_worker", "cpu_worker"} <= set(types), path
+                assert types["gpu_worker"]["max_workers"] > types["gpu_worker"]["min_workers"], path  # autoscaling
+    for name in ("Dockerfile", "env.example"):
+        assert (CLUSTER / name).is_file()
+    assert "-c constraints.txt" in (CLUSTER / "Dockerfile").read_text()
+
+
+def test_cluster_files_are_safe_by_default():
+    for path in _yaml_files():
+        text = path.read_text()
+        for doc in (d for d in yaml.safe_load_all(text) if d):
+            if "kind" in doc:
+                spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+                head = spec["headGroupSpec"]
+                # Inside the pod network only, and behind token authentication on every container.
+                assert head.get("serviceType", "ClusterIP") == "ClusterIP", path
+                for group in [head, *spec["workerGroupSpecs"]]:
+                    for container in group["template"]["spec"]["containers"]:
+                        env = {e["name"]: e for e in container["env"]}
+                        assert env["RAY_AUTH_MODE"]["value"] == "token", path
+                        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], path  # from a Secret
+            else:
+                starts = " ".join(doc["head_start_ray_commands"])
+                assert "--dashboard-host=127.0.0.1" in starts and "RAY_AUTH_MODE=token" in starts, path
+                assert "RAY_AUTH_MODE=token" in " ".join(doc["worker_start_ray_commands"]), path
+                assert "security_group" not in str(doc["provider"]).lower() or "8265" not in str(doc["provider"]), path
+        # Nothing opens the Ray ports to the world, and no secret value is committed.
+        settings = re.sub(r"#.*", "", text)  # what is configured, not what the comments discuss
+        assert "LoadBalancer" not in settings and "NodePort" not in settings and "0.0.0.0/0" not in settings, path
+        assert not re.search(r"(?i)(password|secret_access_key|auth_token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{8,}", text), path
+    example = (CLUSTER / "env.example").read_text()
+    assert not re.search(r"(?m)^(RAY_AUTH_TOKEN|AWS_SECRET_ACCESS_KEY|MLFLOW_TRACKING_PASSWORD)=\S", example)
