@@ -39,6 +39,10 @@ TRAIN_VARIANTS: dict[str, dict[str, object]] = {
     "bf16-channels_last": {"precision": "bf16", "channels_last": True},
     "bf16-compile": {"precision": "bf16", "compile": True},
     "fp32-compile": {"compile": True},
+    # The negative sources a Tune search chooses between (cut_core.config.NEGATIVE_SOURCES),
+    # in bf16; "image" is plain "bf16".
+    "bf16-minibatch-negatives": {"precision": "bf16", "nce_includes_all_negatives_from_minibatch": True},
+    "bf16-bank-negatives": {"precision": "bf16", "nce_bank_size": 16384},
 }
 DEFAULT_VARIANTS = ("fp32-eager", "channels_last", "bf16", "bf16-channels_last")
 
@@ -387,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["cut", "fastcut"])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(TRAIN_VARIANTS))
     p.add_argument("--crops", nargs="+", type=int, default=[256])
+    p.add_argument("--batch-size", type=int, default=1, help="images per step (the negative sources differ from 2 up)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-baseline", action="store_true")
@@ -405,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         check_resume_under_ddp(args.device, log)
     rows: list[dict[str, object]] = []
     for crop in args.crops:
-        rows += bench_train(tuple(args.presets), tuple(args.variants), crop=crop, device=args.device,
+        rows += bench_train(tuple(args.presets), tuple(args.variants), crop=crop, batch_size=args.batch_size,
+                            device=args.device,
                             warmup=args.warmup, iters=args.iters, baseline=not args.no_baseline,
                             isolate=not args.no_isolate, log=log)
     if args.translate:

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default (toy sim->real data)")
     d.add_argument("--out", default="raycut-demo", help="output folder (default: ./raycut-demo)")
     d.add_argument("--size", type=int, default=64, choices=[32, 64, 128], help="toy image size")
-    d.add_argument("--steps", type=int, default=500, help="training steps")
+    d.add_argument("--steps", type=int, default=600, help="training steps")
     d.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)

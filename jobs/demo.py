@@ -30,7 +30,7 @@ from pipelines.toy_data import ToySpec, write_toy_dataset
 class DemoOptions:
     out: Path = Path("raycut-demo")
     size: int = 64
-    steps: int = 500
+    steps: int = 600
     preset: str = "fastcut"
     precision: str = "bf16"
     n_train: int = 200
@@ -43,7 +43,7 @@ class DemoOptions:
 
 def demo_config(opts: DemoOptions) -> CUTConfig:
     """The preset, shrunk to a laptop: ngf 16, 6 blocks, a 2-layer D of width 8, the toy
-    size as crop, batch 4.
+    size as crop, a global batch of 4.
 
     Why a narrow D: at 64 px a D as wide as G learns to spot the real style's sensor
     noise, which a deterministic G cannot produce, wins outright (D loss ~0.002) and
@@ -55,6 +55,7 @@ def demo_config(opts: DemoOptions) -> CUTConfig:
 
 
 STAGES = 7
+GLOBAL_BATCH = 4
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -210,6 +211,9 @@ def demo_overrides(opts: DemoOptions) -> dict[str, Any]:
     """The demo model as option overrides (see :func:`demo_config`)."""
     return {
         "ngf": 16, "ndf": 8, "n_blocks": 6, "n_layers_D": 2, "netF_nc": 64, "nce_layers": "0,4,8,12,16",
-        "num_patches": 128, "preprocess": "crop", "crop_size": opts.size, "load_size": opts.size, "batch_size": 4,
+        "num_patches": 128, "preprocess": "crop", "crop_size": opts.size, "load_size": opts.size,
+        # A global batch of 4 (2 per worker on 2 workers): at 8 the narrow D still wins
+        # outright on this data (D loss ~0.003, colour error ~61 after 500 steps).
+        "batch_size": max(1, GLOBAL_BATCH // opts.workers),
         "lr": 5e-4, "precision": opts.precision, "seed": opts.seed,
     }
