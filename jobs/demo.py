@@ -197,8 +197,8 @@ def _summary_md(opts: DemoOptions, summary: dict[str, Any]) -> str:
         "```bash",
         "export RAY_ADDRESS=http://HEAD:8265 MLFLOW_TRACKING_URI=http://MLFLOW:5000",
         f"raycut train --preset {opts.preset} --config cluster/configs/toy.yaml --data-a cyclegan:DATA:trainA \\",
-        f"    --data-b cyclegan:DATA:trainB --workers {opts.workers} --steps {opts.steps} --storage-path s3://BUCKET/runs "
-        f"--register {opts.model_name}",
+        f"    --data-b cyclegan:DATA:trainB --set batch_size={max(1, GLOBAL_BATCH // opts.workers)} "
+        f"--workers {opts.workers} --steps {opts.steps} --storage-path s3://BUCKET/runs --register {opts.model_name}",
         "```",
         "",
         "Stage times: " + ", ".join(f"{k} {format_duration(v)}" for k, v in summary["timings_s"].items()),
