@@ -14,7 +14,10 @@ from cut_core.errors import RaycutError
 def _cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=Path(args.out), size=args.size, steps=args.steps, precision=args.precision, seed=args.seed))
+    if args.n_train < 8:
+        raise RaycutError("--n-train must be at least 8")
+    run_demo(DemoOptions(out=Path(args.out), size=args.size, steps=args.steps, precision=args.precision, seed=args.seed,
+                         n_train=args.n_train))
     return 0
 
 
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=600, help="training steps")
     d.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-train", type=int, default=200, help="toy training images per domain")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("toy-data", help="generate the toy sim->real dataset (CycleGAN layout + labels + paired truth)")

@@ -267,7 +267,7 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
     t = time.perf_counter()
     _log_loss_plot(uri, job.mlflow_run_id, local)
     model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, model_dir)
-    best = _mark_best(job, result, uri) if job.eval_every else None
+    best = _mark_best(job, result, uri, final_model_uri=model_uri) if job.eval_every else None
     version = None
     if job.register:
         # An evaluated run registers its best model: the paper's numbers are best-during-training.
@@ -285,7 +285,7 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
                        best=best)
 
 
-def _mark_best(job: TrainJob, result: Any, uri: str) -> dict[str, Any]:
+def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) -> dict[str, Any]:
     """The best evaluated checkpoint: its model logged as ``best_model`` in the run, its
     score and step as run metrics/tags, and ``best.json`` in the run's folder."""
     from jobs.train_eval import score_order
@@ -297,9 +297,12 @@ def _mark_best(job: TrainJob, result: Any, uri: str) -> dict[str, Any]:
     if not scored:
         raise RaycutError(f"run {job.name} has no evaluated checkpoint; see the log above")
     checkpoint, metrics = (min if order == "min" else max)(scored, key=lambda cm: cm[1][key])
-    local = Path(tempfile.mkdtemp(prefix=f"raycut-{job.name}-best-"))
-    checkpoint.to_directory(str(local))
-    model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, local / MODEL_SUBDIR, name="best_model")
+    if int(metrics["step"]) == job.steps:
+        model_uri = final_model_uri  # the final model is the best: logged once
+    else:
+        local = Path(tempfile.mkdtemp(prefix=f"raycut-{job.name}-best-"))
+        checkpoint.to_directory(str(local))
+        model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, local / MODEL_SUBDIR, name="best_model")
     best = {"step": int(metrics["step"]), "metric": key, "value": float(metrics[key]), "checkpoint": checkpoint.path,
             "model_uri": model_uri}
     tracking.log_metrics_now(uri, job.mlflow_run_id, {f"best_{key}": best["value"], "best_step": best["step"]},

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
 from cut_core.errors import RaycutError
 from jobs import tracking
 
@@ -31,6 +33,7 @@ CHAMPION = "champion"
 # Ray Train gives a worker group 30 s to start by default; with several trials
 # starting at once on 2 cores, process start-up alone can take longer.
 WORKER_GROUP_START_TIMEOUT_S = "300"
+STOPPED_NAME = "stopped_by_asha.txt"
 TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
 
 
@@ -110,8 +113,11 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     else:
         tuner = _tuner(opts, trainable, storage)
     results = tuner.fit()
-    # Ctrl-C: Tune saved its state and stopped; trials may be unfinished or not created yet.
-    unfinished = _expected_trials(opts) - results.num_terminated - results.num_errors
+    # Ctrl-C: Tune saved its state and stopped. Tune marks the trials it stopped then as
+    # terminated, so a trial counts as complete only if it trained to its end, failed,
+    # or was stopped by ASHA (recorded by RecordingASHA); others may not exist yet.
+    complete = sum(1 for r in results if r.error or _trial_outcome(storage, opts, r) != "interrupted")
+    unfinished = _expected_trials(opts) - complete
     if unfinished > 0:
         raise RaycutError(f"search {opts.name} interrupted with {unfinished} trial(s) unfinished; continue it with "
                           f"raycut tune --resume --name {opts.name} --storage-path {opts.storage_path}")
@@ -198,8 +204,6 @@ def _start_ray(opts: TuneOptions) -> None:
 def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
     import ray.tune
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from jobs.train_eval import score_order
     from jobs.tune_space import to_tune
 
@@ -213,8 +217,9 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
         search_alg = OptunaSearch(seed=opts.seed)
     # max_t one step past the end: ASHA stops a trial that reaches max_t at once, which
     # would cut off the trial's own end (logging its model, marking it done).
-    scheduler = ASHAScheduler(time_attr="step", max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
-                              reduction_factor=opts.reduction_factor)
+    scheduler = RecordingASHA(str(storage / opts.name / STOPPED_NAME), time_attr="step",
+                               max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
+                               reduction_factor=opts.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space=to_tune(opts.space_resolved),
@@ -223,6 +228,33 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
         run_config=ray.tune.RunConfig(name=opts.name, storage_path=str(storage), verbose=0,
                                       failure_config=ray.tune.FailureConfig(max_failures=1)),
     )
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that writes down each trial it stops (one id per line), so that a stop by
+    ASHA is told apart from a stop by Ctrl-C, across --resume too."""
+
+    def __init__(self, record: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.record = record
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            with open(self.record, "a") as f:
+                f.write(trial.trial_id + "\n")
+        return decision
+
+
+def _trial_outcome(storage: Path, opts: TuneOptions, result: Any) -> str:
+    """finished | stopped (by ASHA) | interrupted, from the trial's files."""
+    trial = (result.metrics or {}).get("trial_id") or ""
+    if (storage / opts.name / "trials" / str(trial) / "done.json").is_file():
+        return "finished"
+    stopped = storage / opts.name / STOPPED_NAME
+    if trial and stopped.is_file() and trial in stopped.read_text().split():
+        return "stopped"
+    return "interrupted"
 
 
 def _expected_trials(opts: TuneOptions) -> int:
@@ -303,11 +335,11 @@ def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
         history = r.metrics_dataframe
         scores = history[opts.metric].dropna().tolist() if history is not None and opts.metric in history else []
         last_step = int(m.get("step", 0))
+        outcome = "error" if r.error else _trial_outcome(storage, opts, r)
         rows.append({
             "trial": trial, **{f"config/{k}": v for k, v in (r.config or {}).items()},
             "best": (min if mode == "min" else max)(scores) if scores else None, "last": scores[-1] if scores else None,
-            "steps": last_step, "stopped_early": bool(last_step < opts.steps_per_trial and r.error is None),
-            "status": "error" if r.error else ("stopped" if last_step < opts.steps_per_trial else "finished"),
+            "steps": last_step, "stopped_early": outcome == "stopped", "status": outcome,
             "mlflow_run_id": (spec or {}).get("mlflow_run_id", ""), "best_model_uri": (best or {}).get("model_uri", ""),
         })
         if rows[-1]["mlflow_run_id"] and done is None:

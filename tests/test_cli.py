@@ -44,7 +44,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     batch translation and evaluation all run for real."""
     from mlflow.tracking import MlflowClient
 
-    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "8", cwd=tmp_path)
+    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "8", "--n-train", "32", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "demo"
     for name in ("samples.png", "losses.png"):
@@ -57,7 +57,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the working directory's store
     run = client.get_run(summary["mlflow"]["run_id"])
     assert run.info.status == "FINISHED" and "eval/colour_err" in run.data.metrics
-    assert client.get_model_version_by_alias("raycut-demo", "demo").version == summary["mlflow"]["version"]
+    assert str(client.get_model_version_by_alias("raycut-demo", "demo").version) == str(summary["mlflow"]["version"])
     for stage in range(1, 8):
         assert f"<== [{stage}/7] done in" in r.stdout
     text = (out / "summary.md").read_text()

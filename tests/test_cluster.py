@@ -81,8 +81,8 @@ def test_submit_train_waits_logs_and_tracks(head, tmp_path):
 
 def test_failed_job_is_reported_with_its_last_lines(head, tmp_path):
     env = {**head["env"], "PYTHONPATH": str(ROOT)}
-    r = _raycut(["submit", "--address", head["address"], "--wait", "--no-pip", "--", "raycut", "train", "--data-a",
-                 str(tmp_path / "missing"), "--data-b", str(tmp_path / "missing")], cwd=tmp_path, env=env)
+    r = _raycut(["submit", "--address", head["address"], "--wait", "--no-pip", "--", "raycut", "evaluate", "--toy",
+                 str(tmp_path / "missing")], cwd=tmp_path, env=env)
     assert r.returncode == 1
     assert "FAILED" in r.stdout and "  | raycut: error:" in r.stdout and "does not exist" in r.stdout
 
