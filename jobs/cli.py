@@ -124,6 +124,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _add_validation_options(parser: argparse.ArgumentParser, *, images: int) -> None:
+    """Where evaluation during training (train --eval-every, every tune trial) gets its data."""
+    parser.add_argument("--eval-data", help="held-out A images (default: the toy testA beside --data-a)")
+    parser.add_argument("--eval-real", help="held-out B images: KID's reference set (non-toy data)")
+    parser.add_argument("--eval-images", type=int, default=images, help="validation images per evaluation")
+    parser.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
+    parser.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raycut", description="CUT / FastCUT / SinCUT unpaired image translation on Ray.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -185,11 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-every", type=int, default=0,
                    help="score G every N steps on a fixed validation subset (checkpoints follow; the best is kept, "
                    "marked and registered): toy colour error on toy data, else KID (needs --eval-data, --eval-real)")
-    r.add_argument("--eval-data", help="held-out A images for --eval-every (default: the toy testA beside --data-a)")
-    r.add_argument("--eval-real", help="held-out B images: KID's reference set")
-    r.add_argument("--eval-images", type=int, default=32, help="validation images per evaluation")
-    r.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
-    r.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
+    _add_validation_options(r, images=32)
     r.set_defaults(func=_cmd_train)
 
     u = sub.add_parser(
@@ -221,11 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--resume", action="store_true", help="continue the latest (or --name) interrupted search")
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--experiment", default="raycut-tune", help="MLflow experiment")
-    u.add_argument("--eval-data", help="held-out A images (default: the toy testA beside --data-a)")
-    u.add_argument("--eval-real", help="held-out B images: KID's reference set (non-toy data)")
-    u.add_argument("--eval-images", type=int, default=16)
-    u.add_argument("--inception-weights", help="for KID (see raycut evaluate --help)")
-    u.add_argument("--feature-extractor", help="TorchScript extractor for KID instead of Inception")
+    _add_validation_options(u, images=16)
     u.set_defaults(func=_cmd_tune)
 
     tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")

@@ -23,7 +23,6 @@ import torch
 from cut_core.errors import RaycutError
 
 EVAL_PREFIX = "eval_"  # reported metric names: eval_colour_err, eval_kid, ...
-LOWER_IS_BETTER = {"colour_err": True, "L1": True, "kid": True, "fid": True}
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,11 @@ class EvalPlan:
 
 
 def score_order(metric: str) -> str:
-    """Ray Train's checkpoint_score_order for a metric: "min" or "max"."""
-    return "min" if LOWER_IS_BETTER.get(metric.removeprefix(EVAL_PREFIX), False) else "max"
+    """Ray Train's checkpoint_score_order for a metric: "max" for the scores that grow
+    with quality (PSNR, SSIM, mIoU, ...), "min" for errors, distances and losses."""
+    from pipelines.toy_eval import HIGHER_IS_BETTER
+
+    return "max" if HIGHER_IS_BETTER.get(metric.removeprefix(EVAL_PREFIX), False) else "min"
 
 
 def toy_root_of(source: str) -> Path | None:
