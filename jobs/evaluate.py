@@ -176,24 +176,16 @@ def _toy(opts: EvaluateOptions) -> dict[str, Any]:
 
 def _toy_fid(root: Path, spec, rows: dict[str, dict[str, float]], translations: dict[str, np.ndarray]) -> None:
     """FID/KID of every toy row against the real-style trainB (small sets: in process)."""
-    import torch
-
-    from pipelines.feature_extractors import load_extractor, resize_for
+    from pipelines.feature_extractors import features_of_images, load_extractor
     from pipelines.fid import fid_kid
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import baselines, load_toy_test
 
     net = load_extractor(spec)
-
-    def feats(images) -> np.ndarray:
-        with torch.inference_mode():
-            x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images]
-            return np.concatenate([net(resize_for(x[i : i + 16], spec.input_size)).numpy() for i in range(0, len(x), 16)])
-
-    real = feats(load_folder(root / "trainB"))
+    real = features_of_images(net, load_folder(root / "trainB"))
     sets = {**baselines(root, load_toy_test(root)), **translations}
     for name, images in sets.items():
-        got = fid_kid(real, feats(images))
+        got = fid_kid(real, features_of_images(net, images))
         rows[name].update(fid=got["fid"], kid=got["kid"])
 
 

@@ -133,13 +133,10 @@ class Evaluator:
             self.net = load_extractor(spec)
             self.real_features = self._features(plan.images["real"])
 
-    @torch.no_grad()
     def _features(self, images: np.ndarray) -> np.ndarray:
-        from pipelines.feature_extractors import resize_for
+        from pipelines.feature_extractors import features_of_images
 
-        x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images]
-        size = self.net.input_size
-        return np.concatenate([self.net(resize_for(x[i : i + 16], size)).numpy() for i in range(0, len(x), 16)])
+        return features_of_images(self.net, images)
 
     def __call__(self, G: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """{eval_<metric>: value, ...} of G's translations (fp32, eval mode)."""

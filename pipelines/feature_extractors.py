@@ -161,6 +161,16 @@ def resize_for(images: list[torch.Tensor], size: int) -> torch.Tensor:
                       for x in images])
 
 
+@torch.inference_mode()
+def features_of_images(net: nn.Module, images, *, batch: int = 16) -> "np.ndarray":
+    """In-process features of (H, W, 3) uint8 images (small sets: validation subsets,
+    the toy data): (N, d) float32. Large sets go through pipelines.fid's Ray Data job."""
+    import numpy as np
+
+    x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images]
+    return np.concatenate([net(resize_for(x[i : i + batch], net.input_size)).numpy() for i in range(0, len(x), batch)])
+
+
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
