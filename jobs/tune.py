@@ -34,6 +34,7 @@ CHAMPION = "champion"
 # starting at once on 2 cores, process start-up alone can take longer.
 WORKER_GROUP_START_TIMEOUT_S = "300"
 STOPPED_NAME = "stopped_by_asha.txt"
+RUNGS_NAME = "asha_rungs.json"
 TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
 
 
@@ -217,9 +218,9 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
         search_alg = OptunaSearch(seed=opts.seed)
     # max_t one step past the end: ASHA stops a trial that reaches max_t at once, which
     # would cut off the trial's own end (logging its model, marking it done).
-    scheduler = RecordingASHA(str(storage / opts.name / STOPPED_NAME), time_attr="step",
-                               max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
-                               reduction_factor=opts.reduction_factor)
+    scheduler = RecordingASHA(str(storage / opts.name / STOPPED_NAME), str(storage / opts.name / RUNGS_NAME),
+                              time_attr="step", max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
+                              reduction_factor=opts.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space=to_tune(opts.space_resolved),
@@ -231,19 +232,55 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
 
 
 class RecordingASHA(ASHAScheduler):
-    """ASHA that writes down each trial it stops (one id per line), so that a stop by
-    ASHA is told apart from a stop by Ctrl-C, across --resume too."""
+    """ASHA that keeps its books on disk, so that ``--resume`` continues the same search.
 
-    def __init__(self, record: str, **kwargs: Any) -> None:
+    Tune does not save a scheduler's state with the experiment: a restored search
+    would start with empty rungs and judge every later trial against nothing. So the
+    rungs (milestone -> {trial: reward}) are written to ``rungs`` after each result
+    and read back on first use; and each trial ASHA stops is written to ``record``
+    (one id per line), so that a stop by ASHA is told apart from a stop by Ctrl-C."""
+
+    def __init__(self, record: str, rungs: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.record = record
+        self.rungs = rungs
+        self._rungs_loaded = False  # pickled as False with the Tuner: a restore reads the file
+
+    def _load_rungs(self) -> None:
+        if self._rungs_loaded:
+            return
+        self._rungs_loaded = True
+        saved = _read_json(Path(self.rungs))
+        if not saved:
+            return
+        for bracket, rungs in zip(self._brackets, saved):
+            by_milestone = {milestone: recorded for milestone, recorded in bracket._rungs}
+            for milestone, recorded in rungs:
+                by_milestone.get(milestone, {}).update(recorded)
+
+    def _save_rungs(self) -> None:
+        rungs = [[[milestone, recorded] for milestone, recorded in b._rungs if recorded] for b in self._brackets]
+        tmp = Path(self.rungs + ".tmp")
+        tmp.write_text(json.dumps(rungs))
+        tmp.replace(self.rungs)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load_rungs()
+        super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._load_rungs()
         decision = super().on_trial_result(tune_controller, trial, result)
+        self._save_rungs()
         if decision == TrialScheduler.STOP:
             with open(self.record, "a") as f:
                 f.write(trial.trial_id + "\n")
         return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._load_rungs()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_rungs()
 
 
 def _trial_outcome(storage: Path, opts: TuneOptions, result: Any) -> str:
@@ -431,7 +468,7 @@ def _short(v: Any) -> str:
     return str(v)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
