@@ -25,7 +25,7 @@ demo: setup
 	$(VENV)/bin/raycut demo
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: setup
 	$(VENV)/bin/raycut bench train --out bench-train.json

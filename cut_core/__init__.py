@@ -16,6 +16,7 @@ from cut_core.config import (
 from cut_core.errors import ConfigError, ModelDirError, RaycutError
 from cut_core.model_dir import import_official_generator, load_generator, save_generator
 from cut_core.networks import PatchGANDiscriminator, PatchSampleMLP, ResnetGenerator
+from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from cut_core.training import TrainState, build_train_state, set_epoch, train_step
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "PerfConfig",
     "RaycutError",
     "ResnetGenerator",
+    "StyleGAN2Discriminator",
+    "StyleGAN2Generator",
     "TrainState",
     "build_train_state",
     "import_official_generator",

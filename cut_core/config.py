@@ -15,6 +15,12 @@ cut         on       1           off      200+200
 fastcut     off      10          on       150+50
 sincut      on       4           off      8+8    R1, identity L1, all-batch negatives
 ==========  =======  ==========  =======  =====  ===================
+
+SinCUT (one image per domain) also swaps the networks for StyleGAN2-style ones
+(``netG/netD stylegan2``, cut_core.stylegan2) and the data for crops of one picture
+(``zoom_and_patch``). ``sincut-paper`` is the paper's appendix recipe instead: each
+step rescales the image to a random width in [384, 1024], takes 16 crops of 128 px
+and D scores their 64 px tiles.
 """
 
 from __future__ import annotations
@@ -27,9 +33,14 @@ from typing import Any, Literal, Mapping
 
 from cut_core.errors import ConfigError
 
-Preset = Literal["cut", "fastcut", "sincut"]
+Preset = Literal["cut", "fastcut", "sincut", "sincut-paper"]
 GanMode = Literal["lsgan", "nonsaturating", "vanilla"]
-Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none"]
+Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none", "zoom_and_patch",
+                     "random_width_and_patch"]
+# Preprocessings that cut a whole minibatch out of one image (SinCUT; pipelines.single_image).
+SINGLE_IMAGE_PREPROCESS = ("zoom_and_patch", "random_width_and_patch")
+NetG = Literal["resnet", "stylegan2"]
+NetD = Literal["basic", "stylegan2"]
 Precision = Literal["fp32", "bf16"]
 
 FORMAT_VERSION = 1
@@ -47,27 +58,41 @@ def _check_choice(name: str, value: Any, literal: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Generator G, discriminator D and patch MLP F (the official ``resnet_9blocks``,
-    ``basic`` PatchGAN and ``mlp_sample``)."""
+    """Generator G, discriminator D and patch MLP F: the official ``resnet_9blocks``,
+    ``basic`` PatchGAN and ``mlp_sample`` (CUT), or StyleGAN2-style G and D (SinCUT)."""
 
+    netG: NetG = "resnet"  # resnet: cut_core.networks; stylegan2: cut_core.stylegan2
+    netD: NetD = "basic"  # basic: PatchGAN; stylegan2: scores D_patch_size tiles
+    stylegan2_G_num_downsampling: int = 1
+    D_patch_size: int = 0  # stylegan2 D: tile size (0: the whole crop)
     input_nc: int = 3
     output_nc: int = 3
     ngf: int = 64  # channels of G's first conv; 64 gives 11,378,179 parameters
     ndf: int = 64
-    n_blocks: int = 9  # residual blocks at 1/4 resolution
+    n_blocks: int = 9  # resnet: residual blocks at 1/4 resolution; stylegan2: half in G's encoder, half in its decoder
     n_layers_D: int = 3  # PatchGAN depth: 70x70 receptive field
     netF_nc: int = 256  # width of the MLP heads H_l
     init_gain: float = 0.02  # xavier_normal gain, as the official --init_type xavier
 
     def __post_init__(self) -> None:
-        for name in ("input_nc", "output_nc", "ngf", "ndf", "n_blocks", "n_layers_D", "netF_nc"):
+        _check_choice("netG", self.netG, NetG)
+        _check_choice("netD", self.netD, NetD)
+        for name in ("input_nc", "output_nc", "ngf", "ndf", "n_blocks", "n_layers_D", "netF_nc",
+                     "stylegan2_G_num_downsampling"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be an integer >= 1")
+        _check(self.stylegan2_G_num_downsampling <= 2,
+               f"stylegan2_G_num_downsampling={self.stylegan2_G_num_downsampling} must be 1 or 2 (sizes are multiples of 4)")
+        _check(self.D_patch_size >= 0, f"D_patch_size={self.D_patch_size} must be >= 0 (0: the whole crop)")
         _check(self.init_gain > 0, f"init_gain={self.init_gain} must be > 0")
 
     @property
     def n_generator_layers(self) -> int:
-        """Length of G's ``model`` Sequential: 4 stem + 2*4 down + blocks + 2*4 up + 3 head."""
+        """How many layers the NCE layer ids index. resnet: G's ``model`` Sequential, 4 stem
+        + 2*4 down + blocks + 2*4 up + 3 head; stylegan2: the encoder, identity + 1x1 conv
+        + downsampling blocks + n_blocks // 2 blocks."""
+        if self.netG == "stylegan2":
+            return 2 + self.stylegan2_G_num_downsampling + self.n_blocks // 2
         return self.n_blocks + 23
 
 
@@ -152,12 +177,24 @@ class DataConfig:
     """Preprocessing, as the official ``--preprocess/--load_size/--crop_size``."""
 
     preprocess: Preprocess = "resize_and_crop"
-    load_size: int = 286
+    load_size: int = 286  # random_width_and_patch: the largest width
     crop_size: int = 256
     no_flip: bool = False
+    random_scale_max: float = 3.0  # zoom_and_patch: each axis scaled by U(1/max, 1)
+    random_width_min: int = 384  # random_width_and_patch: the smallest width
+
+    @property
+    def single_image(self) -> bool:
+        """Whether a minibatch is cut from one image per domain (SinCUT)."""
+        return self.preprocess in SINGLE_IMAGE_PREPROCESS
 
     def __post_init__(self) -> None:
         _check_choice("preprocess", self.preprocess, Preprocess)
+        _check(self.random_scale_max >= 1, f"random_scale_max={self.random_scale_max} must be >= 1")
+        if self.preprocess == "random_width_and_patch":
+            _check(self.crop_size <= self.random_width_min <= self.load_size,
+                   f"random widths [{self.random_width_min}, {self.load_size}] must satisfy "
+                   f"crop_size={self.crop_size} <= random_width_min <= load_size")
         _check(self.crop_size >= 4, f"crop_size={self.crop_size} must be >= 4")
         _check(self.crop_size % 4 == 0, f"crop_size={self.crop_size} must be a multiple of 4 (G downsamples twice)")
         if self.preprocess in ("resize_and_crop", "scale_width_and_crop"):
@@ -197,9 +234,20 @@ class CUTConfig:
         bad = [i for i in self.loss.nce_layers if i > last]
         _check(
             not bad,
-            f"nce_layers id {bad[0] if bad else ''} is out of range: G with n_blocks={self.model.n_blocks} "
-            f"has layers 0..{last}",
+            f"nce_layers id {bad[0] if bad else ''} is out of range: G ({self.model.netG}) with "
+            f"n_blocks={self.model.n_blocks} has layers 0..{last}",
         )
+        if self.model.netD == "stylegan2":
+            tile = self.d_tile_size
+            _check(tile >= 8 and tile & (tile - 1) == 0,
+                   f"netD=stylegan2 scores square tiles of a power of two >= 8 pixels; D_patch_size (or crop_size) is {tile}")
+            _check(self.data.crop_size % tile == 0,
+                   f"crop_size={self.data.crop_size} must be a multiple of D_patch_size={tile} (D scores whole tiles)")
+
+    @property
+    def d_tile_size(self) -> int:
+        """The StyleGAN2 D's input size: D_patch_size, or the whole crop."""
+        return self.model.D_patch_size or self.data.crop_size
 
     # ---- presets -------------------------------------------------------------------
     @classmethod
@@ -216,24 +264,40 @@ class CUTConfig:
 
     @classmethod
     def sincut(cls) -> CUTConfig:
-        # The official SinCUT pairs these losses with a StyleGAN2 G/D; raycut keeps the
-        # ResNet G here, so the layer ids are the ResNet ones of CUT.
+        # models/sincut_model.py: StyleGAN2 G (one downsampling) and D, layers 0,2,4 of
+        # G's encoder, one patch per crop with the other crops as negatives. An epoch
+        # is 100k crops (pipelines.single_image).
         return cls(
             preset="sincut",
+            model=ModelConfig(netG="stylegan2", netD="stylegan2", ngf=10, ndf=8, n_blocks=6),
             loss=LossConfig(
                 gan_mode="nonsaturating",
                 lambda_NCE=4.0,
+                nce_layers=(0, 2, 4),
+                num_patches=1,
                 nce_includes_all_negatives_from_minibatch=True,
                 lambda_identity=1.0,
                 lambda_R1=1.0,
             ),
             optim=OptimConfig(lr=2e-3, beta1=0.0, beta2=0.99, n_epochs=8, n_epochs_decay=8, batch_size=16),
-            data=DataConfig(preprocess="crop", load_size=1024, crop_size=64),
+            data=DataConfig(preprocess="zoom_and_patch", load_size=1024, crop_size=64),
+        )
+
+    @classmethod
+    def sincut_paper(cls) -> CUTConfig:
+        """The paper's appendix recipe: random width in [384, 1024], 16 crops of 128 px,
+        D on their 64 px tiles."""
+        base = cls.sincut()
+        return replace(
+            base,
+            preset="sincut-paper",
+            model=replace(base.model, D_patch_size=64),
+            data=DataConfig(preprocess="random_width_and_patch", load_size=1024, random_width_min=384, crop_size=128),
         )
 
     @classmethod
     def from_preset(cls, name: str) -> CUTConfig:
-        makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut}
+        makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut, "sincut-paper": cls.sincut_paper}
         if name not in makers:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(makers)}")
         return makers[name]()

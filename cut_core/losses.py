@@ -100,5 +100,7 @@ def gan_loss(mode: GanMode, pred: torch.Tensor, *, target_is_real: bool) -> torc
 
 def r1_penalty(pred_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Squared gradient norm of D at real images, (B,). ``real`` must require grad."""
-    (grad,) = torch.autograd.grad(pred_real.float().sum(), real, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1)
+    # At least fp32 (bf16 squares lose too much), fp64 stays fp64 (gradient checks).
+    wide = torch.promote_types(pred_real.dtype, torch.float32)
+    (grad,) = torch.autograd.grad(pred_real.to(wide).sum(), real, create_graph=True)
+    return grad.to(wide).pow(2).flatten(1).sum(1)

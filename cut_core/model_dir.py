@@ -4,7 +4,8 @@ Layout (format version 1)::
 
     MODEL_DIR/
       config.json              {"format": "raycut-generator", "format_version": 1,
-                                "architecture": "resnet_generator", "model": {...ModelConfig},
+                                "architecture": "resnet_generator" | "stylegan2_generator",
+                                "model": {...ModelConfig},
                                 "normalization": {...}, "training": {...resolved CUTConfig or null}}
       generator.safetensors    G's state dict, official key names (model.1.weight ...)
 
@@ -26,12 +27,14 @@ from safetensors.torch import load_file, save_file
 
 from cut_core.config import FORMAT_VERSION, CUTConfig, ModelConfig
 from cut_core.errors import ConfigError, ModelDirError
-from cut_core.networks import ResnetGenerator, build_generator
+from cut_core.networks import Generator, build_generator
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "generator.safetensors"
 FORMAT_NAME = "raycut-generator"
-ARCHITECTURE = "resnet_generator"
+# ModelConfig.netG -> the architecture name a model directory records, so a reader
+# knows what it holds before it builds anything.
+ARCHITECTURES = {"resnet": "resnet_generator", "stylegan2": "stylegan2_generator"}
 
 # What G consumes and produces, for whoever feeds it images.
 NORMALIZATION = {
@@ -45,7 +48,7 @@ NORMALIZATION = {
 
 
 def save_generator(
-    generator: ResnetGenerator,
+    generator: Generator,
     path: str | Path,
     *,
     model_config: ModelConfig,
@@ -60,7 +63,7 @@ def save_generator(
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "architecture": ARCHITECTURE,
+        "architecture": ARCHITECTURES[model_config.netG],
         "model": asdict(model_config),
         "normalization": NORMALIZATION,
         "training": training_config.to_dict() if training_config is not None else None,
@@ -70,7 +73,7 @@ def save_generator(
     return out
 
 
-def load_generator(path: str | Path, *, device: torch.device | str = "cpu") -> ResnetGenerator:
+def load_generator(path: str | Path, *, device: torch.device | str = "cpu") -> Generator:
     """Load a model directory as an eval-mode G: (B, 3, H, W) in [-1, 1] -> same."""
     root = Path(path)
     if not root.is_dir():
@@ -84,6 +87,8 @@ def load_generator(path: str | Path, *, device: torch.device | str = "cpu") -> R
     except (SafetensorError, OSError) as e:
         raise ModelDirError(f"{weights} is not a readable safetensors file ({e}); re-export the model") from None
     cfg = _model_config(meta["model"], root / CONFIG_NAME)
+    if ARCHITECTURES[cfg.netG] != meta["architecture"]:
+        raise ModelDirError(f"{root / CONFIG_NAME}: architecture {meta['architecture']!r} does not match netG={cfg.netG!r}")
     generator = build_generator(cfg)
     _load_state(generator, state, source=str(weights))
     return generator.to(device).eval()
@@ -105,8 +110,9 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
         raise ModelDirError(
             f"{file} has format_version {version!r}; this raycut reads version {FORMAT_VERSION}: upgrade raycut or re-export"
         )
-    if meta.get("architecture") != ARCHITECTURE:
-        raise ModelDirError(f"{file} describes architecture {meta.get('architecture')!r}; raycut loads {ARCHITECTURE!r}")
+    if meta.get("architecture") not in ARCHITECTURES.values():
+        raise ModelDirError(f"{file} describes architecture {meta.get('architecture')!r}; raycut loads "
+                            f"{' or '.join(map(repr, ARCHITECTURES.values()))}")
     return meta
 
 
@@ -169,13 +175,13 @@ def _infer_model_config(state: dict[str, torch.Tensor], src: Path) -> ModelConfi
         raise ModelDirError(f"{src}: {e}") from None
 
 
-def _load_state(generator: ResnetGenerator, state: dict[str, torch.Tensor], *, source: str) -> None:
+def _load_state(generator: Generator, state: dict[str, torch.Tensor], *, source: str) -> None:
     expected = generator.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ModelDirError(f"{source} does not match the ResnetGenerator architecture ({detail}); it was saved for another architecture")
+        raise ModelDirError(f"{source} does not match the {type(generator).__name__} architecture ({detail}); it was saved for another architecture")
     for k, v in expected.items():
         if v.shape != state[k].shape:
             raise ModelDirError(

@@ -1,5 +1,6 @@
 """CUT's three networks: the ResNet generator G, the PatchGAN discriminator D and
-the patch-sampling MLP F (the heads H_l of the paper).
+the patch-sampling MLP F (the heads H_l of the paper); ``build_*`` also make
+SinCUT's StyleGAN2-style G and D (cut_core.stylegan2) when the config asks.
 
 G's ``model`` Sequential has exactly the official layout, so its state dict keys
 (``model.1.weight`` ... ``model.30.bias``, 52 keys with the ``filt`` buffers at
@@ -27,6 +28,7 @@ from torch import nn
 from cut_core.antialias import BlurDownsample, BlurUpsample
 from cut_core.config import ModelConfig
 from cut_core.padding import ReflectionPad2d
+from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 
 # Activations are not in-place: instance norm returns a view, and an in-place op on
@@ -223,19 +225,31 @@ def init_weights(module: nn.Module, gain: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_generator(cfg: ModelConfig) -> ResnetGenerator:
+Generator = ResnetGenerator | StyleGAN2Generator
+Discriminator = PatchGANDiscriminator | StyleGAN2Discriminator
+
+
+def build_generator(cfg: ModelConfig) -> Generator:
+    """G of ``cfg.netG``. The StyleGAN2 G keeps its own N(0, 1) init (equalised
+    learning rate); xavier(0.02) would shrink it 50-fold (the official code skips it too)."""
+    if cfg.netG == "stylegan2":
+        return StyleGAN2Generator(ngf=cfg.ngf, n_blocks=cfg.n_blocks, n_down=cfg.stylegan2_G_num_downsampling,
+                                  input_nc=cfg.input_nc, output_nc=cfg.output_nc)
     g = ResnetGenerator(cfg)
     init_weights(g, cfg.init_gain)
     return g
 
 
-def build_discriminator(cfg: ModelConfig) -> PatchGANDiscriminator:
+def build_discriminator(cfg: ModelConfig, *, tile_size: int = 0) -> Discriminator:
+    """D of ``cfg.netD``; the StyleGAN2 D scores ``tile_size`` tiles (CUTConfig.d_tile_size)."""
+    if cfg.netD == "stylegan2":
+        return StyleGAN2Discriminator(ndf=cfg.ndf, size=tile_size or cfg.D_patch_size, input_nc=cfg.output_nc)
     d = PatchGANDiscriminator(cfg)
     init_weights(d, cfg.init_gain)
     return d
 
 
-def build_patch_mlp(cfg: ModelConfig, generator: ResnetGenerator, layer_ids: tuple[int, ...]) -> PatchSampleMLP:
+def build_patch_mlp(cfg: ModelConfig, generator: Generator, layer_ids: tuple[int, ...]) -> PatchSampleMLP:
     f = PatchSampleMLP(generator.feature_channels(layer_ids), nc=cfg.netF_nc)
     init_weights(f, cfg.init_gain)
     return f

@@ -27,9 +27,9 @@ from cut_core.config import CUTConfig, OptimConfig
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
 from cut_core.networks import (
-    PatchGANDiscriminator,
+    Discriminator,
+    Generator,
     PatchSampleMLP,
-    ResnetGenerator,
     build_discriminator,
     build_generator,
     build_patch_mlp,
@@ -41,8 +41,8 @@ class TrainState:
     """Networks, optimizers and counters of one training run (one worker)."""
 
     config: CUTConfig
-    G: ResnetGenerator
-    D: PatchGANDiscriminator
+    G: Generator
+    D: Discriminator
     F: PatchSampleMLP
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
@@ -76,7 +76,7 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = build_generator(cfg.model)
-        D = build_discriminator(cfg.model)
+        D = build_discriminator(cfg.model, tile_size=cfg.d_tile_size)
         Fm = build_patch_mlp(cfg.model, G, cfg.loss.nce_layers)
     for m in (G, D, Fm):
         prepare_module(cfg.perf, m.to(device))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
+from cut_core.config import Preset
 from cut_core.errors import RaycutError
 
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth into a model directory")
     i.add_argument("--generator", required=True, help="path to latest_net_G.pth (read with weights_only=True)")
-    i.add_argument("--preset", default="cut", choices=["cut", "fastcut", "sincut"])
+    i.add_argument("--preset", default="cut", choices=["cut", "fastcut"], help="the official ResNet G's training preset")
     i.add_argument("--out", required=True, help="model directory to write")
     i.set_defaults(func=_cmd_import_official)
 
@@ -166,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
         "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
     )
-    r.add_argument("--preset", default="cut", choices=["cut", "fastcut"])
-    r.add_argument("--data-a", help="source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], s3://...")
+    r.add_argument("--preset", default="cut", choices=list(typing.get_args(Preset)),
+                   help="cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix recipe)")
+    r.add_argument("--data-a", help="source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], s3://...; "
+                   "for sincut, one image file")
     r.add_argument("--data-b", help="target domain (same forms)")
     r.add_argument("--config", help="YAML file of options (official CUT names), applied over the preset")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. crop_size=512")

@@ -133,8 +133,16 @@ def _check_options(opts: TrainOptions) -> None:
 
 def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
     cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets))
-    size_a, size_b = domain_size(opts.data_a), domain_size(opts.data_b)
-    spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
+    if cfg.data.single_image:
+        from pipelines import single_image
+
+        for spec in (opts.data_a, opts.data_b):
+            single_image.load_single_image(spec)  # one image each, readable: said now, not in an actor
+        size_a = size_b = 1
+        spe = single_image.steps_per_epoch(batch_size=cfg.optim.batch_size, workers=opts.workers)
+    else:
+        size_a, size_b = domain_size(opts.data_a), domain_size(opts.data_b)
+        spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
     epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
     steps = opts.steps or epochs * spe
     name = opts.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -201,8 +209,17 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
     ingest = IngestOptions(seed=cfg.seed, concurrency=actors, num_cpus=min(1.0, data_cpus / (2 * actors + 1)),
                            repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)), nice=DECODE_NICE)
     ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
-    datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest), "B": read_domain(job.data_b, cfg.data, options=ingest)}
-    samples = _sample_images(job, ingest)
+    if cfg.data.single_image:
+        from pipelines.single_image import load_single_image, preview, read_single_image
+
+        datasets = {k: read_single_image(spec, cfg.data, batch=job.batch_per_worker, seed=cfg.seed + i,
+                                         concurrency=actors, num_cpus=ingest.num_cpus, nice=DECODE_NICE)
+                    for i, (k, spec) in enumerate((("A", job.data_a), ("B", job.data_b)))}
+        samples = preview(load_single_image(job.data_a))  # the whole painting, not a crop
+    else:
+        datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest),
+                    "B": read_domain(job.data_b, cfg.data, options=ingest)}
+        samples = _sample_images(job, ingest)
     plan = _eval_plan(job)
     score = {}
     if plan is not None:

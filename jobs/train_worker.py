@@ -88,7 +88,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
     lr = state.opt_G.param_groups[0]["lr"]
-    batches = unpaired_batches(*shards, batch_size=job.batch_per_worker, steps=job.steps - state.step)
+    batches = unpaired_batches(*shards, batch_size=job.batch_per_worker, steps=job.steps - state.step,
+                               packed=cfg.data.single_image)
     while True:
         t = time.perf_counter()
         pair = next(batches, None)

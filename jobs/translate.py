@@ -172,11 +172,13 @@ def _check(opts: TranslateOptions) -> None:
 
 
 def _root_dir(source) -> str:
-    """The folder outputs are mirrored from: the dataset root the user named."""
+    """The folder outputs are mirrored from: the dataset root the user named (the
+    folder holding it, when it names one image file)."""
     if source.layout == "glob":
         prefix = source.root.split("*")[0].split("?")[0].split("[")[0]
         return os.path.abspath(os.path.dirname(prefix) or ".")
-    return os.path.abspath(source.root)
+    root = os.path.abspath(source.root)
+    return os.path.dirname(root) if os.path.isfile(root) else root
 
 
 def _model_version(model: str) -> str:

@@ -229,18 +229,21 @@ def steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: int =
     return max(1, max(size_a, size_b) // (batch_size * workers))
 
 
-def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
+                     packed: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``steps`` pairs of (B, crop, crop, 3) uint8 batches from two Ray Data iterators
     (a worker's ``get_dataset_shard("A")`` and ``("B")``), drawn independently.
 
     The smaller domain starts a new pass when it runs out, so every step pairs fresh
-    crops of A with fresh crops of B; each pass reshuffles its files (``read_domain``)."""
+    crops of A with fresh crops of B; each pass reshuffles its files (``read_domain``).
+    ``packed``: each row already holds a whole minibatch (pipelines.single_image)."""
     def endless(shard: Any, name: str) -> Iterator[np.ndarray]:
         while True:
             got = 0
-            for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+            for batch in shard.iter_batches(batch_size=1 if packed else batch_size, batch_format="numpy",
+                                            drop_last=True):
                 got += 1
-                yield batch["image"]
+                yield batch["image"][0] if packed else batch["image"]
             if got == 0:
                 raise RaycutError(f"domain {name} gave no full batch of {batch_size}; it has fewer images than the batch size")
 
