@@ -14,7 +14,11 @@ torch.set_num_threads(2)
 
 
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
-    """A preset shrunk for tests: ngf/ndf 8, 3 blocks, 32 px crops, batch 2."""
+    """A preset shrunk for tests: ngf/ndf 8, 3 blocks, 32 px crops, batch 2 (SinCUT:
+    its own layers and blocks, ngf/ndf 4, 32 px crops, batch 2)."""
+    if preset.startswith("sincut"):
+        small = {"ngf": 4, "ndf": 4, "netF_nc": 16, "crop_size": 32, "batch_size": 2, "D_patch_size": 0}
+        return CUTConfig.from_preset(preset).with_overrides({**small, **overrides})
     base = {
         "ngf": 8,
         "ndf": 8,

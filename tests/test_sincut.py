@@ -24,14 +24,13 @@ from cut_core.networks import build_discriminator, build_generator
 from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from cut_core.training import build_train_state, train_step
 from pipelines.single_image import load_single_image, preview, sample_minibatch
+from tests.conftest import tiny
 
 PAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "monet2etretat"
 PAINTING, PHOTO = PAIR / "trainA" / "monet.jpg", PAIR / "trainB" / "etretat-normandy-france.jpg"
 needs_pair = pytest.mark.skipif(not PAINTING.is_file(), reason=f"the real pair is not at {PAIR}")
 
 
-def _tiny(preset: str = "sincut", **extra) -> CUTConfig:
-    return CUTConfig.from_preset(preset).with_overrides({"ngf": 4, "netF_nc": 32, **extra})
 
 
 # ---- networks -----------------------------------------------------------------------
@@ -103,7 +102,7 @@ def test_r1_penalty_matches_autograd_on_a_small_discriminator():
 
 
 def test_model_directory_records_the_architecture(tmp_path):
-    cfg = _tiny()
+    cfg = tiny("sincut")
     G = build_generator(cfg.model)
     save_generator(G, tmp_path / "m", model_config=cfg.model, training_config=cfg)
     assert read_model_config(tmp_path / "m")["architecture"] == "stylegan2_generator"
@@ -191,7 +190,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
     painting = preview(load_single_image(str(PAINTING)), width=192)[0]  # small resolution for the CPU
     photo = preview(load_single_image(str(PHOTO)), width=192)[0]
-    cfg = _tiny(ndf=4, crop_size=32, batch_size=8, seed=0)
+    cfg = tiny("sincut", netF_nc=32, batch_size=8, seed=0)
     state = build_train_state(cfg)
     rng = np.random.default_rng(0)
     history = []
