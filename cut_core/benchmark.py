@@ -233,8 +233,11 @@ def bench_train(
         if baseline:
             runs.append((f"baseline/{preset}-official-schedule{suffix}", "official", {}))
         runs += [(f"{preset}/{v}{suffix}", "raycut", TRAIN_VARIANTS[v]) for v in variants]
+        # Single-image presets keep their load_size (the largest random width).
+        base = CUTConfig.from_preset(preset).data
+        load = base.load_size if base.single_image else max(crop, 286)
         for name, kind, perf in runs:
-            overrides = {"crop_size": crop, "load_size": max(crop, 286), "batch_size": batch_size, **perf}
+            overrides = {"crop_size": crop, "load_size": load, "batch_size": batch_size, **perf}
             log(f"  timing {name} ...")
             args = (preset, kind, overrides, device, warmup, iters)
             t = in_fresh_process(time_train_variant, *args) if isolate else time_train_variant(*args)
@@ -252,12 +255,14 @@ def bench_translate(
     device: str = "cpu",
     warmup: int = 1,
     iters: int = 3,
+    preset: str = "cut",
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
-    """Full-resolution translation with an ngf-64 G: rows ``translate/<precision>@HxW``
-    in images_per_s, batch 1, no grad."""
+    """Full-resolution translation with the preset's G (CUT: ngf 64 ResNet): rows
+    ``translate/<precision>@HxW`` (``translate-<preset>/...`` for other presets) in
+    images_per_s, batch 1, no grad."""
     h, w = size
-    cfg = CUTConfig.cut()
+    cfg = CUTConfig.from_preset(preset)
     G = build_generator(cfg.model).to(device).eval()
     x = (torch.rand(1, 3, h, w) * 2 - 1).to(device)
     rows: list[dict[str, object]] = []
@@ -268,7 +273,7 @@ def bench_translate(
             with torch.no_grad(), autocast(perf, device):
                 G(x)
 
-        name = f"translate/{prec}@{h}x{w}"
+        name = f"translate{'' if preset == 'cut' else '-' + preset}/{prec}@{h}x{w}"
         log(f"  timing {name} ...")
         t = time_calls(run, device=device, warmup=warmup, iters=iters)
         rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s"})
@@ -398,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-isolate", action="store_true",
                    help="time every variant in this process (fine on CUDA, whose peak counter resets)")
     p.add_argument("--translate", default="", help="also time translation at HxW, e.g. 1024x2048")
+    p.add_argument("--translate-preset", default="cut", help="whose G --translate times (sincut: the StyleGAN2 G)")
     p.add_argument("--check", action="store_true", help="run a correctness check first")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -416,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                             isolate=not args.no_isolate, log=log)
     if args.translate:
         h, w = (int(v) for v in args.translate.lower().split("x"))
-        rows += bench_translate((h, w), device=args.device, log=log)
+        rows += bench_translate((h, w), device=args.device, preset=args.translate_preset, log=log)
     write_record(args.out, "train", rows, args.device)
     print(format_table(rows))
     return 0

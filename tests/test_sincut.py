@@ -77,6 +77,15 @@ def test_generator_and_discriminator_shapes():
         CUTConfig.from_preset("sincut").with_overrides({"crop_size": 48})
 
 
+def test_cut_resnet_generator_is_an_option():
+    cfg = tiny("sincut", netG="resnet", n_blocks=2, nce_layers="0,4,8")
+    state = build_train_state(cfg)
+    assert type(state.G).__name__ == "ResnetGenerator" and type(state.D).__name__ == "StyleGAN2Discriminator"
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = train_step(state, x, x.flip(0))
+    assert all(torch.isfinite(v) for v in out.values())
+
+
 def test_r1_penalty_matches_autograd_on_a_small_discriminator():
     torch.manual_seed(0)
     D = StyleGAN2Discriminator(ndf=4, size=8).double()
