@@ -219,7 +219,8 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
     # max_t one step past the end: ASHA stops a trial that reaches max_t at once, which
     # would cut off the trial's own end (logging its model, marking it done).
     scheduler = RecordingASHA(str(storage / opts.name / STOPPED_NAME), str(storage / opts.name / RUNGS_NAME),
-                              time_attr="step", max_t=opts.steps_per_trial + 1, grace_period=opts.grace_period,
+                              last_step=opts.steps_per_trial, time_attr="step", max_t=opts.steps_per_trial + 1,
+                              grace_period=opts.grace_period,
                               reduction_factor=opts.reduction_factor)
     return tune.Tuner(
         trainable,
@@ -240,10 +241,11 @@ class RecordingASHA(ASHAScheduler):
     and read back on first use; and each trial ASHA stops is written to ``record``
     (one id per line), so that a stop by ASHA is told apart from a stop by Ctrl-C."""
 
-    def __init__(self, record: str, rungs: str, **kwargs: Any) -> None:
+    def __init__(self, record: str, rungs: str, *, last_step: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.record = record
         self.rungs = rungs
+        self.last_step = last_step
         self._rungs_loaded = False  # pickled as False with the Tuner: a restore reads the file
 
     def _load_rungs(self) -> None:
@@ -271,6 +273,10 @@ class RecordingASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._load_rungs()
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self.last_step:
+            # A rung at the last step (5 -> 10 of 10) may judge the trial, but it has done
+            # its work: stopping it now would only cut off its end (model, done marker).
+            decision = TrialScheduler.CONTINUE
         self._save_rungs()
         if decision == TrialScheduler.STOP:
             with open(self.record, "a") as f:
