@@ -23,6 +23,7 @@ from cut_core.model_dir import load_generator, read_model_config, save_generator
 from cut_core.networks import build_discriminator, build_generator
 from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from cut_core.training import build_train_state, train_step
+from cut_core.translate import translate
 from pipelines.single_image import load_single_image, preview, sample_minibatch
 from tests.conftest import tiny
 
@@ -230,9 +231,9 @@ def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
 
 
 @pytest.mark.slow
-def test_raycut_train_and_translate_with_one_image_per_domain(tmp_path):
+def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_painting(tmp_path):
     """The same path as CUT: `raycut train --preset sincut --data-a IMAGE --data-b IMAGE`
-    on Ray Train with crops from Ray Data, then `raycut translate` of the whole painting."""
+    on Ray Train with crops from Ray Data, then its model on the whole painting."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(root)}
     sets = ["--set", "ngf=4", "--set", "netF_nc=32", "--set", "crop_size=32", "--set", "batch_size=4"]
@@ -246,12 +247,13 @@ def test_raycut_train_and_translate_with_one_image_per_domain(tmp_path):
     model = next(run.rglob("model/config.json")).parent
     assert json.loads((model / "config.json").read_text())["architecture"] == "stylegan2_generator"
 
-    out = tmp_path / "out"
-    t = subprocess.run([sys.executable, "-m", "jobs.cli", "translate", "--model", str(model), "--input", str(PAINTING),
-                        "--output", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert t.returncode == 0, t.stdout[-2000:] + t.stderr[-3000:]
-    (made,) = [p for p in out.rglob("*") if p.suffix in (".png", ".jpg")]
-    assert Image.open(made).size == Image.open(PAINTING).size  # the whole painting, full resolution
+    # At test time G takes the whole painting (`raycut translate` of one image file is
+    # tested in test_translate; here the trained model directory itself).
+    G = load_generator(model)
+    painting = load_single_image(str(PAINTING))
+    with torch.no_grad():
+        made = to_uint8_images(translate(G, to_model_input(painting[None])))[0]
+    assert made.shape == painting.shape
 
     # Two images in a domain: one clear line, before anything starts.
     bad = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--preset", "sincut", "--data-a", str(PAIR),

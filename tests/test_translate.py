@@ -115,3 +115,14 @@ def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, mo
         a = tmp_path / "a" / p.relative_to(tmp_path / "b")
         np.testing.assert_array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(p)))
     assert {r["model_version"] for r in read_manifest(tmp_path / "a").to_pylist()} == {"1"}
+
+
+def test_one_image_file_as_input(local_ray, model_dir, tmp_path) -> None:
+    """`--input painting.jpg` (SinCUT's case): the output lands beside no folder structure,
+    named after the file, at the file's size."""
+    src = tmp_path / "in" / "painting.png"
+    src.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (38, 50, 3), dtype=np.uint8)).save(src)
+    s = run_translate(TranslateOptions(model=str(model_dir), input=str(src), output=str(tmp_path / "out")))
+    assert (s.done, len(s.failed)) == (1, 0)
+    assert Image.open(tmp_path / "out" / "painting.png").size == (50, 38)
