@@ -23,6 +23,7 @@ index  layer                                   NCE layer id (CUT default)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cut_core.antialias import BlurDownsample, BlurUpsample
@@ -35,9 +36,57 @@ from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 # it makes autograd copy the whole tensor back (CopySlices), ~5% of a CPU step.
 
 
+class _ChannelsLastInstanceNorm(torch.autograd.Function):
+    """Instance norm (no affine) of a channels_last (B, C, H, W) batch, kept channels_last.
+
+    Batch norm in training mode over a single image normalises each channel over its
+    H*W pixels, which is instance norm, and the CPU batch-norm kernels read and write
+    channels_last directly. One call per image (B is small in CUT: 1-2 in G).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        outs, stats = [], []
+        for i in range(x.shape[0]):
+            y, mean, invstd = torch.ops.aten.native_batch_norm(x[i : i + 1], None, None, None, None, True, 0.0, eps)
+            outs.append(y)
+            stats += [mean, invstd]
+        ctx.save_for_backward(x, *stats)
+        ctx.eps = eps
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        x, *stats = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grads = [
+            torch.ops.aten.native_batch_norm_backward(
+                grad[i : i + 1], x[i : i + 1], None, None, None, stats[2 * i], stats[2 * i + 1], True, ctx.eps,
+                [True, False, False],
+            )[0]
+            for i in range(x.shape[0])
+        ]
+        return (grads[0] if len(grads) == 1 else torch.cat(grads)), None
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d that keeps channels_last activations in channels_last.
+
+    The native kernel views (B, C, H, W) as (1, B*C, H, W), which a channels_last
+    tensor can only do by copying into NCHW, and the next conv copies it back: two
+    full-size copies per norm, which cost more than channels_last saves in the convs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = not (self.affine or self.track_running_stats)
+        if plain and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return _ChannelsLastInstanceNorm.apply(x, self.eps)
+        return super().forward(x)
+
+
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
     # No affine, no running stats: CUT's --normG instance. Hence the convs keep a bias.
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    return InstanceNorm2d(channels, affine=False, track_running_stats=False)
 
 
 class ResnetBlock(nn.Module):

@@ -3,7 +3,7 @@ import torch
 
 from cut_core import ModelConfig
 from cut_core.antialias import BlurDownsample, BlurUpsample
-from cut_core.networks import build_discriminator, build_generator, build_patch_mlp
+from cut_core.networks import InstanceNorm2d, build_discriminator, build_generator, build_patch_mlp
 
 
 def official_generator_keys(n_blocks: int = 9) -> list[str]:
@@ -116,11 +116,34 @@ def _reference_up(x, filt):
     return y[:, :, 1:-1, 1:-1]
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hw", [(12, 10), (11, 9)])
-def test_fast_resampling_equals_the_official_convolutions(dtype, hw):
+def test_fast_resampling_equals_the_official_convolutions(dtype, hw, memory_format):
     x = torch.randn(2, 5, *hw, generator=torch.Generator().manual_seed(0))
     down, up = BlurDownsample(5), BlurUpsample(5)
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
-    torch.testing.assert_close(down(x.to(dtype)).float(), _reference_down(x, down.filt), **tol)
-    torch.testing.assert_close(up(x.to(dtype)).float(), _reference_up(x, up.filt), **tol)
+    xin = x.to(dtype).contiguous(memory_format=memory_format)
+    torch.testing.assert_close(down(xin).float(), _reference_down(x, down.filt), **tol)
+    torch.testing.assert_close(up(xin).float(), _reference_up(x, up.filt), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_channels_last_instance_norm_equals_the_native_one(dtype, batch):
+    """The channels_last path (batch norm per image) against nn.InstanceNorm2d in
+    fp64: output, the gradient it passes back, and that it stays channels_last."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(batch, 6, 9, 7, generator=g) * 3 + 1).to(dtype)
+    grad = torch.randn(batch, 6, 9, 7, generator=g).to(dtype)
+    ref_in = x.double().requires_grad_()
+    ref = torch.nn.InstanceNorm2d(6)(ref_in)
+    (ref_grad,) = torch.autograd.grad(ref, ref_in, grad.double())
+    norm = InstanceNorm2d(6)
+    cl_in = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = norm(cl_in)
+    (cl_grad,) = torch.autograd.grad(out, cl_in, grad.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == dtype
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    torch.testing.assert_close(cl_grad.double(), ref_grad, **tol)
