@@ -27,6 +27,22 @@ def binomial_filter(size: int) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+class _Box2(torch.autograd.Function):
+    """2x2 mean at stride 1: (B, C, H, W) -> (B, C, H-1, W-1).
+
+    Its adjoint is the same 2x2 mean over the zero-padded gradient, a forward pool
+    that runs 2-3x faster than the native avg_pool2d backward (a scatter) on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return F.avg_pool2d(x, 2, stride=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return F.avg_pool2d(F.pad(grad, (1, 1, 1, 1)), 2, stride=1)
+
+
 class BlurDownsample(nn.Module):
     """Reflect-pad, blur with a 3x3 binomial filter, keep every second pixel.
 
@@ -44,7 +60,7 @@ class BlurDownsample(nn.Module):
         if self.filt.shape[-1] == 3 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             # [1, 2, 1] / 4 is [1, 1] / 2 applied twice: two 2x2 average pools, the second
             # strided. In channels_last they run 2-3x faster than the depthwise conv.
-            return F.avg_pool2d(F.avg_pool2d(x, 2, stride=1), 2, stride=2)
+            return F.avg_pool2d(_Box2.apply(x), 2, stride=2)
         if x.dtype == torch.float32 or self.filt.shape[-1] != 3:
             return F.conv2d(x, self.filt.to(x.dtype), stride=2, groups=x.shape[1])
         # The same binomial [1, 2, 1] / 4 per axis as strided slices: in bf16 on the CPU

@@ -147,3 +147,12 @@ def test_channels_last_instance_norm_equals_the_native_one(dtype, batch):
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
     torch.testing.assert_close(out.double(), ref.detach(), **tol)
     torch.testing.assert_close(cl_grad.double(), ref_grad, **tol)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_blur_downsampling_gradients_are_exact(memory_format):
+    """gradcheck (fp64 finite differences) of every downsampling path's backward,
+    including the hand-written adjoint of the channels_last average pools."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = x.contiguous(memory_format=memory_format).requires_grad_()
+    assert torch.autograd.gradcheck(BlurDownsample(3).double(), (x,), atol=1e-8, rtol=1e-6)
