@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from pyarrow.fs import FileSelector, FileType
 
 from cut_core.errors import RaycutError
 from jobs import tracking
@@ -35,6 +36,8 @@ from pipelines.sources import filesystem_for
 
 LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
 DONE_NAME = "done.json"
+# Ray Train's own record of the checkpoints it registered (Ray 2.60), in each run folder.
+CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
 MIN_FILES_PER_PASS = 2048
 # Decode actors run at a lower OS priority than the trainers. At the start of every
 # pass Ray Data decodes ahead as fast as it can until its buffer is full; on a machine
@@ -100,6 +103,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
         uri = job.tracking_uri  # the run lives where it was started
         tracking.check_reachable(uri)
         tracking.reopen_run(uri, job.mlflow_run_id)
+        _drop_unregistered_checkpoints(job.storage_path, job.name)
     else:
         job = _plan_job(opts, storage)  # config and data sources checked first
         uri = tracking.tracking_uri()
@@ -384,6 +388,33 @@ def _read_text(storage: str, rel: str) -> str | None:
 
 def _exists(storage: str, rel: str) -> bool:
     return _read_text(storage, rel) is not None
+
+
+def _drop_unregistered_checkpoints(storage: str, name: str) -> None:
+    """Delete the checkpoint folders of ``name`` that Ray Train never registered.
+
+    A crash between a checkpoint's upload and its registration leaves a complete-looking
+    folder that no snapshot lists: Ray Train will neither resume from it nor count it
+    against keep_checkpoints, so without this every crash could leak one. Run before
+    the resumed fit, while nothing writes to the run's folder.
+    """
+    snapshot = _read_text(storage, f"{name}/{CHECKPOINT_SNAPSHOT}")
+    if snapshot is None:
+        return
+    known = {r["checkpoint_dir_name"] for r in json.loads(snapshot).get("checkpoint_results", [])}
+    best = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "")
+    fs, root = filesystem_for(storage)
+    run_dir = f"{root.rstrip('/')}/{name}"
+    dropped = []
+    for info in fs.get_file_info(FileSelector(run_dir)):
+        folder = info.base_name
+        if info.type == FileType.Directory and folder.startswith("checkpoint_") and folder not in known \
+                and not best.rstrip("/").endswith(folder):
+            fs.delete_dir(info.path)
+            dropped.append(folder)
+    if dropped:
+        print(f"[train] removed {len(dropped)} checkpoint folder(s) a crash left unregistered: {', '.join(dropped)}",
+              flush=True)
 
 
 def _load_job(storage: str, name: str | None) -> TrainJob:

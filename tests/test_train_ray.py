@@ -76,6 +76,11 @@ def test_resume_after_interrupted_run(local_ray, toy, tmp_path, monkeypatch) -> 
         run_train(_options(toy, storage))  # the same name again without --resume
     result = run_train(TrainOptions(resume=True, storage_path=str(storage), register="toy-resumed"))
     assert result.metrics["step"] == 20 and result.metrics["resumed_from_step"] >= 5
+    # A crash between a checkpoint's upload and its registration leaves a folder Ray Train
+    # never lists; the resume removes such folders, so only registered ones remain.
+    snapshot = json.loads((storage / "run" / "checkpoint_manager_snapshot.json").read_text())
+    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    assert {p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir()} == registered
     assert result.mlflow_run_id == first.info.run_id
     assert client.get_run(first.info.run_id).info.status == "FINISHED"
     assert str(client.get_model_version_by_alias("toy-resumed", "latest").version) == result.model_version
@@ -111,3 +116,18 @@ def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray
     # The best model is logged apart from the final one, unless it is the final one.
     assert (marked["model_uri"] == result.model_uri) == (best_step == 10)
     assert version.source == marked["model_uri"] or version.model_id == marked["model_uri"].removeprefix("models:/")
+
+
+def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, capsys) -> None:
+    from jobs.train import _drop_unregistered_checkpoints
+
+    run = tmp_path / "run"
+    for name in ("checkpoint_a", "checkpoint_orphan", "checkpoint_best"):
+        (run / name).mkdir(parents=True)
+        (run / name / "train_state.json").write_text("{}")
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}]}))
+    (run / "best.json").write_text(json.dumps({"checkpoint": str(run / "checkpoint_best")}))
+    _drop_unregistered_checkpoints(str(tmp_path), "run")
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint_a", "checkpoint_best"]
+    assert "removed 1 checkpoint folder(s)" in capsys.readouterr().out
