@@ -81,7 +81,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         result = run_train(TrainOptions(
             preset=opts.preset, data_a=f"cyclegan:{data}:trainA", data_b=f"cyclegan:{data}:trainB", sets=sets,
             workers=opts.workers, steps=opts.steps, storage_path=str(out / "runs"), name=f"demo-{int(time.time())}",
-            checkpoint_every=max(1, opts.steps // 4), keep_checkpoints=1, log_every=max(1, opts.steps // 25),
+            # A checkpoint each quarter of the run, but not every few steps of a short one:
+            # each costs a save and a Ray Train registration (seconds at any size).
+            checkpoint_every=max(opts.steps // 4, min(opts.steps, 50)), keep_checkpoints=1,
+            log_every=max(1, opts.steps // 25),
             sample_every=max(1, opts.steps // 2), max_failures=1, experiment="raycut-demo",
         ))
     uri = tracking.tracking_uri()
