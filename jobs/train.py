@@ -402,14 +402,13 @@ def _drop_unregistered_checkpoints(storage: str, name: str) -> None:
     if snapshot is None:
         return
     known = {r["checkpoint_dir_name"] for r in json.loads(snapshot).get("checkpoint_results", [])}
-    best = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "")
+    best = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "").rstrip("/").rsplit("/", 1)[-1]
     fs, root = filesystem_for(storage)
     run_dir = f"{root.rstrip('/')}/{name}"
     dropped = []
     for info in fs.get_file_info(FileSelector(run_dir)):
         folder = info.base_name
-        if info.type == FileType.Directory and folder.startswith("checkpoint_") and folder not in known \
-                and not best.rstrip("/").endswith(folder):
+        if info.type == FileType.Directory and folder.startswith("checkpoint_") and folder not in known | {best}:
             fs.delete_dir(info.path)
             dropped.append(folder)
     if dropped:
