@@ -402,7 +402,8 @@ def _drop_unregistered_checkpoints(storage: str, name: str) -> None:
     if snapshot is None:
         return
     known = {r["checkpoint_dir_name"] for r in json.loads(snapshot).get("checkpoint_results", [])}
-    best = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "").rstrip("/").rsplit("/", 1)[-1]
+    best_path = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "")
+    best = best_path.rstrip("/").rsplit("/", 1)[-1]
     fs, root = filesystem_for(storage)
     run_dir = f"{root.rstrip('/')}/{name}"
     dropped = []
