@@ -27,6 +27,11 @@ def binomial_filter(size: int) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4D tensor laid out channels_last and not also NCHW (C > 1 and H*W > 1)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class _Box2(torch.autograd.Function):
     """2x2 mean at stride 1: (B, C, H, W) -> (B, C, H-1, W-1).
 
@@ -57,7 +62,7 @@ class BlurDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = reflect_pad(x, self.pad_sizes)
-        if self.filt.shape[-1] == 3 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if self.filt.shape[-1] == 3 and is_channels_last(x):
             # [1, 2, 1] / 4 is [1, 1] / 2 applied twice: two 2x2 average pools, the second
             # strided. In channels_last they run 2-3x faster than the depthwise conv.
             return F.avg_pool2d(_Box2.apply(x), 2, stride=2)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cut_core.antialias import BlurDownsample, BlurUpsample
+from cut_core.antialias import BlurDownsample, BlurUpsample, is_channels_last
 from cut_core.config import ModelConfig
 from cut_core.padding import ReflectionPad2d
 from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
@@ -79,7 +79,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plain = not (self.affine or self.track_running_stats)
-        if plain and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if plain and is_channels_last(x):
             return _ChannelsLastInstanceNorm.apply(x, self.eps)
         return super().forward(x)
 
