@@ -141,7 +141,7 @@ def bench_ingest(n: int = 16, workers: int = 2, repeat: int = 24, log=print) -> 
         # `workers` decode actors of one logical CPU each, plus one logical CPU for the
         # light read tasks (the DataLoader's main process likewise comes on top of its
         # workers); both run on the same physical cores.
-        ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
         try:
             for kind, files in corpus.items():
                 ds = read_files(files, data, options=IngestOptions(concurrency=workers))

@@ -26,4 +26,7 @@ def start_ray(train_cpus: float) -> None:
         os.environ.setdefault(k, v)
     cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
     # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
-    ray.init(num_cpus=cpus, logging_level="warning")
+    # address="local": always a new in-process Ray here. Without it ray.init joins the
+    # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
+    # a crash), which is what RAY_ADDRESS is for.
+    ray.init(address="local", num_cpus=cpus, logging_level="warning")

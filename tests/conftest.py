@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -10,7 +11,22 @@ import torch
 
 from cut_core import CUTConfig
 
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs two workers) each worker gets one of the two
+# cores: two workers with two OpenMP threads each would oversubscribe them.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+# Modules that run for minutes go first, so that under xdist's per-file scheduling the
+# long ones overlap the many short ones instead of running alone at the end.
+SLOW_FIRST = ("test_tune.py", "test_cli.py", "test_cluster.py", "test_train_ray.py", "test_sincut.py",
+              "test_train_multinode.py", "test_translate.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
@@ -49,7 +65,7 @@ def local_ray():
     translation actors plus their Ray Data feed)."""
     import ray
 
-    ray.init(num_cpus=4, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -61,16 +77,21 @@ TINY_SETS = ("ngf=8", "ndf=8", "n_blocks=3", "netF_nc=16", "nce_layers=0,4,8,12,
 
 def kill_one_train_worker_when(ready, *, timeout: float = 180.0) -> threading.Thread:
     """In the background: wait until ``ready()`` is true, then SIGKILL one Ray Train
-    worker process (a real crash, not an exception). The thread's ``killed`` attribute
-    holds the pid."""
+    worker process (a real crash, not an exception) of this process's own Ray (its
+    descendants: another test may be training next to it). The thread's ``killed``
+    attribute holds the pid."""
     import psutil
 
     def run() -> None:
         deadline = time.monotonic() + timeout
+        me = psutil.Process()
         while time.monotonic() < deadline:
             if ready():
-                for proc in psutil.process_iter(["cmdline"]):
-                    cmd = proc.info["cmdline"] or []
+                for proc in me.children(recursive=True):
+                    try:
+                        cmd = proc.cmdline()
+                    except psutil.Error:
+                        continue  # exited meanwhile
                     if cmd and cmd[0].startswith("ray::RayTrainWorker"):
                         proc.kill()
                         thread.killed = proc.pid

@@ -4,6 +4,7 @@ cluster configuration files checked for the keys and the safety settings they ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -39,15 +40,40 @@ def head():
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "PATH": path}
     temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, client = _free_port(), _free_port(), _free_port()
     ray = str(Path(sys.executable).with_name("ray"))
     subprocess.run([ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", f"--temp-dir={temp}", "--num-cpus=4", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
+                    f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--temp-dir={temp}",
+                    "--num-cpus=4", "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     try:
         yield {"address": f"http://127.0.0.1:{dash}", "env": env}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(temp, gcs)
+
+
+def _stop_head(temp: str, gcs_port: int) -> None:
+    """Stop this head's processes only. (`ray stop` stops every Ray on the machine,
+    including the one a test in the other xdist worker is using.) Its daemons name its
+    temp dir or its GCS port on their command lines; the rest are their children."""
+    import psutil
+
+    def ours(proc: psutil.Process) -> bool:
+        try:
+            return any(temp in arg or arg.endswith(f":{gcs_port}") for arg in proc.cmdline())
+        except psutil.Error:
+            return False
+
+    procs: dict[int, psutil.Process] = {}
+    for daemon in filter(ours, psutil.process_iter()):
+        with contextlib.suppress(psutil.Error):
+            procs.update((p.pid, p) for p in [daemon, *daemon.children(recursive=True)])
+    for p in procs.values():
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def _raycut(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
