@@ -25,7 +25,7 @@ demo: setup
 	$(VENV)/bin/raycut demo
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: setup
 	$(VENV)/bin/raycut bench train --out bench-train.json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -11,22 +10,7 @@ import torch
 
 from cut_core import CUTConfig
 
-# Under pytest-xdist (`make test` runs two workers) each worker gets one of the two
-# cores: two workers with two OpenMP threads each would oversubscribe them.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
-
-# Modules that run for minutes go first, so that under xdist's per-file scheduling the
-# long ones overlap the many short ones instead of running alone at the end.
-SLOW_FIRST = ("test_tune.py", "test_cli.py", "test_cluster.py", "test_train_ray.py", "test_sincut.py",
-              "test_train_multinode.py", "test_translate.py")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    def rank(item) -> int:
-        name = item.path.name
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-
-    items.sort(key=rank)  # stable: the order within a module is kept
+torch.set_num_threads(2)
 
 
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
@@ -77,9 +61,9 @@ TINY_SETS = ("ngf=8", "ndf=8", "n_blocks=3", "netF_nc=16", "nce_layers=0,4,8,12,
 
 def kill_one_train_worker_when(ready, *, timeout: float = 180.0) -> threading.Thread:
     """In the background: wait until ``ready()`` is true, then SIGKILL one Ray Train
-    worker process (a real crash, not an exception) of this process's own Ray (its
-    descendants: another test may be training next to it). The thread's ``killed``
-    attribute holds the pid."""
+    worker process (a real crash, not an exception) of this process's own Ray: one of
+    its descendants, never a worker of another Ray on the machine. The thread's
+    ``killed`` attribute holds the pid."""
     import psutil
 
     def run() -> None:

@@ -52,9 +52,9 @@ def head():
 
 
 def _stop_head(temp: str, gcs_port: int) -> None:
-    """Stop this head's processes only. (`ray stop` stops every Ray on the machine,
-    including the one a test in the other xdist worker is using.) Its daemons name its
-    temp dir or its GCS port on their command lines; the rest are their children."""
+    """Stop this head's processes only (`ray stop` stops every Ray on the machine,
+    a developer's own cluster included). Its daemons name its temp dir or its GCS port
+    on their command lines; the rest are their children."""
     import psutil
 
     def ours(proc: psutil.Process) -> bool:
