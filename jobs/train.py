@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from pyarrow.fs import FileSelector, FileType
 
 from cut_core.errors import RaycutError
@@ -31,7 +30,7 @@ from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray
 from jobs.train_job import SPEC_NAME, TrainJob
-from pipelines.ingest import IngestOptions, domain_size, read_domain, steps_per_epoch
+from pipelines.ingest import IngestOptions, decode_head, domain_size, read_domain, steps_per_epoch
 from pipelines.sources import filesystem_for
 
 LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
@@ -223,7 +222,8 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
     else:
         datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest),
                     "B": read_domain(job.data_b, cfg.data, options=ingest)}
-        samples = _sample_images(job, ingest)
+        # The inputs of every sample grid of the run: the first crops of domain A.
+        samples = decode_head(job.data_a, cfg.data, job.samples, seed=cfg.seed)
     plan = _eval_plan(job)
     score = {}
     if plan is not None:
@@ -255,24 +255,6 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise RaycutError(f"training failed after {job.max_failures} restarts ({first}); fix the cause and run "
                           f"`raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
-
-
-def _sample_images(job: TrainJob, ingest: IngestOptions) -> np.ndarray:
-    """The first few crops of domain A (files in order, same preprocessing as training):
-    the inputs of every sample grid of the run."""
-    from pipelines.ingest import read_files
-    from pipelines.sources import list_source_files, parse_source
-
-    source = parse_source(job.data_a)
-    fs, files = list_source_files(source)
-    column = source.column if source.layout == "parquet" else None
-    head = files[: job.samples] if column is None else files[:1]
-    ds = read_files(head, job.cut.data, filesystem=fs, parquet_column=column,
-                    options=replace(ingest, shuffle_files=False, concurrency=1, batch_size=job.samples))
-    try:
-        return np.ascontiguousarray(ds.take_batch(job.samples, batch_format="numpy")["image"])
-    except ValueError:  # an empty dataset: every file of the head was unreadable
-        raise RaycutError(f"no readable image among the first files of {job.data_a}") from None
 
 
 def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:

@@ -7,11 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from PIL import Image
 
 from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
-from pipelines.ingest import IngestOptions, IngestReport, format_report, read_domain
+from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.test_decode_sources import bad_file_corpus
 
@@ -65,6 +66,31 @@ def test_parquet_source(local_ray, toy, tmp_path):
     assert rows[0]["image"].shape == (32, 32, 3)
     with pytest.raises(RaycutError, match="no column 'jpeg'"):
         read_domain(f"parquet:{tmp_path}/shard.parquet:jpeg", CROP)
+
+
+def test_decode_head_reads_the_first_files_in_order_without_ray(toy, tmp_path):
+    """The sample-grid inputs of a train run: decoded in process, in the listed order."""
+    whole = DataConfig(preprocess="crop", load_size=48, crop_size=48, no_flip=True)  # the crop is the image
+    files = sorted((toy / "trainA").glob("*.png"))
+    got = decode_head(f"cyclegan:{toy}:trainA", whole, 4)
+    assert got.dtype == np.uint8 and got.shape == (4, 48, 48, 3)
+    np.testing.assert_array_equal(got, np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[:4]]))
+    assert decode_head(f"cyclegan:{toy}:trainA", CROP, 3).shape == (3, 32, 32, 3)
+    # Parquet: the first rows of the first file.
+    pq.write_table(pa.table({"image": [f.read_bytes() for f in files[3:6]]}), tmp_path / "shard.parquet")
+    np.testing.assert_array_equal(decode_head(f"parquet:{tmp_path}/shard.parquet:image", whole, 2),
+                                  np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[3:5]]))
+    # Unreadable files are left out; none readable is one clear error.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, (data, _) in bad_file_corpus().items():
+        (bad / name).write_bytes(data)
+    assert len(decode_head(str(bad), CROP, 3)) == 2  # cmyk.jpg, [empty.png], good.jpg
+    for f in bad.iterdir():
+        if f.name not in ("empty.png", "text.png"):
+            f.unlink()
+    with pytest.raises(RaycutError, match="no readable image among the first 2 files"):
+        decode_head(str(bad), CROP, 2)
 
 
 def test_empty_source_stops_at_once(local_ray, tmp_path):
