@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")
     tr.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a model dir")
-    tr.add_argument("--input", required=True, help="image source: folder, glob, cyclegan:ROOT:testA, gta5:ROOT, cityscapes:ROOT[:split]")
+    tr.add_argument("--input", required=True, help="any ingest source: folder, glob, cyclegan:ROOT:testA, gta5:ROOT, cityscapes:ROOT[:split], "
+                    "parquet:PATH[:column], or any of these at s3:// or gs://")
     tr.add_argument("--output", required=True, help="output folder; mirrors the input tree, holds manifest/")
     tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
     tr.add_argument("--concurrency", type=int, help="translation actors (default: one per GPU, or one on CPU)")

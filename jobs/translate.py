@@ -1,8 +1,9 @@
 """`raycut translate`: a trained generator over a whole dataset, at full resolution.
 
     --model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model, or a model dir)
-    -> list --input (minus what the manifest marks done) -> Ray Data actor pool
-       (pipelines.translate.TranslateFiles) -> outputs mirroring the input tree
+    -> list --input: files, or Parquet rows (pipelines.translate_inputs), minus what
+       the manifest marks done -> Ray Data actor pool (pipelines.translate.TranslateFiles)
+       -> outputs mirroring the input tree
     -> manifest parts as rows stream in -> labels copied alongside -> summary
 
 Rerunning the same command finishes an interrupted job: done outputs are skipped,
@@ -20,7 +21,7 @@ from cut_core.errors import RaycutError
 from jobs.progress import Progress
 from jobs.ray_runtime import start_ray
 from pipelines.label_files import matching_labels
-from pipelines.sources import list_source_files, parse_source
+from pipelines.sources import parse_source
 from pipelines.translate import (
     TranslateFiles,
     TranslateSpec,
@@ -29,6 +30,7 @@ from pipelines.translate import (
     done_inputs,
     remove_partial_files,
 )
+from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
 
 FLUSH_ROWS = 64  # manifest rows per part
 FLUSH_SECONDS = 30.0
@@ -71,42 +73,36 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     t0 = time.perf_counter()
     _check(opts)
     source = parse_source(opts.input)
-    if source.layout == "parquet" or "://" in source.root:
-        raise RaycutError(f"{opts.input}: translate reads local image files (folders, globs, cyclegan:, gta5:, cityscapes:); "
-                          "copy remote or Parquet data to a folder first")
-    _, files = list_source_files(source)
+    if opts.labels and not Path(opts.labels).is_dir():
+        raise RaycutError(f"--labels {opts.labels} is not a folder")
+    inputs = list_inputs(source, labels_dir=opts.labels)
     from jobs.tracking import resolve_model_dir
 
     model_dir = resolve_model_dir(opts.model)
     version = _model_version(opts.model)
-    src_root = _root_dir(source)
-    label_files: list[str] = []
-    if opts.labels:
-        if not Path(opts.labels).is_dir():
-            raise RaycutError(f"--labels {opts.labels} is not a folder")
-        label_files = sorted(str(p) for p in Path(opts.labels).rglob("*") if p.is_file())
-        src_root = os.path.commonpath([src_root, os.path.abspath(opts.labels)])
     out = Path(opts.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     removed = remove_partial_files(out)
     if removed:
         print(f"[translate] removed {removed} partial files of an interrupted run", flush=True)
     done = done_inputs(out)
-    todo = [f for f in files if f not in done]
-    skipped = len(files) - len(todo)
-    print(f"[translate] {len(files)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}", flush=True)
-    spec = TranslateSpec(model_dir=str(model_dir), src_root=src_root, out_root=str(out), fmt=opts.fmt,
+    todo = {i for i in inputs.ids if i not in done}
+    skipped = len(inputs.ids) - len(todo)
+    print(f"[translate] {len(inputs.ids)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}",
+          flush=True)
+    spec = TranslateSpec(model_dir=str(model_dir), src_root=inputs.mirror_root, out_root=str(out), fmt=opts.fmt,
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
     failed: list[tuple[str, str]] = []
     n_done = 0
     if todo:
-        n_done, failed = _run(todo, spec, opts, version)
+        n_done, failed = _run(inputs, todo, spec, opts, version)
     labels = 0
     if opts.labels:
         finished = done_inputs(out)  # read the manifest once, after the run
-        translated = [f for f in files if f in finished]
-        mine = matching_labels(translated, _root_dir(source), label_files, os.path.abspath(opts.labels))
-        labels = copy_labels(mine, src_root, str(out), link=opts.link_labels)
+        translated = [f for f in inputs.ids if f in finished]
+        label_files = sorted(str(p) for p in Path(opts.labels).rglob("*") if p.is_file())
+        mine = matching_labels(translated, inputs.root, label_files, os.path.abspath(opts.labels))
+        labels = copy_labels(mine, inputs.mirror_root, str(out), link=opts.link_labels)
     summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
                                model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0)
     print(summary.line(), flush=True)
@@ -117,7 +113,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     return summary
 
 
-def _run(todo: list[str], spec: TranslateSpec, opts: TranslateOptions, version: str) -> tuple[int, list[tuple[str, str]]]:
+def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOptions,
+         version: str) -> tuple[int, list[tuple[str, str]]]:
     import ray
 
     cpus = os.cpu_count() or 1
@@ -125,13 +122,20 @@ def _run(todo: list[str], spec: TranslateSpec, opts: TranslateOptions, version: 
     use_gpu = opts.gpus_per_actor > 0
     actors = opts.concurrency or (max(1, int(ray.cluster_resources().get("GPU", 0) / opts.gpus_per_actor)) if use_gpu else 1)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=max(1, min(len(todo) // opts.batch_size, 1000)))
+    items = inputs.items(todo)
+    if inputs.is_parquet:
+        # One item per row group: a task reads its image column and emits the rows to do.
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1000)))
+        ds = ds.flat_map(read_row_group, fn_kwargs={"fs": inputs.fs, "column": inputs.source.column})
+    else:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // opts.batch_size, 1000)))
     # On CPU the actors share the cores: each gets cores / actors torch threads (the
     # logical CPU count of a local Ray may exceed the cores; threads follow the cores).
     threads = 1 if use_gpu else max(1, min(int(ray.cluster_resources().get("CPU", cpus)), cpus) // actors)
     ds = ds.map_batches(
         TranslateFiles,
-        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads},
+        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads,
+                               "filesystem": inputs.fs if is_remote(inputs.source) else None},
         batch_size=opts.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -169,16 +173,6 @@ def _check(opts: TranslateOptions) -> None:
         raise RaycutError("--batch-size and --concurrency must be at least 1")
     if opts.tile and (opts.tile % 4 or not 0 <= opts.overlap < opts.tile // 2):
         raise RaycutError(f"--tile must be a multiple of 4 and --overlap below tile/2 (got {opts.tile}, {opts.overlap})")
-
-
-def _root_dir(source) -> str:
-    """The folder outputs are mirrored from: the dataset root the user named (the
-    folder holding it, when it names one image file)."""
-    if source.layout == "glob":
-        prefix = source.root.split("*")[0].split("?")[0].split("[")[0]
-        return os.path.abspath(os.path.dirname(prefix) or ".")
-    root = os.path.abspath(source.root)
-    return os.path.dirname(root) if os.path.isfile(root) else root
 
 
 def _model_version(model: str) -> str:

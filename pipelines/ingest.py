@@ -23,7 +23,7 @@ from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
 from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
-from pipelines.sources import Source, list_source_files, parse_source
+from pipelines.sources import Source, list_source_files, parse_source, read_bytes
 
 READ_CPUS = 0.25  # logical CPUs per read task
 MAX_LISTED = 1000  # paths kept per category in the report; the counts are always exact
@@ -94,7 +94,7 @@ class DecodeAugment:
             path = str(path)
             if data is None:
                 try:
-                    data = self._read(path)
+                    data = read_bytes(path, self.fs)
                 except OSError as e:
                     skipped.append((path, f"unreadable ({e})"))
                     continue
@@ -115,13 +115,6 @@ class DecodeAugment:
             stacked = np.stack(images) if images else np.zeros((0, c, c, 3), np.uint8)
             return {"image": stacked, "path": np.array(paths, dtype=object)}
         return {"image": images, "path": np.array(paths, dtype=object)}
-
-    def _read(self, path: str) -> bytes:
-        if self.fs is None:
-            with open(path, "rb") as f:
-                return f.read()
-        with self.fs.open_input_file(path) as f:
-            return f.readall()
 
 
 @dataclass(frozen=True)

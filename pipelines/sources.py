@@ -96,6 +96,15 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
         raise RaycutError(f"cannot open {uri}: {e}") from None
 
 
+def read_bytes(path: str, fs: pafs.FileSystem | None = None) -> bytes:
+    """A whole file: from the local disk, or through a pyarrow filesystem."""
+    if fs is None:
+        with open(path, "rb") as f:
+            return f.read()
+    with fs.open_input_file(path) as f:
+        return f.readall()
+
+
 def list_source_files(source: Source) -> tuple[pafs.FileSystem, list[str]]:
     """The files a source covers, sorted; stops at once with one line if there are none."""
     fs, path = filesystem_for(source.root)

@@ -75,16 +75,21 @@ def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95) -
 
 
 class TranslateFiles:
-    """Ray Data UDF. Input column: ``path`` (str). Output columns: ``input``, ``output``
-    (str), ``height``, ``width`` (int32), ``status`` ("done" | "failed"), ``error`` (str).
+    """Ray Data UDF. Input columns: ``path`` (str: the input's id); optionally ``out``
+    (str: the output path below ``out_root``, without extension; default: ``path``
+    mirrored below ``src_root``) and ``bytes`` (the encoded image, for Parquet rows;
+    default: the UDF reads ``path``, through ``filesystem`` when given). Output
+    columns: ``input``, ``output`` (str), ``height``, ``width`` (int32), ``status``
+    ("done" | "failed"), ``error`` (str).
 
     G is loaded once per actor. Encoding and writing run in a small thread pool, so
     the next image is translated while the previous one is saved."""
 
-    def __init__(self, spec: dict[str, Any], device: str = "cpu", threads: int = 1) -> None:
+    def __init__(self, spec: dict[str, Any], device: str = "cpu", threads: int = 1, filesystem: Any = None) -> None:
         # Ray sets OMP_NUM_THREADS to the actor's CPU count; say it to torch as well.
         torch.set_num_threads(max(1, threads))
         self.spec = TranslateSpec(**spec)
+        self.fs = filesystem
         self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
         self.G = load_generator(self.spec.model_dir, device=self.device)
         if self.spec.channels_last:
@@ -94,12 +99,17 @@ class TranslateFiles:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "height", "width", "status", "error")}
         pending = []
-        for path in map(str, batch["path"]):
-            out = output_path(self.spec, path)
+        outs = batch.get("out")
+        encoded = batch.get("bytes")
+        for i, path in enumerate(map(str, batch["path"])):
+            out = (str(Path(self.spec.out_root) / f"{outs[i]}.{self.spec.fmt}") if outs is not None
+                   else output_path(self.spec, path))
             h = w = 0
             try:
-                with open(path, "rb") as f:
-                    decoded = decode_image(f.read(), max_pixels=self.spec.max_pixels)
+                data = self._read(path) if encoded is None else encoded[i]
+                if data is None:
+                    raise ValueError("empty row: no image bytes")
+                decoded = decode_image(bytes(data), max_pixels=self.spec.max_pixels)
                 if decoded.image is None:
                     raise ValueError(decoded.reason)
                 h, w = decoded.image.shape[:2]
@@ -120,6 +130,16 @@ class TranslateFiles:
             except Exception as e:  # noqa: BLE001
                 rows["status"][i], rows["error"][i] = "failed", f"write failed: {str(e).splitlines()[0][:300]}"
         return {k: np.array(v, dtype=np.int32 if k in ("height", "width") else object) for k, v in rows.items()}
+
+    def _read(self, path: str) -> bytes:
+        if self.fs is None:
+            with open(path, "rb") as f:
+                return f.read()
+        # Imported here: pipelines.sources needs pyarrow, which a bare GPU box timing
+        # this UDF (pipelines.translate_speed) does not have.
+        from pipelines.sources import read_bytes
+
+        return read_bytes(path, self.fs)
 
 
 # ---- manifest ----------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""What a translate job reads, and where each output goes.
+
+Any ingest source works: image files (local folders, globs and dataset layouts, or
+the same on a pyarrow filesystem such as s3:// or gs://) and Parquet files holding
+encoded images. Every input has
+
+- an id, the manifest's ``input`` column, which is what a rerun skips on: the file
+  path, or for a Parquet row its ``path`` column (when the table has one) or
+  ``FILE#ROW``;
+- an output path relative to ``--output``, without the extension: the file's path
+  relative to the source root, or the row's ``path`` (relative to the common folder
+  of all of them when absolute), or ``FILE_STEM/ROW`` (six digits).
+
+Parquet rows travel by row group: the driver reads only the ids (the ``path`` column,
+or the row counts), and a Ray Data task reads one row group's image column and emits
+the rows still to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pyarrow.fs as pafs
+
+from cut_core.errors import RaycutError
+from pipelines.sources import Source, filesystem_for, list_source_files
+
+PATH_COLUMN = "path"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A listed source. ``ids`` in source order; ``outs[id]`` the relative output stem."""
+
+    source: Source
+    fs: pafs.FileSystem
+    ids: list[str]
+    outs: dict[str, str]
+    root: str = ""  # local file inputs: the source's root folder (labels are matched below it)
+    mirror_root: str = ""  # local file inputs: outputs (and labels) mirror paths below this folder
+    # Parquet only: per row group, (file, group index, first row) and the ids of its rows.
+    groups: list[tuple[str, int, int, list[str]]] = field(default_factory=list)
+
+    @property
+    def is_parquet(self) -> bool:
+        return self.source.layout == "parquet"
+
+    def items(self, todo: set[str]) -> list[dict[str, Any]]:
+        """Ray Data items for the inputs in ``todo``: {path, out} per file, or one item per
+        Parquet row group that still has work ({file, group, first, rows: JSON [[row, id, out]]})."""
+        if not self.is_parquet:
+            return [{"path": i, "out": self.outs[i]} for i in self.ids if i in todo]
+        items = []
+        for file, group, first, ids in self.groups:
+            rows = [[first + k, i, self.outs[i]] for k, i in enumerate(ids) if i in todo]
+            if rows:
+                items.append({"file": file, "group": group, "first": first, "rows": json.dumps(rows)})
+        return items
+
+
+def is_remote(source: Source) -> bool:
+    return "://" in source.root
+
+
+def list_inputs(source: Source, *, labels_dir: str | None = None) -> Inputs:
+    """List a source's inputs and their output paths; one clear error for a bad source.
+
+    With ``labels_dir`` (local file inputs only) outputs mirror paths below the common
+    folder of the images and the labels, so a GTA5 layout (images/, labels/) comes out
+    as a GTA5 layout."""
+    if labels_dir is not None and (is_remote(source) or source.layout == "parquet"):
+        raise RaycutError(f"--labels works with local image files; {source.describe()} is "
+                          f"{'Parquet' if source.layout == 'parquet' else 'remote'}: copy the images to a folder first")
+    fs, files = list_source_files(source)
+    if source.layout == "parquet":
+        return _parquet_inputs(source, fs, files)
+    if is_remote(source):
+        root = _remote_root(source, fs)
+        return Inputs(source, fs, files, {f: _stem(posixpath.relpath(f, root)) for f in files})
+    root = _local_root(source)
+    mirror = os.path.commonpath([root, os.path.abspath(labels_dir)]) if labels_dir else root
+    return Inputs(source, fs, files, {f: _stem(os.path.relpath(f, mirror)) for f in files}, root=root, mirror_root=mirror)
+
+
+def _local_root(source: Source) -> str:
+    """The folder outputs are mirrored from: the dataset root the user named (the folder
+    holding it, when it names one image file; the fixed part of a glob)."""
+    if source.layout == "glob":
+        prefix = source.root.split("*")[0].split("?")[0].split("[")[0]
+        return os.path.abspath(os.path.dirname(prefix) or ".")
+    root = os.path.abspath(source.root)
+    return os.path.dirname(root) if os.path.isfile(root) else root
+
+
+def _remote_root(source: Source, fs: pafs.FileSystem) -> str:
+    """:func:`_local_root` for a path inside a pyarrow filesystem."""
+    _, path = filesystem_for(source.root)
+    if source.layout == "glob":
+        return posixpath.dirname(path.split("*")[0].split("?")[0].split("[")[0])
+    return posixpath.dirname(path) if fs.get_file_info(path).type == pafs.FileType.File else path
+
+
+def _stem(rel: str) -> str:
+    return posixpath.splitext(rel.replace(os.sep, "/"))[0]
+
+
+def _parquet_inputs(source: Source, fs: pafs.FileSystem, files: list[str]) -> Inputs:
+    import pyarrow.parquet as pq
+
+    _, root = filesystem_for(source.root)
+    root = posixpath.dirname(root) if fs.get_file_info(root).type == pafs.FileType.File else root
+    groups: list[tuple[str, int, int, list[str]]] = []
+    named: list[str] = []  # the path-column values, to make absolute ones relative
+    for file in files:
+        with fs.open_input_file(file) as fh:
+            pf = pq.ParquetFile(fh)
+            names = pf.schema_arrow.names
+            if source.column not in names:
+                raise RaycutError(f"{file} has no column {source.column!r} (columns: {', '.join(names)}); "
+                                  "use parquet:PATH:COLUMN")
+            has_path = PATH_COLUMN in names and source.column != PATH_COLUMN
+            paths = pf.read(columns=[PATH_COLUMN]).column(0).to_pylist() if has_path else None
+            first = 0
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                ids = ([str(p) for p in paths[first:first + n]] if paths is not None
+                       else [f"{file}#{first + k}" for k in range(n)])
+                groups.append((file, g, first, ids))
+                first += n
+            if paths is not None:
+                named += [str(p) for p in paths]
+    ids = [i for *_, group_ids in groups for i in group_ids]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise RaycutError(f"{source.describe()}: the input {dup!r} appears twice; each row needs its own "
+                          f"{PATH_COLUMN!r} value (it names the output)")
+    named_set = set(named)
+    absolute = [p for p in named if p.startswith("/")]
+    common = posixpath.commonpath(absolute) if absolute else ""
+    if absolute and len(absolute) == 1:
+        common = posixpath.dirname(common)
+    outs = {}
+    for i in ids:
+        if i in named_set:
+            rel = posixpath.relpath(i, common) if i.startswith("/") else posixpath.normpath(i)
+        else:
+            file, _, row = i.rpartition("#")
+            rel = f"{posixpath.splitext(posixpath.relpath(file, root))[0]}/{int(row):06d}"
+        if rel.startswith("../") or rel == "..":
+            raise RaycutError(f"{source.describe()}: the {PATH_COLUMN!r} value {i!r} points outside the output folder")
+        outs[i] = _stem(rel)
+    return Inputs(source, fs, ids, outs, groups=groups)
+
+
+def read_row_group(item: dict[str, Any], *, fs: pafs.FileSystem, column: str) -> Iterator[dict[str, Any]]:
+    """Ray Data flat_map: one Parquet row group item -> {path, out, bytes} per row to do."""
+    import pyarrow.parquet as pq
+
+    with fs.open_input_file(item["file"]) as fh:
+        images = pq.ParquetFile(fh).read_row_group(int(item["group"]), columns=[column]).column(0)
+    first = int(item["first"])
+    for row, input_id, out in json.loads(item["rows"]):
+        yield {"path": input_id, "out": out, "bytes": images[row - first].as_py()}
