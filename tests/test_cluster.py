@@ -67,13 +67,10 @@ def _stop_head(temp: str, gcs_port: int) -> None:
     for daemon in filter(ours, psutil.process_iter()):
         with contextlib.suppress(psutil.Error):
             procs.update((p.pid, p) for p in [daemon, *daemon.children(recursive=True)])
-    for p in procs.values():
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
-    for p in alive:
+    for p in procs.values():  # SIGKILL, as `ray stop --force`: nothing of a test head needs saving
         with contextlib.suppress(psutil.Error):
             p.kill()
+    psutil.wait_procs(list(procs.values()), timeout=15)
 
 
 def _raycut(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
