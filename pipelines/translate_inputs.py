@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -135,8 +136,7 @@ def _parquet_inputs(source: Source, fs: pafs.FileSystem, files: list[str]) -> In
                 named += [str(p) for p in paths]
     ids = [i for *_, group_ids in groups for i in group_ids]
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
         raise RaycutError(f"{source.describe()}: the input {dup!r} appears twice; each row needs its own "
                           f"{PATH_COLUMN!r} value (it names the output)")
     named_set = set(named)
