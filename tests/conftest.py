@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -9,8 +10,12 @@ import pytest
 import torch
 
 from cut_core import CUTConfig
+from jobs.ray_runtime import LOCAL_RAY_ENV
 
 torch.set_num_threads(2)
+# Every Ray a test starts (in process, `ray start`, ray.cluster_utils) as `raycut` starts
+# its local one: without idle workers prestarted (jobs.ray_runtime.LOCAL_RAY_ENV).
+os.environ.update(LOCAL_RAY_ENV)
 
 
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
