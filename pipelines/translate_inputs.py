@@ -91,8 +91,7 @@ def _local_root(source: Source) -> str:
     """The folder outputs are mirrored from: the dataset root the user named (the folder
     holding it, when it names one image file; the fixed part of a glob)."""
     if source.layout == "glob":
-        prefix = source.root.split("*")[0].split("?")[0].split("[")[0]
-        return os.path.abspath(os.path.dirname(prefix) or ".")
+        return os.path.abspath(os.path.dirname(_fixed_prefix(source.root)) or ".")
     root = os.path.abspath(source.root)
     return os.path.dirname(root) if os.path.isfile(root) else root
 
@@ -101,8 +100,13 @@ def _remote_root(source: Source, fs: pafs.FileSystem) -> str:
     """:func:`_local_root` for a path inside a pyarrow filesystem."""
     _, path = filesystem_for(source.root)
     if source.layout == "glob":
-        return posixpath.dirname(path.split("*")[0].split("?")[0].split("[")[0])
+        return posixpath.dirname(_fixed_prefix(path))
     return posixpath.dirname(path) if fs.get_file_info(path).type == pafs.FileType.File else path
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """A glob's text before its first wildcard."""
+    return pattern.split("*")[0].split("?")[0].split("[")[0]
 
 
 def _stem(rel: str) -> str:

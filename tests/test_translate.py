@@ -192,3 +192,8 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
         list_inputs(parse_source(f"parquet:{tmp_path}/up.parquet"), labels_dir=str(tmp_path))
     with pytest.raises(RaycutError, match="no column 'jpeg'"):
         list_inputs(parse_source(f"parquet:{tmp_path}/up.parquet:jpeg"))
+    # A glob mirrors paths below its fixed prefix, locally and behind a URI alike.
+    _dataset(tmp_path / "gta")
+    local = list_inputs(parse_source(f"{tmp_path}/gta/images/**/0*.png"))
+    remote = list_inputs(parse_source(f"file://{tmp_path}/gta/images/**/0*.png"))
+    assert sorted(local.outs.values()) == sorted(remote.outs.values()) == ["00000", "00002", "city/00001", "city/00003"]
