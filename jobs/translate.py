@@ -90,7 +90,7 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     skipped = len(inputs.ids) - len(todo)
     print(f"[translate] {len(inputs.ids)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}",
           flush=True)
-    spec = TranslateSpec(model_dir=str(model_dir), src_root=inputs.mirror_root, out_root=str(out), fmt=opts.fmt,
+    spec = TranslateSpec(model_dir=str(model_dir), out_root=str(out), fmt=opts.fmt,
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
     failed: list[tuple[str, str]] = []
     n_done = 0

@@ -46,7 +46,6 @@ class TranslateSpec:
     """What every actor needs; plain data, sent once per actor."""
 
     model_dir: str
-    src_root: str  # outputs mirror input paths relative to this folder
     out_root: str
     fmt: str = "png"  # png | jpg
     precision: str = "fp32"
@@ -55,11 +54,6 @@ class TranslateSpec:
     overlap: int = 32
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
-
-
-def output_path(spec: TranslateSpec, input_path: str) -> str:
-    rel = os.path.relpath(input_path, spec.src_root)
-    return str(Path(spec.out_root) / Path(rel).with_suffix("." + spec.fmt))
 
 
 def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95) -> None:
@@ -75,10 +69,10 @@ def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95) -
 
 
 class TranslateFiles:
-    """Ray Data UDF. Input columns: ``path`` (str: the input's id); optionally ``out``
-    (str: the output path below ``out_root``, without extension; default: ``path``
-    mirrored below ``src_root``) and ``bytes`` (the encoded image, for Parquet rows;
-    default: the UDF reads ``path``, through ``filesystem`` when given). Output
+    """Ray Data UDF. Input columns: ``path`` (str: the input's id), ``out`` (str: the
+    output path below ``out_root``, without extension; pipelines.translate_inputs
+    names them) and optionally ``bytes`` (the encoded image, for Parquet rows; without
+    it the UDF reads ``path``, through ``filesystem`` when given). Output
     columns: ``input``, ``output`` (str), ``height``, ``width`` (int32), ``status``
     ("done" | "failed"), ``error`` (str).
 
@@ -99,11 +93,9 @@ class TranslateFiles:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "height", "width", "status", "error")}
         pending = []
-        outs = batch.get("out")
         encoded = batch.get("bytes")
         for i, path in enumerate(map(str, batch["path"])):
-            out = (str(Path(self.spec.out_root) / f"{outs[i]}.{self.spec.fmt}") if outs is not None
-                   else output_path(self.spec, path))
+            out = str(Path(self.spec.out_root) / f"{batch['out'][i]}.{self.spec.fmt}")
             h = w = 0
             try:
                 data = self._read(path) if encoded is None else encoded[i]

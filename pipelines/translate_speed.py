@@ -77,13 +77,14 @@ def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 3), "unit": "images/s"})
             log(f"  baseline {w}x{h}: {base:.3f} images/s")
             for precision in precisions:
-                spec = TranslateSpec(model_dir=str(model), src_root=str(root), out_root=str(root / f"out-{precision}"),
-                                     precision=precision)
+                spec = TranslateSpec(model_dir=str(model), out_root=str(root / f"out-{precision}"), precision=precision)
                 udf = TranslateFiles(asdict(spec), device="cuda" if device.startswith("cuda") else "cpu",
                                      threads=torch.get_num_threads())
-                udf({"path": np.array(files[:1], dtype=object)})  # warm-up
+                batch = {"path": np.array(files, dtype=object),
+                         "out": np.array([Path(f).relative_to(root).with_suffix("").as_posix() for f in files], dtype=object)}
+                udf({k: v[:1] for k, v in batch.items()})  # warm-up
                 t = time.perf_counter()
-                result = udf({"path": np.array(files, dtype=object)})
+                result = udf(batch)
                 rate = len(files) / (time.perf_counter() - t)
                 assert all(s == "done" for s in result["status"]), result["error"]
                 rows.append({"name": f"translate/actor-{precision}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 3),
