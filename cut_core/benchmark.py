@@ -250,7 +250,7 @@ def bench_train(
 
 def bench_translate(
     size: tuple[int, int] = (1024, 2048),
-    precisions: tuple[str, ...] = ("fp32", "bf16"),
+    variants: tuple[str, ...] = ("fp32", "bf16", "bf16-channels_last"),
     *,
     device: str = "cpu",
     warmup: int = 1,
@@ -259,21 +259,26 @@ def bench_translate(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
     """Full-resolution translation with the preset's G (CUT: ngf 64 ResNet): rows
-    ``translate/<precision>@HxW`` (``translate-<preset>/...`` for other presets) in
-    images_per_s, batch 1, no grad."""
+    ``translate/<variant>@HxW`` (``translate-<preset>/...`` for other presets) in
+    images_per_s, batch 1, no grad. A variant is a precision, optionally with
+    ``-channels_last`` (weights and input in channels_last memory)."""
     h, w = size
     cfg = CUTConfig.from_preset(preset)
+    torch.manual_seed(0)
     G = build_generator(cfg.model).to(device).eval()
-    x = (torch.rand(1, 3, h, w) * 2 - 1).to(device)
     rows: list[dict[str, object]] = []
-    for prec in precisions:
+    for variant in variants:
+        prec, _, layout = variant.partition("-")
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         perf = cfg.with_overrides({"precision": prec}).perf
+        G.to(memory_format=memory_format)
+        x = (torch.rand(1, 3, h, w) * 2 - 1).to(device).contiguous(memory_format=memory_format)
 
         def run() -> None:
             with torch.no_grad(), autocast(perf, device):
                 G(x)
 
-        name = f"translate{'' if preset == 'cut' else '-' + preset}/{prec}@{h}x{w}"
+        name = f"translate{'' if preset == 'cut' else '-' + preset}/{variant}@{h}x{w}"
         log(f"  timing {name} ...")
         t = time_calls(run, device=device, warmup=warmup, iters=iters)
         rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s"})
@@ -306,6 +311,48 @@ def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
     log(f"  check: all presets train to finite losses; max |G_bf16 - G_fp32| = {err:.4f} on {device}")
     if err > 0.1:
         raise RuntimeError(f"bf16 output differs from fp32 by {err:.3f} on {device}")
+
+
+def channels_last_agreement(cfg: CUTConfig, a: torch.Tensor, b: torch.Tensor, device: str = "cpu") -> dict[str, float]:
+    """One training step from the same start in NCHW and in channels_last, in fp64 on
+    ``device``: the relative difference of each loss (``loss/<name>``) and of G's, D's
+    and F's gradient, each taken as one vector (``grad/<net>``). channels_last runs
+    its own instance norm and resampling code, so this shows that it computes the same
+    function on a device. fp64, because at test sizes the deepest instance norms see
+    8x8 pixels and amplify fp32 rounding to ~1% of G's gradient between any two fp32
+    implementations."""
+    states = [build_train_state(cfg.with_overrides({"channels_last": cl}), device=device) for cl in (False, True)]
+    for state in states:
+        for module in state.modules().values():
+            module.double()
+    a, b = a.double().to(device), b.double().to(device)
+    ref, cl = (train_step(state, a, b) for state in states)
+    out = {f"loss/{k}": abs(cl[k].item() - ref[k].item()) / max(abs(ref[k].item()), 1e-30) for k in ref}
+    for name in ("G", "D", "F"):
+        grads = [torch.cat([p.grad.flatten() for p in getattr(state, name).parameters()]) for state in states]
+        if grads[0].norm() == 0:
+            raise RuntimeError(f"{name} got no gradient: the comparison would prove nothing")
+        out[f"grad/{name}"] = ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
+    return out
+
+
+def check_channels_last(device: str, log: Callable[[str], None] = print) -> float:
+    """``channels_last_agreement`` for CUT and FastCUT at 32 px on ``device``; returns
+    the largest relative difference and raises past 1e-9."""
+    worst = 0.0
+    for preset in ("cut", "fastcut"):
+        cfg = CUTConfig.from_preset(preset).with_overrides(
+            {"ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "num_patches": 32, "crop_size": 32, "load_size": 32,
+             "batch_size": 2}
+        )
+        g = torch.Generator().manual_seed(1)
+        a, b = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+        diffs = channels_last_agreement(cfg, a, b, device)
+        worst = max(worst, *diffs.values())
+        if max(diffs.values()) > 1e-9:
+            raise RuntimeError(f"{preset}: channels_last differs from NCHW on {device}: {diffs}")
+    log(f"  check: channels_last steps match NCHW in fp64 (losses and G/D/F gradients) to {worst:.1e} on {device}")
+    return worst
 
 
 def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> float:
@@ -413,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {json.dumps(machine_info(args.device))}")
     if args.check:
         sanity_check(args.device, log)
+        check_channels_last(args.device, log)
         check_resume_under_ddp(args.device, log)
     rows: list[dict[str, object]] = []
     for crop in args.crops:
