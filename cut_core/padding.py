@@ -24,3 +24,16 @@ class ReflectionPad2d(nn.ReflectionPad2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return reflect_pad(x, self.padding)
+
+
+SIZE_MULTIPLE = 4  # CUT's G downsamples twice by 2
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Reflect-pad (B, C, H, W) on the right and bottom to multiples of ``multiple``
+    (replicate where the image is too small to reflect); crop ``[..., :H, :W]`` after."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > multiple else "replicate")

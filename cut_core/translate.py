@@ -14,29 +14,34 @@ difference is small; ``tile=0`` (the default) is exact.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cut_core.fast_paths import autocast
 from cut_core.config import PerfConfig
+from cut_core.fast_paths import autocast
+from cut_core.padding import SIZE_MULTIPLE, pad_to_multiple
+from cut_core.quantize import Int8ResnetGenerator
 
-SIZE_MULTIPLE = 4
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @torch.no_grad()
 def translate(G: nn.Module, x: torch.Tensor, *, precision: str = "fp32", channels_last: bool = False,
               tile: int = 0, overlap: int = 32) -> torch.Tensor:
-    """x: (B, 3, H, W) in [-1, 1] on G's device -> (B, 3, H, W) float32 in [-1, 1]."""
+    """x: (B, 3, H, W) in [-1, 1] on G's device -> (B, 3, H, W) float32 in [-1, 1].
+    ``precision`` int8 takes G as an ``Int8ResnetGenerator`` (cut_core.quantize)."""
+    if (precision == "int8") != isinstance(G, Int8ResnetGenerator):
+        raise ValueError("precision int8 goes with an Int8ResnetGenerator (cut_core.quantize), and only with it")
     if tile and (x.shape[-2] > tile or x.shape[-1] > tile):
         return _tiled(G, x, precision=precision, channels_last=channels_last, tile=tile, overlap=overlap)
     h, w = x.shape[-2:]
-    ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > SIZE_MULTIPLE else "replicate")
+    x = pad_to_multiple(x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(PerfConfig(precision=precision), x.device):
+    if precision == "int8":
         y = G(x)
+    else:
+        with autocast(PerfConfig(precision=precision), x.device):
+            y = G(x)
     return y[..., :h, :w].float().contiguous()
 
 

@@ -67,7 +67,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     summary = run_translate(TranslateOptions(
         model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
-        channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, fmt=args.format, labels=args.labels,
+        calibration_images=args.calibration_images, channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, fmt=args.format, labels=args.labels,
         link_labels=args.link_labels,
     ))
     return 1 if summary.failed else 0
@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
     tr.add_argument("--concurrency", type=int, help="translation actors (default: one per GPU, or one on CPU)")
     tr.add_argument("--gpus-per-actor", type=float, default=0.0)
-    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                    help="int8: CPU actors, weights and activations quantized, ranges calibrated once on the first inputs")
+    tr.add_argument("--calibration-images", type=int, default=2, help="int8: how many of the first inputs set the ranges")
     tr.add_argument("--channels-last", action="store_true")
     tr.add_argument("--tile", type=int, default=0, help="translate in tiles of this size (multiple of 4; 0: whole image)")
     tr.add_argument("--overlap", type=int, default=32, help="tile overlap, blended linearly")

@@ -12,26 +12,31 @@ temporary files of a killed run are removed, failed inputs are tried again.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cut_core.errors import RaycutError
+from cut_core.translate import PRECISIONS
 from jobs.progress import Progress
 from jobs.ray_runtime import start_ray
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
 from pipelines.translate import (
+    TMP_SUFFIX,
     TranslateFiles,
     TranslateSpec,
     append_manifest,
+    calibrate_from_bytes,
     copy_labels,
     done_inputs,
     remove_partial_files,
 )
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
 
+CALIBRATION_FILE = "int8_calibration.json"
 FLUSH_ROWS = 64  # manifest rows per part
 FLUSH_SECONDS = 30.0
 
@@ -44,7 +49,8 @@ class TranslateOptions:
     batch_size: int = 4
     concurrency: int | None = None  # actors; default: one per GPU, or one on CPU using every core
     gpus_per_actor: float = 0.0
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 | int8 (CPU: calibrated on the first inputs)
+    calibration_images: int = 2
     channels_last: bool = False
     tile: int = 0
     overlap: int = 32
@@ -94,6 +100,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
     failed: list[tuple[str, str]] = []
     n_done = 0
+    if todo and opts.precision == "int8":
+        spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version))
     if todo:
         n_done, failed = _run(inputs, todo, spec, opts, version)
     labels = 0
@@ -164,11 +172,40 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     return n_done, failed
 
 
+def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, version: str) -> dict[str, list[float]]:
+    """The int8 ranges for this output folder: measured once on the first inputs and
+    kept in CALIBRATION_FILE, so a rerun (after a crash, or with more inputs) goes on
+    with the very network that made the outputs already there."""
+    path = Path(spec.out_root) / CALIBRATION_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("model") == opts.model and saved.get("model_version") == version:
+            print(f"[translate] int8: ranges from {path} (calibrated on {len(saved['inputs'])} images)", flush=True)
+            return saved["ranges"]
+        print(f"[translate] int8: {path} is for another model ({saved.get('model')}); calibrating again", flush=True)
+    t = time.perf_counter()
+    # A few spare inputs, in case some of the first do not decode.
+    head = inputs.head_bytes(opts.calibration_images + 8)
+    ranges, used = calibrate_from_bytes(spec.model_dir, head, opts.calibration_images, max_pixels=spec.max_pixels)
+    record = {"model": opts.model, "model_version": version, "inputs": used, "ranges": ranges}
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(f"[translate] int8: calibrated on the first {len(used)} readable inputs in {time.perf_counter() - t:.1f} s -> {path}",
+          flush=True)
+    return ranges
+
+
 def _check(opts: TranslateOptions) -> None:
     if opts.fmt not in ("png", "jpg"):
         raise RaycutError(f"--format must be png or jpg, not {opts.fmt}")
-    if opts.precision not in ("fp32", "bf16"):
-        raise RaycutError(f"--precision must be fp32 or bf16, not {opts.precision}")
+    if opts.precision not in PRECISIONS:
+        raise RaycutError(f"--precision must be one of {', '.join(PRECISIONS)}, not {opts.precision}")
+    if opts.precision == "int8" and opts.gpus_per_actor > 0:
+        raise RaycutError("--precision int8 runs on CPU actors (PyTorch's quantized kernels are CPU kernels); "
+                          "use --precision bf16 on GPUs")
+    if opts.calibration_images < 1:
+        raise RaycutError("--calibration-images must be at least 1")
     if opts.batch_size < 1 or (opts.concurrency is not None and opts.concurrency < 1):
         raise RaycutError("--batch-size and --concurrency must be at least 1")
     if opts.tile and (opts.tile % 4 or not 0 <= opts.overlap < opts.tile // 2):

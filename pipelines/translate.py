@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from cut_core import load_generator
+from cut_core.errors import RaycutError
 from cut_core.images import to_model_input, to_uint8_images
+from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
 from cut_core.translate import translate
 from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
 
@@ -54,6 +56,7 @@ class TranslateSpec:
     overlap: int = 32
     jpeg_quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
+    int8_ranges: dict[str, list[float]] | None = None  # precision int8: calibrate_int8's ranges
 
 
 def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95) -> None:
@@ -86,7 +89,10 @@ class TranslateFiles:
         self.fs = filesystem
         self.device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
         self.G = load_generator(self.spec.model_dir, device=self.device)
-        if self.spec.channels_last:
+        if self.spec.precision == "int8":
+            # Every actor builds the same int8 network from the ranges the driver measured.
+            self.G = Int8ResnetGenerator(self.G, self.spec.int8_ranges or {})
+        elif self.spec.channels_last:
             self.G.to(memory_format=torch.channels_last)
         self.writers = ThreadPoolExecutor(max_workers=2)
 
@@ -132,6 +138,25 @@ class TranslateFiles:
         from pipelines.sources import read_bytes
 
         return read_bytes(path, self.fs)
+
+
+def calibrate_from_bytes(model_dir: str, head: list[tuple[str, bytes | None]], n: int, *,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, list[float]], list[str]]:
+    """int8 ranges of a model directory's G over the first ``n`` images of ``head``
+    ((id, encoded bytes) pairs) that decode, at their full size. Returns (ranges, the
+    ids used)."""
+    images, used = [], []
+    for input_id, data in head:
+        decoded = decode_image(bytes(data), max_pixels=max_pixels) if data else None
+        if decoded is not None and decoded.image is not None:
+            images.append(to_model_input(decoded.image[None]))
+            used.append(input_id)
+        if len(used) == n:
+            break
+    if not images:
+        raise RaycutError(f"int8 calibration found no readable image among the first {len(head)} inputs; "
+                          "check the input or use --precision bf16")
+    return calibrate_int8(load_generator(model_dir), images), used
 
 
 # ---- manifest ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import pyarrow.fs as pafs
 
 from cut_core.errors import RaycutError
-from pipelines.sources import Source, filesystem_for, list_source_files
+from pipelines.sources import Source, filesystem_for, list_source_files, read_bytes
 
 PATH_COLUMN = "path"
 
@@ -61,6 +61,20 @@ class Inputs:
             if rows:
                 items.append({"file": file, "group": group, "first": first, "rows": json.dumps(rows)})
         return items
+
+    def head_bytes(self, n: int) -> list[tuple[str, bytes | None]]:
+        """(id, encoded image) of the first ``n`` inputs in source order, read in the
+        driver: what an int8 calibration looks at (the same ones on every rerun)."""
+        if not self.is_parquet:
+            local = not is_remote(self.source)
+            return [(i, read_bytes(i, None if local else self.fs)) for i in self.ids[:n]]
+        out: list[tuple[str, bytes | None]] = []
+        for item in self.items(set(self.ids)):
+            for row in read_row_group(item, fs=self.fs, column=self.source.column):
+                out.append((row["path"], row["bytes"]))
+                if len(out) == n:
+                    return out
+        return out
 
 
 def is_remote(source: Source) -> bool:

@@ -25,7 +25,7 @@ from cut_core.images import to_model_input, to_uint8_images
 from cut_core.model_dir import load_generator
 from cut_core.networks import build_generator
 from pipelines.toy_data import make_layout, render_real
-from pipelines.translate import TranslateFiles, TranslateSpec
+from pipelines.translate import TranslateFiles, TranslateSpec, calibrate_from_bytes
 
 
 def full_size_model(folder: Path) -> Path:
@@ -77,7 +77,11 @@ def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 3), "unit": "images/s"})
             log(f"  baseline {w}x{h}: {base:.3f} images/s")
             for precision in precisions:
-                spec = TranslateSpec(model_dir=str(model), out_root=str(root / f"out-{precision}"), precision=precision)
+                ranges = None
+                if precision == "int8":  # on the first frame, as the job does
+                    ranges = calibrate_from_bytes(str(model), [(files[0], Path(files[0]).read_bytes())], 1)[0]
+                spec = TranslateSpec(model_dir=str(model), out_root=str(root / f"out-{precision}"), precision=precision,
+                                     int8_ranges=ranges)
                 udf = TranslateFiles(asdict(spec), device="cuda" if device.startswith("cuda") else "cpu",
                                      threads=torch.get_num_threads())
                 batch = {"path": np.array(files, dtype=object),
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="HxW")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32, bf16, int8 (CPU only)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

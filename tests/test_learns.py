@@ -3,8 +3,11 @@ held-out sim images closer to their paired real truth than the baselines."""
 
 import time
 
+import numpy as np
 import pytest
 
+from cut_core.images import to_model_input
+from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
 from jobs.local_train import train_in_process, translate_array
 from pipelines.local_images import load_folder
 from pipelines.toy_data import ToySpec, write_toy_dataset
@@ -24,10 +27,21 @@ def test_cut_learns_the_toy_translation(toy32, precision):
     start = time.perf_counter()
     state, history = train_in_process(cfg, images_a, images_b, steps=300, progress=False, log_every=50)
     assert time.perf_counter() - start < 90
-    rows = evaluate_toy(toy32, {"cut": lambda x: translate_array(state, x)}, label_preservation=False)
+    models = {"cut": lambda x: translate_array(state, x)}
+    if precision == "fp32":
+        # int8 translation of the trained G, calibrated on 8 training images: it must
+        # score as the float G does, and its pixels stay within a few 8-bit levels.
+        G8 = Int8ResnetGenerator(state.G.eval(), calibrate_int8(state.G, [to_model_input(images_a[:8])]))
+        models["cut-int8"] = lambda x: translate_array(G8, x)
+    rows = evaluate_toy(toy32, models, label_preservation=False)
     scores = {name: row["colour_err"] for name, row in rows.items()}
     identity, histogram, cut = scores["baseline/identity"], scores["baseline/histogram"], scores["cut"]
     assert cut < 0.6 * identity, scores
     assert cut < histogram, scores
     # The contrastive loss falls as G learns to keep the content.
     assert history[-1]["NCE"] < history[0]["NCE"]
+    if precision == "fp32":
+        assert abs(scores["cut-int8"] - cut) < 0.05 * identity, scores
+        test_a = load_folder(toy32 / "testA")
+        diff = np.abs(translate_array(G8, test_a).astype(int) - translate_array(state, test_a).astype(int))
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 5, (diff.mean(), np.percentile(diff, 99))

@@ -197,3 +197,42 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
     local = list_inputs(parse_source(f"{tmp_path}/gta/images/**/0*.png"))
     remote = list_inputs(parse_source(f"file://{tmp_path}/gta/images/**/0*.png"))
     assert sorted(local.outs.values()) == sorted(remote.outs.values()) == ["00000", "00002", "city/00001", "city/00003"]
+
+
+def test_int8_job_is_cut_core_int8_with_the_calibration_it_keeps(local_ray, model_dir, tmp_path) -> None:
+    """int8: the driver calibrates once on the first readable inputs (bad files first
+    in line are passed over), every actor runs that network, and a rerun with a new
+    input reuses the saved ranges, so old and new outputs come from one network."""
+    import json
+
+    from cut_core.quantize import Int8ResnetGenerator
+
+    data = _dataset(tmp_path / "gta")
+    (data / "images" / "000-bad.png").write_bytes(b"first in line, and no image")
+    out = tmp_path / "out"
+    opts = dict(model=str(model_dir), input=f"gta5:{data}", output=str(out), precision="int8", batch_size=2)
+    s = run_translate(TranslateOptions(**opts))
+    assert (s.done, len(s.failed)) == (len(SIZES), 3)
+    saved = (out / "int8_calibration.json").read_text()
+    record = json.loads(saved)
+    assert record["model"] == str(model_dir)
+    assert [Path(p).name for p in record["inputs"]] == ["00000.png", "00002.png"]
+    G8 = Int8ResnetGenerator(load_generator(model_dir), record["ranges"])
+
+    extra = data / "images" / "city" / "00009.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (45, 67, 3), dtype=np.uint8)).save(extra)
+    again = run_translate(TranslateOptions(**opts))
+    assert (again.done, again.skipped) == (1, len(SIZES))
+    assert (out / "int8_calibration.json").read_text() == saved
+    for rel in [Path("images") / "00000.png", Path("images") / "city" / "00003.png", extra.relative_to(data)]:
+        src = np.asarray(Image.open(data / rel))
+        want = to_uint8_images(translate(G8, to_model_input(src[None]), precision="int8"))[0]
+        np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), want)
+
+
+def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
+    from cut_core.errors import RaycutError
+
+    with pytest.raises(RaycutError, match="int8 runs on CPU actors"):
+        run_translate(TranslateOptions(model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
+                                       precision="int8", gpus_per_actor=1))
