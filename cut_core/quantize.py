@@ -85,7 +85,9 @@ def calibrate_int8(G: nn.Module, images: Iterable[torch.Tensor], *, precision: s
     try:
         seen = 0
         for x in images:
-            x = pad_to_multiple(x)
+            # NCHW: a decoded image arrives channels_last, and the hooks' min/max over
+            # channels_last activations doubled the pass.
+            x = pad_to_multiple(x).contiguous()
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 G(x)
             seen += 1

@@ -289,7 +289,8 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
                 s = run_translate(TranslateOptions(input=str(src), output=str(root / f"out-{w}x{h}-{variant}"), **opts))
                 rate = s.done / (time.perf_counter() - t)
                 rows.append({"name": f"translate/ray-{variant}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 4),
-                             "unit": "images/s", "includes": "job start-up: listing, Ray Data plan, actor start with G load"})
+                             "unit": "images/s", "includes": "job start-up: listing, Ray Data plan, actor start with G load"
+                             + (", int8 calibration on the first 2 frames" if precision == "int8" else "")})
                 finished = sorted(f.stat().st_mtime for f in (root / f"out-{w}x{h}-{variant}").rglob("*.png"))
                 steady = (len(finished) - 1) / (finished[-1] - finished[0])
                 rows.append({"name": f"translate/ray-{variant}-steady@{w}x{h}", "metric": "images_per_s",
