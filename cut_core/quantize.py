@@ -15,9 +15,13 @@ What is quantized, and how:
   would cost more than the convs save. Only the final tanh runs in float.
 
 It is an approximation, like bf16: on a trained toy model the outputs stay within a
-few 8-bit levels of fp32 (tests/test_quantize.py measures it). The ranges are plain
-data (``{module name: [min, max]}``), so a job calibrates once and every worker
-builds the same network from them.
+few 8-bit levels of fp32 (tests/test_learns.py measures it; tests/test_quantize.py
+checks the harder case of random weights). The ranges are plain data
+(``{module name: [min, max]}``), so a job calibrates once and every worker builds the
+same network from them.
+
+It runs on PyTorch's quantized CPU kernels (``torch.ao``), which PyTorch 2.14 marks as
+deprecated in favour of torchao; raycut pins torch 2.14.1.
 """
 
 from __future__ import annotations
@@ -67,9 +71,10 @@ def _check_generator(G: nn.Module) -> ResnetGenerator:
 
 @torch.no_grad()
 def calibrate_int8(G: nn.Module, images: Iterable[torch.Tensor], *, precision: str = "bf16") -> dict[str, list[float]]:
-    """Run the float G on ``images`` (each (B, 3, H, W) in [-1, 1], any H x W) and return ``{module name: [min, max]}`` of every conv, instance norm and
-    residual block output, over all images. ``precision`` is the float pass's
-    (bf16 is 2x faster and its ranges differ from fp32's by far less than a step)."""
+    """Run the float G on ``images`` (each (B, 3, H, W) in [-1, 1], any H x W) and
+    return ``{module name: [min, max]}`` of every conv, instance norm and residual
+    block output, over all images. ``precision`` is the float pass's (bf16 is 2x
+    faster, and its ranges differ from fp32's by far less than one int8 step)."""
     G = _check_generator(G)
     ranges: dict[str, list[float]] = {INPUT: [-1.0, 1.0]}
 

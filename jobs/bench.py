@@ -244,8 +244,9 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
 def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024, 2048)), n: int = 3,
                         log=print) -> list[dict[str, object]]:
     """images/s of `raycut translate` (fp32, bf16, int8; Ray Data actor, writes
-    overlapped with compute; int8's whole-job rate includes its calibration) against the way the reference test script works
-    (batch 1, serial, fp32, PIL save with default PNG compression in the main thread),
+    overlapped with compute; int8's whole-job rate includes its calibration) against
+    the way the reference test script works (batch 1, serial, fp32, PIL save with
+    default PNG compression in the main thread),
     on the same files, the same cores and the same full-size CUT generator (ngf 64, 9
     blocks; random weights: speed does not depend on them).
 

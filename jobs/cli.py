@@ -67,8 +67,8 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     summary = run_translate(TranslateOptions(
         model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
-        calibration_images=args.calibration_images, channels_last=args.channels_last, tile=args.tile, overlap=args.overlap, fmt=args.format, labels=args.labels,
-        link_labels=args.link_labels,
+        calibration_images=args.calibration_images, channels_last=args.channels_last, tile=args.tile,
+        overlap=args.overlap, fmt=args.format, labels=args.labels, link_labels=args.link_labels,
     ))
     return 1 if summary.failed else 0
 

@@ -79,8 +79,9 @@ class TranslateFiles:
     columns: ``input``, ``output`` (str), ``height``, ``width`` (int32), ``status``
     ("done" | "failed"), ``error`` (str).
 
-    G is loaded once per actor. Encoding and writing run in a small thread pool, so
-    the next image is translated while the previous one is saved."""
+    G is loaded once per actor (for precision int8, quantized with the spec's ranges).
+    Encoding and writing run in a small thread pool, so the next image is translated
+    while the previous one is saved."""
 
     def __init__(self, spec: dict[str, Any], device: str = "cpu", threads: int = 1, filesystem: Any = None) -> None:
         # Ray sets OMP_NUM_THREADS to the actor's CPU count; say it to torch as well.
