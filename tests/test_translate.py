@@ -230,6 +230,28 @@ def test_int8_job_is_cut_core_int8_with_the_calibration_it_keeps(local_ray, mode
         np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), want)
 
 
+def test_calibration_reads_the_first_inputs_of_any_source(tmp_path) -> None:
+    """What int8 calibrates on: the first inputs in source order, with their bytes,
+    from files, from files behind a URI, and from Parquet rows across row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.sources import parse_source
+    from pipelines.translate_inputs import list_inputs
+
+    data = _dataset(tmp_path / "gta")
+    first = sorted((data / "images").rglob("0*.png"))[:3]
+    for src in (f"{data}/images/**/0*.png", f"file://{data}/images/**/0*.png"):
+        head = list_inputs(parse_source(src)).head_bytes(3)
+        assert [Path(i).name for i, _ in head] == ["00000.png", "00002.png", "00001.png"]
+        assert [b for _, b in head] == [(data / "images" / n).read_bytes() for n in ("00000.png", "00002.png", "city/00001.png")]
+    blobs = [None] + [f.read_bytes() for f in first]
+    pq.write_table(pa.table({"image": blobs, "path": ["a/0.png", "a/1.png", "a/2.png", "a/3.png"]}),
+                   tmp_path / "t.parquet", row_group_size=2)
+    head = list_inputs(parse_source(f"parquet:{tmp_path}/t.parquet")).head_bytes(3)
+    assert [(i, b) for i, b in head] == [("a/0.png", None), ("a/1.png", blobs[1]), ("a/2.png", blobs[2])]
+
+
 def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
     from cut_core.errors import RaycutError
 
