@@ -313,6 +313,13 @@ def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
         raise RuntimeError(f"bf16 output differs from fp32 by {err:.3f} on {device}")
 
 
+def _tiny(preset: str, **extra: object) -> CUTConfig:
+    """The preset at check size: ngf/ndf 8, 3 blocks, 32 px, batch 2."""
+    return CUTConfig.from_preset(preset).with_overrides(
+        {"ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "crop_size": 32, "load_size": 32, "batch_size": 2, **extra}
+    )
+
+
 def channels_last_agreement(cfg: CUTConfig, a: torch.Tensor, b: torch.Tensor, device: str = "cpu") -> dict[str, float]:
     """One training step from the same start in NCHW and in channels_last, in fp64 on
     ``device``: the relative difference of each loss (``loss/<name>``) and of G's, D's
@@ -341,10 +348,7 @@ def check_channels_last(device: str, log: Callable[[str], None] = print) -> floa
     the largest relative difference and raises past 1e-9."""
     worst = 0.0
     for preset in ("cut", "fastcut"):
-        cfg = CUTConfig.from_preset(preset).with_overrides(
-            {"ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "num_patches": 32, "crop_size": 32, "load_size": 32,
-             "batch_size": 2}
-        )
+        cfg = _tiny(preset, num_patches=32)
         g = torch.Generator().manual_seed(1)
         a, b = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
         diffs = channels_last_agreement(cfg, a, b, device)
@@ -368,9 +372,7 @@ def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> f
     from cut_core.train_checkpoint import load_train_state, save_train_state
 
     dev = torch.device(device)
-    cfg = CUTConfig.fastcut().with_overrides(
-        {"ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "crop_size": 32, "load_size": 32, "batch_size": 2}
-    )
+    cfg = _tiny("fastcut")
     g = torch.Generator().manual_seed(0)
     a, b = ((torch.rand(2, 3, 32, 32, generator=g) * 2 - 1).to(dev) for _ in range(2))
     ids = [dev.index or 0] if dev.type == "cuda" else None

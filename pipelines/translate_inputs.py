@@ -65,16 +65,13 @@ class Inputs:
     def head_bytes(self, n: int) -> list[tuple[str, bytes | None]]:
         """(id, encoded image) of the first ``n`` inputs in source order, read in the
         driver: what an int8 calibration looks at (the same ones on every rerun)."""
+        first = self.ids[:n]
         if not self.is_parquet:
-            local = not is_remote(self.source)
-            return [(i, read_bytes(i, None if local else self.fs)) for i in self.ids[:n]]
-        out: list[tuple[str, bytes | None]] = []
-        for item in self.items(set(self.ids)):
-            for row in read_row_group(item, fs=self.fs, column=self.source.column):
-                out.append((row["path"], row["bytes"]))
-                if len(out) == n:
-                    return out
-        return out
+            fs = self.fs if is_remote(self.source) else None
+            return [(i, read_bytes(i, fs)) for i in first]
+        # Only the row groups that hold these rows are read, and only their rows kept.
+        return [(row["path"], row["bytes"]) for item in self.items(set(first))
+                for row in read_row_group(item, fs=self.fs, column=self.source.column)]
 
 
 def is_remote(source: Source) -> bool:
