@@ -36,6 +36,12 @@ def two_nodes():
     cluster.shutdown()
 
 
+def _assert_same_up_to_rounding(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal uint8 images, but for at most 0.1% of values off by one level."""
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
 def test_two_nodes_train_equal_replicas_and_register(two_nodes, tmp_path: Path, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -52,12 +58,15 @@ def test_two_nodes_train_equal_replicas_and_register(two_nodes, tmp_path: Path, 
     assert m["replica_divergence"] == 0.0
     assert result.job.global_batch == 4 and result.job.steps_per_epoch == 4  # 16 images / (2 per worker x 2)
 
-    # The registered model, fetched by alias, translates exactly as the trained
-    # in-memory generator did on rank 0 (its outputs were saved with the last checkpoint).
+    # The registered model, fetched by alias, translates as the trained in-memory
+    # generator did on rank 0 (its outputs were saved with the last checkpoint). Up to
+    # a rare rounding flip: that worker ran torch with 1 thread and this process with
+    # 2, oneDNN's kernels follow the thread count, and a last-bit difference in fp32
+    # can cross a uint8 boundary (seen once: 1 pixel of 12288, by 1 level).
     saved = load_file(str(result.checkpoint_dir / FINAL_SAMPLES))
     model_dir = resolve_model_dir("models:/toy-cut@latest", uri=uri, cache=tmp_path / "fetched")
     G = load_generator(model_dir)
-    np.testing.assert_array_equal(to_uint8_images(G(to_model_input(saved["input"]))), saved["output"])
+    _assert_same_up_to_rounding(to_uint8_images(G(to_model_input(saved["input"]))), saved["output"])
     pyfunc = mlflow.pyfunc.load_model("models:/toy-cut@latest")
-    np.testing.assert_array_equal(pyfunc.predict(saved["input"]), saved["output"])
+    _assert_same_up_to_rounding(pyfunc.predict(saved["input"]), saved["output"])
     assert saved["output"].shape == (4, 32, 32, 3) and saved["output"].std() > 0
