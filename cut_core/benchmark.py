@@ -13,6 +13,7 @@ benchmark record: ``{"name", "metric", "value", "unit"}``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -21,18 +22,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
+from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths
 from cut_core.networks import build_generator
 from cut_core.training import TrainState, build_train_state, train_step
 
 # variant name -> PerfConfig overrides
 TRAIN_VARIANTS: dict[str, dict[str, object]] = {
+    "auto": {"precision": "auto", "channels_last": "auto"},  # what cut_core.hardware picks on this device
     "fp32-eager": {},
     "channels_last": {"channels_last": True},
     "bf16": {"precision": "bf16"},
@@ -44,7 +47,7 @@ TRAIN_VARIANTS: dict[str, dict[str, object]] = {
     "bf16-minibatch-negatives": {"precision": "bf16", "nce_includes_all_negatives_from_minibatch": True},
     "bf16-bank-negatives": {"precision": "bf16", "nce_bank_size": 16384},
 }
-DEFAULT_VARIANTS = ("fp32-eager", "channels_last", "bf16", "bf16-channels_last")
+DEFAULT_VARIANTS = ("auto", "fp32-eager", "channels_last", "bf16", "bf16-channels_last")
 
 
 @dataclass(frozen=True)
@@ -55,28 +58,24 @@ class Timing:
 
 
 def machine_info(device: str) -> dict[str, object]:
+    """The machine a record was measured on, with what ``auto`` resolves to there."""
+    paths = fast_paths(device)
     info: dict[str, object] = {
         "host": platform.node(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        "isa_env": {k: os.environ[k] for k in ISA_ENV if os.environ.get(k)},
+        "fast_paths": paths.to_json(),
+        "auto_resolves_to": {"precision": paths.precision, "channels_last": paths.channels_last,
+                             "int8_translation": paths.int8, "why": paths.reason},
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _sync(device: str) -> None:
@@ -210,6 +209,22 @@ def in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
         return pool.submit(fn, *args).result()
 
 
+def skipped_as_emulated(overrides: dict[str, object], paths: FastPaths) -> str | None:
+    """Why a variant is not worth timing on this device (bf16 that the probe found
+    emulated: it would take tens of times longer), or None."""
+    if overrides.get("precision") == "bf16" and ("bf16" in paths.gave_up or not paths.capabilities.bf16):
+        return f"skipped: bf16 is emulated here, {paths.slowdown('bf16'):.1f}x fp32's time in the probe"
+    return None
+
+
+def spread(times: Sequence[float]) -> float:
+    """Half the interquartile range (ms): the noise band a median moves in."""
+    if len(times) < 4:
+        return (max(times) - min(times)) / 2
+    q = statistics.quantiles(times, n=4)
+    return (q[2] - q[0]) / 2
+
+
 def bench_train(
     presets: tuple[str, ...] = ("cut", "fastcut"),
     variants: tuple[str, ...] = DEFAULT_VARIANTS,
@@ -218,34 +233,79 @@ def bench_train(
     batch_size: int = 1,
     device: str = "cpu",
     warmup: int = 1,
-    iters: int = 3,
+    iters: int = 5,
     baseline: bool = True,
-    isolate: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, object]]:
-    """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) with
-    ms_per_iter and peak_mem_mb, all at one crop size, measured back to back, each
-    variant in a fresh process unless ``isolate`` is off."""
+    """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) in
+    ms_per_iter, all at one crop size. The variants of a preset are timed **round by
+    round in one process** (one step of each, in a rotating order, ``iters`` rounds
+    after ``warmup``), so a machine that slows down for a minute slows every row alike;
+    each row gets its median and spread. ``auto`` is what cut_core.hardware resolves to
+    here, timed as a row of its own; a bf16 variant that the probe finds emulated is
+    listed as skipped with the probe's figure instead of being timed for an hour."""
     rows: list[dict[str, object]] = []
     suffix = "" if crop == 256 else f"@{crop}"
+    paths = fast_paths(device)
+    log(f"  fast paths here: {paths.precision}, channels_last {'on' if paths.channels_last else 'off'} ({paths.reason})")
     for preset in presets:
+        base = CUTConfig.from_preset(preset)
+        # Single-image presets keep their load_size (the largest random width).
+        load = base.data.load_size if base.data.single_image else max(crop, 286)
+        shape = {"crop_size": crop, "load_size": load, "batch_size": batch_size}
+        plain = {"precision": "fp32", "channels_last": False}
         runs: list[tuple[str, str, dict[str, object]]] = []
         if baseline:
-            runs.append((f"baseline/{preset}-official-schedule{suffix}", "official", {}))
-        runs += [(f"{preset}/{v}{suffix}", "raycut", TRAIN_VARIANTS[v]) for v in variants]
-        # Single-image presets keep their load_size (the largest random width).
-        base = CUTConfig.from_preset(preset).data
-        load = base.load_size if base.single_image else max(crop, 286)
+            runs.append((f"baseline/{preset}-official-schedule{suffix}", "official", plain))
+        for v in variants:
+            runs.append((f"{preset}/{v}{suffix}", "raycut", {**plain, **TRAIN_VARIANTS[v]}))
+        timed: list[tuple[str, Callable[[], object], dict[str, object]]] = []
         for name, kind, perf in runs:
-            overrides = {"crop_size": crop, "load_size": load, "batch_size": batch_size, **perf}
-            log(f"  timing {name} ...")
-            args = (preset, kind, overrides, device, warmup, iters)
-            t = in_fresh_process(time_train_variant, *args) if isolate else time_train_variant(*args)
-            rows.append({"name": name, "metric": "ms_per_iter", "value": round(t.median_ms, 1), "unit": "ms",
-                         "times_ms": [round(x, 1) for x in t.times_ms]})
-            rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
-            log(f"    {t.median_ms:9.1f} ms/iter   peak {t.peak_mem_mb:8.1f} MB")
+            why = skipped_as_emulated(perf, paths)
+            if why:
+                rows.append({"name": name, "metric": "ms_per_iter", "value": None, "unit": "ms", "skipped": why})
+                log(f"  {name}: {why}")
+                continue
+            cfg = base.with_overrides({**shape, **perf})
+            state = build_train_state(cfg, device=device)
+            g = torch.Generator().manual_seed(0)
+            size = (batch_size, 3, crop, crop)
+            a = (torch.rand(size, generator=g) * 2 - 1).to(device)
+            b = (torch.rand(size, generator=g) * 2 - 1).to(device)
+            step = official_schedule_step if kind == "official" else train_step
+            timed.append((name, functools.partial(step, state, a, b), {"resolved": state.fast.summary} if v_is_auto(perf) else {}))
+        times = _interleaved([fn for _, fn, _ in timed], device=device, warmup=warmup, rounds=iters, log=log,
+                             names=[n for n, _, _ in timed])
+        for (name, _, extra), ts in zip(timed, times):
+            med = statistics.median(ts)
+            rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
+                         "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts], **extra})
+            log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra else ""))
     return rows
+
+
+def v_is_auto(perf: dict[str, object]) -> bool:
+    return perf.get("precision") == "auto" or perf.get("channels_last") == "auto"
+
+
+def _interleaved(fns: Sequence[Callable[[], object]], *, device: str, warmup: int, rounds: int,
+                 log: Callable[[str], None], names: Sequence[str]) -> list[list[float]]:
+    """ms per call of each fn, over ``rounds`` rounds of one call each, in an order that
+    rotates every round (no variant always runs right after the same neighbour)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    _sync(device)
+    out: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        order = [(i + r) % len(fns) for i in range(len(fns))]
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            _sync(device)
+            out[i].append((time.perf_counter() - t0) * 1000)
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{names[i].split('/')[-1]} {out[i][-1]:.0f}" for i in range(len(fns))))
+    return out
 
 
 def bench_translate(
@@ -270,7 +330,7 @@ def bench_translate(
     for variant in variants:
         prec, _, layout = variant.partition("-")
         memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        perf = cfg.with_overrides({"precision": prec}).perf
+        perf = cfg.with_overrides({"precision": prec, "channels_last": layout == "channels_last"}).perf
         G.to(memory_format=memory_format)
         x = (torch.rand(1, 3, h, w) * 2 - 1).to(device).contiguous(memory_format=memory_format)
 
@@ -405,29 +465,46 @@ def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> f
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
-    """One line per row name: ms/iter or images/s, peak memory, and the speed-up over
-    the first fp32 row of the same preset (or the in-run baseline)."""
+    """One line per row name: ms/iter (median +- half the IQR) or images/s, peak memory
+    where measured, and the speed-up over the in-run baseline of the same preset. Rows
+    whose medians lie closer than their spreads are marked: they cannot be ranked."""
     by_name: dict[str, dict[str, object]] = {}
     for r in rows:
-        by_name.setdefault(str(r["name"]), {})[str(r["metric"])] = r["value"]
-    lines = [f"{'name':44s} {'speed':>14s} {'peak MB':>9s} {'vs baseline':>11s}"]
+        entry = by_name.setdefault(str(r["name"]), {})
+        entry[str(r["metric"])] = r["value"]
+        for k in ("spread_ms", "skipped", "resolved"):
+            if k in r:
+                entry[k] = r[k]
+    lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s}"]
     for name, m in by_name.items():
+        note = ""
+        if m.get("skipped"):
+            lines.append(f"{name:44s} {'-':>22s} {'':>9s} {'':>11s}  {m['skipped']}")
+            continue
         if "ms_per_iter" in m:
-            speed = f"{m['ms_per_iter']:.0f} ms/iter"
+            speed = f"{m['ms_per_iter']:.0f} ms/iter" + (f" +-{m['spread_ms']:.0f}" if "spread_ms" in m else "")
             preset = name.split("/")[1].split("-official")[0] if name.startswith("baseline") else name.split("/")[0]
             suffix = name[name.index("@"):] if "@" in name else ""
             base = by_name.get(f"baseline/{preset}-official-schedule{suffix}", {}).get("ms_per_iter")
             if base is None and not name.startswith("baseline"):  # any in-run baseline of the preset
                 base = next((v["ms_per_iter"] for k, v in by_name.items() if k.startswith(f"baseline/{preset}-")
-                             and k.endswith(suffix) and "ms_per_iter" in v), None)
+                             and k.endswith(suffix) and v.get("ms_per_iter")), None)
             ratio = f"{float(base) / float(m['ms_per_iter']):.2f}x" if base else ""
+            close = [k.split("/", 1)[1] for k, v in by_name.items() if k != name and k.startswith(name.split("/")[0] + "/")
+                     and k.endswith(suffix) and v.get("ms_per_iter") and "spread_ms" in v and "spread_ms" in m
+                     and abs(float(v["ms_per_iter"]) - float(m["ms_per_iter"])) < float(v["spread_ms"]) + float(m["spread_ms"])]
+            if close:
+                note = "  within the noise of " + ", ".join(close)
+            if m.get("resolved"):
+                note = f"  [{m['resolved']}]" + note
         else:
             speed = f"{m.get('images_per_s', 0):.3g} img/s"
             preset = name.split("/")[0]
             base = next((v["images_per_s"] for k, v in by_name.items() if k.startswith(f"baseline/{preset}-")
                          and "images_per_s" in v), None)
             ratio = f"{float(m['images_per_s']) / float(base):.2f}x" if base and not name.startswith("baseline") else ""
-        lines.append(f"{name:44s} {speed:>14s} {m.get('peak_mem_mb', float('nan')):9.0f} {ratio:>11s}")
+        peak = m.get("peak_mem_mb")
+        lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s}{note}")
     return "\n".join(lines)
 
 
@@ -446,11 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(TRAIN_VARIANTS))
     p.add_argument("--crops", nargs="+", type=int, default=[256])
     p.add_argument("--batch-size", type=int, default=1, help="images per step (the negative sources differ from 2 up)")
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--iters", type=int, default=5, help="timed rounds (each times every variant once)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-baseline", action="store_true")
-    p.add_argument("--no-isolate", action="store_true",
-                   help="time every variant in this process (fine on CUDA, whose peak counter resets)")
     p.add_argument("--translate", default="", help="also time translation at HxW, e.g. 1024x2048")
     p.add_argument("--translate-preset", default="cut", help="whose G --translate times (sincut: the StyleGAN2 G)")
     p.add_argument("--check", action="store_true", help="run a correctness check first")
@@ -469,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_train(tuple(args.presets), tuple(args.variants), crop=crop, batch_size=args.batch_size,
                             device=args.device,
                             warmup=args.warmup, iters=args.iters, baseline=not args.no_baseline,
-                            isolate=not args.no_isolate, log=log)
+                            log=log)
     if args.translate:
         h, w = (int(v) for v in args.translate.lower().split("x"))
         rows += bench_translate((h, w), device=args.device, preset=args.translate_preset, log=log)

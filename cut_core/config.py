@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
@@ -41,7 +42,9 @@ Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none", 
 SINGLE_IMAGE_PREPROCESS = ("zoom_and_patch", "random_width_and_patch")
 NetG = Literal["resnet", "stylegan2"]
 NetD = Literal["basic", "stylegan2"]
-Precision = Literal["fp32", "bf16"]
+# auto: settled per device by cut_core.hardware (bf16 only where it runs natively and fast).
+Precision = Literal["auto", "fp32", "bf16"]
+AUTO = "auto"
 
 FORMAT_VERSION = 1
 
@@ -206,14 +209,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PerfConfig:
-    """Fast paths. fp32 eager is the reference the tests compare against."""
+    """Fast paths. fp32 eager is the reference the tests compare against.
 
-    precision: Precision = "fp32"  # bf16: autocast; NCE logits, softmax and losses stay fp32
-    channels_last: bool = False
+    ``auto`` (the default) is settled once per process on the device that runs the
+    step, by a short measured probe (cut_core.hardware.resolve_perf): bf16 only where
+    the hardware runs it natively and faster, channels_last only where it wins."""
+
+    precision: Precision = "auto"  # bf16: autocast; NCE logits, softmax and losses stay fp32
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile of G, D and F (pays a compile time up front)
 
     def __post_init__(self) -> None:
         _check_choice("precision", self.precision, Precision)
+        _check(self.channels_last in (True, False, AUTO),
+               f"channels_last={self.channels_last!r} must be true, false or auto")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether nothing is left to ``auto``: what the training step runs with."""
+        return self.precision != AUTO and self.channels_last != AUTO
 
 
 @dataclass(frozen=True)
@@ -379,6 +393,10 @@ def _coerce(key: str, raw: Any, tp: Any) -> Any:
     """Parse ``raw`` (often a string from the command line or YAML) into type ``tp``."""
     origin = typing.get_origin(tp)
     try:
+        if origin in (typing.Union, types.UnionType):  # bool | Literal["auto"]: a switch with an auto
+            if str(raw).lower() == AUTO:
+                return AUTO
+            return _coerce(key, raw, next(t for t in typing.get_args(tp) if typing.get_origin(t) is not Literal))
         if origin is Literal:
             value = str(raw)
             if value not in typing.get_args(tp):

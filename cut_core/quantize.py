@@ -20,6 +20,12 @@ checks the harder case of random weights). The ranges are plain data
 (``{module name: [min, max]}``), so a job calibrates once and every worker builds the
 same network from them.
 
+On a CPU without VNNI (AVX2, AVX-512 without VNNI) the x86 kernels add pairs of
+u8 x s8 products in int16 with saturation (``vpmaddubsw``): 255 * 127 * 2 does not
+fit. There the activations use 7 bits (0..127), as PyTorch's own x86 observers do
+with ``reduce_range``; which one applies is the hardware's call
+(cut_core.hardware.capabilities), made by each process that builds the network.
+
 It runs on PyTorch's quantized CPU kernels (``torch.ao``), which PyTorch 2.14 marks as
 deprecated in favour of torchao; raycut pins torch 2.14.1.
 """
@@ -104,11 +110,12 @@ def calibrate_int8(G: nn.Module, images: Iterable[torch.Tensor], *, precision: s
     return ranges
 
 
-def _qparams(lo: float, hi: float) -> tuple[float, int]:
-    """uint8 affine scale and zero point covering [lo, hi] (and 0, exactly)."""
+def _qparams(lo: float, hi: float, levels: int = 255) -> tuple[float, int]:
+    """uint8 affine scale and zero point covering [lo, hi] (and 0, exactly) with
+    ``levels`` steps: 255, or 127 where the kernels saturate (see the module doc)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / 255.0, 1e-8)
-    return scale, int(min(max(round(-lo / scale), 0), 255))
+    scale = max((hi - lo) / levels, 1e-8)
+    return scale, int(min(max(round(-lo / scale), 0), levels))
 
 
 def _pad_nhwc(q: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
@@ -130,7 +137,7 @@ def _pad_nhwc(q: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
     return out
 
 
-def _quantized_conv(conv: nn.Conv2d, out_range: Sequence[float]) -> nn.Module:
+def _quantized_conv(conv: nn.Conv2d, out_range: Sequence[float], levels: int) -> nn.Module:
     from torch.ao.nn.quantized import Conv2d as QuantizedConv2d
 
     w = conv.weight.detach().float().cpu()
@@ -139,18 +146,25 @@ def _quantized_conv(conv: nn.Conv2d, out_range: Sequence[float]) -> nn.Module:
     q = QuantizedConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                         padding=conv.padding, groups=conv.groups, bias=conv.bias is not None)
     q.set_weight_bias(qw, None if conv.bias is None else conv.bias.detach().float().cpu())
-    q.scale, q.zero_point = _qparams(*out_range)
+    q.scale, q.zero_point = _qparams(*out_range, levels)
     return q
 
 
 class Int8ResnetGenerator(nn.Module):
     """CUT's ResnetGenerator in int8, from its float weights and calibrated ranges.
     (B, 3, H, W) float in [-1, 1], H and W multiples of 4 -> (B, 3, H, W) float32.
-    CPU only (PyTorch's quantized kernels are CPU kernels)."""
+    CPU only (PyTorch's quantized kernels are CPU kernels). ``reduce_range``: 7-bit
+    activations; None asks this CPU (cut_core.hardware: no VNNI -> reduced)."""
 
-    def __init__(self, G: nn.Module, ranges: Mapping[str, Sequence[float]]) -> None:
+    def __init__(self, G: nn.Module, ranges: Mapping[str, Sequence[float]], *, reduce_range: bool | None = None) -> None:
         super().__init__()
         _engine()
+        if reduce_range is None:
+            from cut_core.hardware import capabilities
+
+            reduce_range = capabilities("cpu").int8_reduce_range
+        self.reduce_range = bool(reduce_range)
+        self.levels = 127 if reduce_range else 255
         self.G = _check_generator(G)
         missing = [name for name, m in G.named_modules() if isinstance(m, _RANGED) and name not in ranges]
         if missing:
@@ -159,13 +173,13 @@ class Int8ResnetGenerator(nn.Module):
         self.ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
         with _quiet():
             self.convs = nn.ModuleDict({
-                name.replace(".", "_"): _quantized_conv(m, self.ranges[name])
+                name.replace(".", "_"): _quantized_conv(m, self.ranges[name], self.levels)
                 for name, m in G.named_modules() if isinstance(m, nn.Conv2d)
             })
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, zero = _qparams(*self.ranges.get(INPUT, (-1.0, 1.0)))
+        scale, zero = _qparams(*self.ranges.get(INPUT, (-1.0, 1.0)), self.levels)
         with _quiet():
             q = torch.quantize_per_tensor(x.float().cpu(), scale, zero, torch.quint8)
             q = self._run(self.G.model, q.contiguous(memory_format=torch.channels_last), "model.")
@@ -176,13 +190,17 @@ class Int8ResnetGenerator(nn.Module):
         for i, layer in enumerate(layers):
             name = f"{prefix}{i}"
             if isinstance(layer, nn.Conv2d):
+                if self.levels < 255:
+                    # Values past the calibrated range still quantize up to 255: clamp them
+                    # to 7 bits, or the kernels saturate on exactly those pixels.
+                    q = torch.clamp(q, max=(self.levels - q.q_zero_point()) * q.q_scale())
                 q = self.convs[name.replace(".", "_")](q)
             elif isinstance(layer, InstanceNorm2d):
                 lo, hi = self.ranges[name]
                 # A ReLU next is free: quantized to [0, hi], negatives saturate at 0,
                 # and all 256 levels go to the values the ReLU keeps.
                 fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-                q = torch.ops.quantized.instance_norm(q, None, None, layer.eps, *_qparams(0.0 if fused_relu else lo, hi))
+                q = torch.ops.quantized.instance_norm(q, None, None, layer.eps, *_qparams(0.0 if fused_relu else lo, hi, self.levels))
             elif isinstance(layer, nn.ReLU):
                 if not fused_relu:
                     q = torch.relu(q)
@@ -197,7 +215,7 @@ class Int8ResnetGenerator(nn.Module):
                 q = q.contiguous(memory_format=torch.channels_last)
             elif isinstance(layer, ResnetBlock):
                 body = self._run(layer.conv_block, q, f"{name}.conv_block.")
-                q = torch.ops.quantized.add(q, body, *_qparams(*self.ranges[name]))
+                q = torch.ops.quantized.add(q, body, *_qparams(*self.ranges[name], self.levels))
             elif isinstance(layer, nn.Tanh):
                 return q  # forward applies it in float
             else:

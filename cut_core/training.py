@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cut_core import losses
-from cut_core.config import CUTConfig, OptimConfig
+from cut_core.config import CUTConfig, OptimConfig, PerfConfig
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
+from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
 from cut_core.networks import (
     Discriminator,
@@ -38,9 +39,13 @@ from cut_core.networks import (
 
 @dataclass
 class TrainState:
-    """Networks, optimizers and counters of one training run (one worker)."""
+    """Networks, optimizers and counters of one training run (one worker).
+
+    ``config`` is the run's configuration as asked for (it may say ``auto``);
+    ``fast`` is its fast paths settled for this device, which the phases run with."""
 
     config: CUTConfig
+    fast: ResolvedPerf
     G: Generator
     D: Discriminator
     F: PatchSampleMLP
@@ -68,22 +73,31 @@ class TrainState:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D, "F": self.opt_F}
 
+    @property
+    def perf(self) -> PerfConfig:
+        """The concrete fast paths of this device (no ``auto`` left)."""
+        return self.fast.perf
+
 
 def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0) -> TrainState:
     """Fresh G, D, F and Adam optimizers. Weights depend on ``cfg.seed`` only (so all
-    data-parallel ranks start equal); the patch/flip RNG is seeded with seed + rank."""
+    data-parallel ranks start equal); the patch/flip RNG is seeded with seed + rank.
+    ``auto`` fast paths are settled here, for ``device`` (cut_core.hardware)."""
     device = torch.device(device)
+    fast = resolve_perf(cfg.perf, device)
+    perf = fast.perf
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = build_generator(cfg.model)
         D = build_discriminator(cfg.model, tile_size=cfg.d_tile_size)
         Fm = build_patch_mlp(cfg.model, G, cfg.loss.nce_layers)
     for m in (G, D, Fm):
-        prepare_module(cfg.perf, m.to(device))
+        prepare_module(perf, m.to(device))
     o = cfg.optim
     betas = (o.beta1, o.beta2)
     state = TrainState(
         config=cfg,
+        fast=fast,
         G=G,
         D=D,
         F=Fm,
@@ -98,10 +112,10 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
         state.bank = PatchMemoryBank(len(cfg.loss.nce_layers), cfg.model.netF_nc, cfg.loss.nce_bank_size,
                                      seed=cfg.seed).to(device)
     state.run = {
-        "G_forward_and_encode": maybe_compile(cfg.perf, G.forward_and_encode),
-        "G_encode": maybe_compile(cfg.perf, G.encode),
-        "D": maybe_compile(cfg.perf, D),
-        "F": maybe_compile(cfg.perf, Fm),
+        "G_forward_and_encode": maybe_compile(perf, G.forward_and_encode),
+        "G_encode": maybe_compile(perf, G.encode),
+        "D": maybe_compile(perf, D),
+        "F": maybe_compile(perf, Fm),
     }
     # G's GAN loss reads D with D frozen. A separate entry because under DDP the
     # D step goes through the gradient-syncing wrapper and this call must not
@@ -163,7 +177,7 @@ def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor
     src = torch.cat([real_A, real_B]) if with_idt else real_A
     flipped = cfg.loss.flip_equivariance and bool(torch.rand((), generator=state.rng) < 0.5)
     x = torch.flip(src, dims=[3]) if flipped else src
-    with autocast(cfg.perf, state.device):
+    with autocast(state.perf, state.device):
         fake, feats = state.run["G_forward_and_encode"](x, layers)
         if flipped:
             # Flip equivariance: keys come from the unflipped source, queries from
@@ -182,7 +196,7 @@ def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dic
     real = real_B.detach().requires_grad_(r1_on)
     state.opt_D.zero_grad(set_to_none=True)
     b = fake_B.shape[0]
-    with autocast(cfg.perf, state.device):
+    with autocast(state.perf, state.device):
         # One D call on [fake; real]: instance norm is per image, so this equals two
         # calls, at half the kernel launches.
         pred = state.run["D"](torch.cat([fake_B.detach(), real]))
@@ -211,7 +225,7 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     state.opt_F.zero_grad(set_to_none=True)
     out: dict[str, torch.Tensor] = {}
     b = real_A.shape[0]
-    with autocast(cfg.perf, state.device):
+    with autocast(state.perf, state.device):
         loss_G_GAN = losses.gan_loss(L.gan_mode, state.run["D_for_G"](fwd.fake_B), target_is_real=True).mean() * L.lambda_GAN
         loss_G = loss_G_GAN
         out["G_GAN"] = loss_G_GAN.detach()
@@ -286,7 +300,7 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     """One CUT iteration. real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
     Returns detached scalar losses: D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt, D_R1)."""
     _check_batch(real_A, real_B)
-    perf = state.config.perf
+    perf = state.perf
     real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)
     fwd = generator_pass(state, real_A, real_B)
     out = d_step(state, fwd.fake_B, real_B)

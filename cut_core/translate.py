@@ -21,14 +21,18 @@ from cut_core.fast_paths import autocast
 from cut_core.padding import SIZE_MULTIPLE, pad_to_multiple
 from cut_core.quantize import Int8ResnetGenerator
 
-PRECISIONS = ("fp32", "bf16", "int8")
+# What a translation can run in; auto is settled per device (cut_core.hardware.resolve_translation).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @torch.no_grad()
 def translate(G: nn.Module, x: torch.Tensor, *, precision: str = "fp32", channels_last: bool = False,
               tile: int = 0, overlap: int = 32) -> torch.Tensor:
     """x: (B, 3, H, W) in [-1, 1] on G's device -> (B, 3, H, W) float32 in [-1, 1].
-    ``precision`` int8 takes G as an ``Int8ResnetGenerator`` (cut_core.quantize)."""
+    ``precision`` int8 takes G as an ``Int8ResnetGenerator`` (cut_core.quantize);
+    ``auto`` must be settled first (cut_core.hardware.resolve_translation)."""
+    if precision not in PRECISIONS[1:]:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS[1:])} here, not {precision!r}")
     if (precision == "int8") != isinstance(G, Int8ResnetGenerator):
         raise ValueError("precision int8 goes with an Int8ResnetGenerator (cut_core.quantize), and only with it")
     if tile and (x.shape[-2] > tile or x.shape[-1] > tile):
@@ -40,7 +44,7 @@ def translate(G: nn.Module, x: torch.Tensor, *, precision: str = "fp32", channel
     if precision == "int8":
         y = G(x)
     else:
-        with autocast(PerfConfig(precision=precision), x.device):
+        with autocast(PerfConfig(precision=precision, channels_last=channels_last), x.device):
             y = G(x)
     return y[..., :h, :w].float().contiguous()
 

@@ -47,7 +47,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise RaycutError("--device cuda was asked for but torch sees no GPU; drop --device or install a CUDA build of torch")
         torch.backends.cudnn.benchmark = True
     log(f"raycut bench train: {', '.join(args.presets)} x {', '.join(variants)} at {args.crop} px, "
-        f"batch 1, {args.iters} timed iterations after {args.warmup} warm-up, on {args.device}")
+        f"batch 1, {args.iters} rounds after {args.warmup} warm-up, variants interleaved in one process, on {args.device}")
     rows = benchmark.bench_train(tuple(args.presets), tuple(variants), crop=args.crop, device=args.device,
                                  warmup=args.warmup, iters=args.iters, log=log)
     out = benchmark.write_record(args.out, "train", rows, args.device)

@@ -9,8 +9,14 @@ import sys
 import typing
 from pathlib import Path
 
-from cut_core.config import Preset
+from cut_core.config import Precision, Preset
+from cut_core.translate import PRECISIONS as TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
+
+
+def _switch(value: str) -> bool | str:
+    """auto | on | off -> "auto" | True | False."""
+    return value if value == "auto" else value == "on"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -67,7 +73,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     summary = run_translate(TranslateOptions(
         model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
-        calibration_images=args.calibration_images, channels_last=args.channels_last, tile=args.tile,
+        calibration_images=args.calibration_images, channels_last=_switch(args.channels_last), tile=args.tile,
         overlap=args.overlap, fmt=args.format, labels=args.labels, link_labels=args.link_labels,
     ))
     return 1 if summary.failed else 0
@@ -143,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="raycut-demo", help="output folder (default: ./raycut-demo)")
     d.add_argument("--size", type=int, default=64, choices=[32, 64, 128], help="toy image size")
     d.add_argument("--steps", type=int, default=600, help="training steps")
-    d.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    d.add_argument("--precision", default="auto", choices=list(typing.get_args(Precision)),
+                   help="auto (default): bf16 only where this machine runs it natively and faster (measured), else fp32")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--n-train", type=int, default=200, help="toy training images per domain")
     d.set_defaults(func=_cmd_demo)
@@ -177,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. crop_size=512")
     r.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
     r.add_argument("--gpus-per-worker", type=float, default=0.0)
-    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    r.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs (and torch threads) per worker (default: on a local Ray, the cores / --workers; 1 on a cluster)")
     length = r.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="total training steps")
     length.add_argument("--epochs", type=int, help="total epochs (default: n_epochs + n_epochs_decay of the config)")
@@ -241,10 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
     tr.add_argument("--concurrency", type=int, help="translation actors (default: one per GPU, or one on CPU)")
     tr.add_argument("--gpus-per-actor", type=float, default=0.0)
-    tr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                    help="int8: CPU actors, weights and activations quantized, ranges calibrated once on the first inputs")
+    tr.add_argument("--precision", default="auto", choices=list(TRANSLATE_PRECISIONS),
+                    help="auto (default): the fastest path each actor's device runs natively, measured (int8 on CPUs "
+                    "with VNNI, bf16 where native, else fp32); int8: CPU actors, weights and activations quantized, "
+                    "ranges calibrated once on the first inputs")
     tr.add_argument("--calibration-images", type=int, default=2, help="int8: how many of the first inputs set the ranges")
-    tr.add_argument("--channels-last", action="store_true")
+    tr.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                    help="NHWC memory layout for G (auto: where the probe finds it faster)")
     tr.add_argument("--tile", type=int, default=0, help="translate in tiles of this size (multiple of 4; 0: whole image)")
     tr.add_argument("--overlap", type=int, default=32, help="tile overlap, blended linearly")
     tr.add_argument("--format", default="png", choices=["png", "jpg"])
@@ -307,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crop", type=int, default=256)
-    b.add_argument("--iters", type=int, default=3)
+    b.add_argument("--iters", type=int, default=5, help="train: timed rounds (each times every variant once)")
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--presets", nargs="+", default=["cut", "fastcut"], choices=["cut", "fastcut", "sincut"])
     b.add_argument("--variants", nargs="+", default=None, help="fast paths to time (default: all but compile)")

@@ -32,7 +32,7 @@ class DemoOptions:
     size: int = 64
     steps: int = 600
     preset: str = "fastcut"
-    precision: str = "bf16"
+    precision: str = "auto"  # settled per worker: bf16 only where native and faster (cut_core.hardware)
     n_train: int = 200
     n_test: int = 24
     workers: int = 2
@@ -108,8 +108,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         shutil.copyfile(result.checkpoint_dir / "losses.png", losses)
     rows = report["rows"]
     gains = improvement(rows, opts.preset, TOY_METRIC)
+    params = tracking.run_params(uri, result.mlflow_run_id)
     summary = {
         "config": result.job.config,
+        # What precision/channels_last auto settled on in the workers, and why (cut_core.hardware).
+        "fast_paths": {k: params.get(k, "") for k in ("resolved_precision", "resolved_channels_last", "fast_paths_reason")},
         "metrics": rows,
         "improvement_over_baselines": gains,
         "timings_s": timings,
@@ -176,10 +179,12 @@ def _summary_md(opts: DemoOptions, summary: dict[str, Any]) -> str:
 
     rows, gains, ml = summary["metrics"], summary["improvement_over_baselines"], summary["mlflow"]
     err = rows[opts.preset]["colour_err"]
+    ran = summary["fast_paths"].get("resolved_precision") or opts.precision
+    precision = f"{opts.precision} -> {ran}" if opts.precision == "auto" else opts.precision
     lines = [
         "# raycut demo",
         "",
-        f"{opts.preset} trained with Ray Train ({opts.workers} workers, {opts.steps} steps, {opts.precision}) on the toy "
+        f"{opts.preset} trained with Ray Train ({opts.workers} workers, {opts.steps} steps, precision {precision}) on the toy "
         f"sim->real data at {opts.size} px, registered as `{ml['model']}` (version {ml['version']}), "
         f"then batch-translated and evaluated.",
         "",

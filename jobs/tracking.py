@@ -85,6 +85,17 @@ def log_params(uri: str, run_id: str, params: Mapping[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+def run_params(uri: str, run_id: str) -> dict[str, str]:
+    return dict(_client(uri).get_run(run_id).data.params)
+
+
+def log_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Tags, unlike params, may change: what a resumed run found on its new machine."""
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+
+
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a resumed run as running again (a crash may have left it FAILED)."""
     _client(uri).update_run(run_id, status="RUNNING")

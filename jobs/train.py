@@ -54,7 +54,7 @@ class TrainOptions:
     sets: tuple[str, ...] = ()
     workers: int = 1
     gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: a local Ray's cores / workers; 1 on a cluster
     steps: int | None = None
     epochs: int | None = None
     register: str = ""
@@ -154,7 +154,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
     job = TrainJob(
         config=cfg.to_dict(), data_a=opts.data_a, data_b=opts.data_b, name=name, storage_path=storage, steps=steps,
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
-        cpus_per_worker=opts.cpus_per_worker, checkpoint_every=opts.checkpoint_every,
+        cpus_per_worker=default_cpus_per_worker(opts), checkpoint_every=opts.checkpoint_every,
         keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every, sample_every=opts.sample_every,
         max_failures=opts.max_failures, register=opts.register,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
@@ -167,6 +167,20 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
         plan = _eval_plan(job)  # the validation data is checked now, before anything starts
         job = replace(job, eval={**job.eval, "metric": plan.key})
     return job
+
+
+def default_cpus_per_worker(opts: TrainOptions) -> float:
+    """--cpus-per-worker, else: on a local Ray, this machine's cores shared by the
+    workers (each worker's torch runs that many threads; one thread per worker left a
+    2-core laptop half idle); on a cluster (RAY_ADDRESS), 1 per worker, as Ray's own
+    default, since the nodes' sizes are not known here."""
+    if opts.cpus_per_worker is not None:
+        if opts.cpus_per_worker <= 0:
+            raise RaycutError(f"--cpus-per-worker {opts.cpus_per_worker} must be > 0")
+        return opts.cpus_per_worker
+    if os.environ.get("RAY_ADDRESS"):
+        return 1.0
+    return float(max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
 
 
 def _eval_plan(job: TrainJob):

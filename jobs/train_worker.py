@@ -83,6 +83,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sys.stdout.flush()
     if logger and resumed_from:
         logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
+    if lead:
+        _report_fast_paths(state, job, fresh=not resumed_from)
 
     shards = ray.train.get_dataset_shard("A"), ray.train.get_dataset_shard("B")
     sums: dict[str, torch.Tensor] = {}
@@ -137,6 +139,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
     if logger is not None:
         logger.flush()  # the driver reads the whole metric history when the workers end
+
+
+def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None:
+    """What ``auto`` settled on in this worker, and why: one console line (plus one per
+    warning), MLflow params on a fresh run and tags always (a resumed run may be on
+    another machine, and params cannot change)."""
+    from jobs import tracking
+
+    fast = state.fast
+    why = f" ({fast.paths.reason})" if fast.paths is not None else ""
+    sys.stdout.write(f"[train] fast paths on {state.device}: {fast.summary}{why}\n")
+    for line in fast.warnings:
+        sys.stdout.write(f"[train] warning: {line}\n")
+    sys.stdout.flush()
+    if job.mlflow_run_id:
+        params = fast.params()
+        if fresh:
+            tracking.log_params(job.tracking_uri, job.mlflow_run_id, params)
+        tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.{k}": v for k, v in params.items()})
 
 
 def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],

@@ -49,9 +49,9 @@ class TranslateOptions:
     batch_size: int = 4
     concurrency: int | None = None  # actors; default: one per GPU, or one on CPU using every core
     gpus_per_actor: float = 0.0
-    precision: str = "fp32"  # fp32 | bf16 | int8 (CPU: calibrated on the first inputs)
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (CPU: calibrated on the first inputs)
     calibration_images: int = 2
-    channels_last: bool = False
+    channels_last: bool | str = "auto"
     tile: int = 0
     overlap: int = 32
     fmt: str = "png"
@@ -100,7 +100,7 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
     failed: list[tuple[str, str]] = []
     n_done = 0
-    if todo and opts.precision == "int8":
+    if todo and _wants_int8(opts, model_dir):
         spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version))
     if todo:
         n_done, failed = _run(inputs, todo, spec, opts, version)
@@ -196,11 +196,29 @@ def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, ve
     return ranges
 
 
+def _wants_int8(opts: TranslateOptions, model_dir: Path) -> bool:
+    """int8 asked for, or ``auto`` on CPU actors of a ResNet G where this machine runs
+    int8 fast (cut_core.hardware). Says what ``auto`` and an explicit bf16 mean here."""
+    from cut_core.hardware import resolve_translation
+
+    if opts.gpus_per_actor > 0:
+        return False
+    resnet = json.loads((model_dir / "config.json").read_text()).get("model", {}).get("netG", "resnet") == "resnet"
+    paths = resolve_translation(opts.precision, opts.channels_last, "cpu", int8_ok=resnet)
+    if paths.paths is not None:
+        print(f"[translate] fast paths on this machine's CPU: {paths.summary} ({paths.paths.reason})", flush=True)
+    for line in paths.warnings:
+        print(f"[translate] warning: {line}", flush=True)
+    return paths.precision == "int8"
+
+
 def _check(opts: TranslateOptions) -> None:
     if opts.fmt not in ("png", "jpg"):
         raise RaycutError(f"--format must be png or jpg, not {opts.fmt}")
     if opts.precision not in PRECISIONS:
         raise RaycutError(f"--precision must be one of {', '.join(PRECISIONS)}, not {opts.precision}")
+    if opts.channels_last not in (True, False, "auto"):
+        raise RaycutError(f"--channels-last must be auto, on or off, not {opts.channels_last}")
     if opts.precision == "int8" and opts.gpus_per_actor > 0:
         raise RaycutError("--precision int8 runs on CPU actors (PyTorch's quantized kernels are CPU kernels); "
                           "use --precision bf16 on GPUs")

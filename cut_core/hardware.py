@@ -1,0 +1,426 @@
+"""What this machine runs fast, measured: the resolution of ``precision: auto`` and
+``channels_last: auto``.
+
+A capability flag is not enough. A CPU may report bf16 and still run it slowly
+(oneDNN restricted by ``ONEDNN_MAX_CPU_ISA``, a hypervisor hiding AVX-512, an old
+oneDNN), and on a CPU with no native bf16 at all, PyTorch emulates it at a cost of
+about 35x fp32 for CUT's step. channels_last wins on some CPUs and costs 1.3x on
+others. So ``auto`` is settled by a short probe: one convolution of G's residual
+blocks (256 -> 256 channels, 3x3), forward and backward, in each variant. The
+residual blocks are most of G's work, and G is most of the step's.
+
+The probe takes well under a second where every variant is native; a variant that
+is emulated is timed once and dropped as soon as it is clearly slow. Its result is
+cached per machine (CPU or GPU model, torch version, ISA limits in the environment,
+thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``), so each process
+pays for it once per machine, not once per run.
+
+Pure PyTorch, no IO but the cache file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cut_core.config import PerfConfig
+
+PROBE_VERSION = 2
+# Environment variables that change which kernels run, and so the probe's answer.
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
+# A fast path must beat the plain one by this much to be chosen: rows closer than
+# this are within the noise of a shared machine, and the plain path is the reference.
+WIN_MARGIN = 0.92
+# A variant whose first call takes this many times fp32's is not timed again.
+GIVE_UP_RATIO = 4.0
+
+
+def cache_dir() -> Path:
+    """``$RAYCUT_CACHE``, else ``$XDG_CACHE_HOME/raycut``, else ``~/.cache/raycut``."""
+    if os.environ.get("RAYCUT_CACHE"):
+        return Path(os.environ["RAYCUT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "raycut"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _isa_limited_below_avx512() -> bool:
+    """Whether the environment caps oneDNN or ATen at AVX2 or less."""
+    limits = [os.environ.get(k, "").lower() for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")]
+    return any(v and "avx512" not in v and "amx" not in v and v not in ("all", "default") for v in limits)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the device says it can do (not yet what it does fast)."""
+
+    device: str  # "cpu" or "cuda"
+    name: str  # CPU model or GPU name
+    isa: str  # torch's CPU capability (AVX2, AVX512, ...) or the CUDA compute capability
+    bf16: bool  # native bf16: oneDNN's bf16 kernels (CPU) or torch.cuda.is_bf16_supported()
+    # int8 dot products without saturation (AVX-512 VNNI or AMX). Without them the
+    # x86 kernels add pairs of u8 x s8 products in int16, which saturates unless the
+    # activations use 7 bits (PyTorch's own x86 observers reduce the range there).
+    vnni: bool
+
+    @property
+    def int8_reduce_range(self) -> bool:
+        return self.device == "cpu" and not self.vnni
+
+
+def capabilities(device: torch.device | str = "cpu") -> Capabilities:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(dev)
+        return Capabilities("cuda", torch.cuda.get_device_name(dev), f"sm_{major}{minor}",
+                            bool(torch.cuda.is_bf16_supported()), vnni=False)
+    isa = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    limited = _isa_limited_below_avx512()
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not limited
+    vnni = bool(flags & {"avx512_vnni", "amx_int8"}) and isa.startswith("AVX512") and not limited
+    return Capabilities("cpu", cpu_model(), isa, bf16, vnni)
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """The fastest variants of one device, and why. ``probe_ms`` holds the probe's
+    median per variant (``fp32``, ``fp32-channels_last``, ``bf16``, ...; a variant
+    that was given up on after one call is listed in ``gave_up``)."""
+
+    device: str
+    precision: str  # for training and float translation: fp32 | bf16
+    channels_last: bool
+    int8: bool  # translation: int8 is the fastest path (CPU, VNNI, measured)
+    capabilities: Capabilities
+    probe_ms: dict[str, float] = field(default_factory=dict)
+    gave_up: tuple[str, ...] = ()
+    cached: bool = False  # read from the cache file, not measured in this process
+
+    def slowdown(self, variant: str) -> float:
+        """How many times fp32's probe time ``variant`` took (nan if not probed)."""
+        base = self.probe_ms.get("fp32")
+        return self.probe_ms[variant] / base if base and variant in self.probe_ms else float("nan")
+
+    @property
+    def reason(self) -> str:
+        """One line: what auto chose and the measurements behind it."""
+        c = self.capabilities
+        parts = [f"{c.name} ({c.isa}, native bf16 {'yes' if c.bf16 else 'no'}"
+                 + (f", VNNI {'yes' if c.vnni else 'no'}" if c.device == "cpu" else "") + ")"]
+        for v in ("bf16", "fp32-channels_last", "bf16-channels_last", "int8"):
+            if v in self.probe_ms:
+                parts.append(f"{v} {self.slowdown(v):.2f}x fp32's time" + (" (emulated; gave up)" if v in self.gave_up else ""))
+        return "; ".join(parts) + (" [cached probe]" if self.cached else "")
+
+    def to_json(self) -> dict[str, object]:
+        out = asdict(self)
+        out["gave_up"] = list(self.gave_up)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> FastPaths:
+        caps = Capabilities(**data["capabilities"])  # type: ignore[arg-type]
+        return cls(device=str(data["device"]), precision=str(data["precision"]),
+                   channels_last=bool(data["channels_last"]), int8=bool(data["int8"]), capabilities=caps,
+                   probe_ms={str(k): float(v) for k, v in dict(data["probe_ms"]).items()},  # type: ignore[arg-type]
+                   gave_up=tuple(data.get("gave_up", ())), cached=True)  # type: ignore[arg-type]
+
+
+# ---- the probe ---------------------------------------------------------------------
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _time(fn: Callable[[], object], dev: torch.device, *, reps: int, give_up_ms: float | None) -> tuple[float, bool]:
+    """Median ms of ``fn`` over ``reps`` calls after one warm-up. Returns (ms, gave_up):
+    a warm-up slower than ``give_up_ms`` is the answer, not timed again."""
+    t0 = time.perf_counter()
+    fn()
+    _sync(dev)
+    first = (time.perf_counter() - t0) * 1000
+    if give_up_ms is not None and first > give_up_ms:
+        return first, True
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), False
+
+
+def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Time one residual-block convolution of CUT's G (1 x 256 x size x size, 3x3,
+    forward + backward for the training variants; forward for int8) per variant.
+    Returns ({variant: median ms}, variants given up on after one slow call)."""
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(1, 256, size, size, generator=g).to(dev)
+    w0 = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(dev)
+    caps = capabilities(dev)
+    out: dict[str, float] = {}
+    gave_up: list[str] = []
+
+    def train_call(dtype: torch.dtype | None, cl: bool) -> Callable[[], None]:
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = x0.contiguous(memory_format=fmt).requires_grad_()
+        w = w0.contiguous(memory_format=fmt).requires_grad_()
+
+        def run() -> None:
+            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w)
+            y.float().square().mean().backward()
+
+        return run
+
+    for name, dtype, cl in (("fp32", None, False), ("fp32-channels_last", None, True),
+                            ("bf16", torch.bfloat16, False), ("bf16-channels_last", torch.bfloat16, True)):
+        if name == "bf16-channels_last" and "bf16" in gave_up:
+            continue  # emulated bf16 is out either way; its figure is already there for the warning
+        limit = out["fp32"] * GIVE_UP_RATIO * 2 if "fp32" in out else None  # the warm-up also pays one-off set-up
+        ms, stopped = _time(train_call(dtype, cl), dev, reps=reps, give_up_ms=limit)
+        out[name] = round(ms, 3)
+        if stopped:
+            gave_up.append(name)
+    if dev.type == "cpu":
+        ms_fp32, ms_int8, stopped = _probe_int8(x0, w0, caps.int8_reduce_range, reps)
+        out["fp32-forward"], out["int8"] = round(ms_fp32, 3), round(ms_int8 * out["fp32"] / ms_fp32, 3)
+        if stopped:
+            gave_up.append("int8")
+    return out, tuple(gave_up)
+
+
+def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: int) -> tuple[float, float, bool]:
+    """The same convolution's forward in fp32 and in PyTorch's quantized NHWC kernels."""
+    import warnings
+
+    from torch.ao.nn.quantized import Conv2d as QuantizedConv2d
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "x86" in torch.backends.quantized.supported_engines:
+            torch.backends.quantized.engine = "x86"
+        fp32_ms, _ = _time(lambda: F.conv2d(x0, w0, padding=1), torch.device("cpu"), reps=reps, give_up_ms=None)
+        scales = (w0.abs().amax(dim=(1, 2, 3)) / 127).double()
+        qw = torch.quantize_per_channel(w0, scales, torch.zeros(256, dtype=torch.long), 0, torch.qint8)
+        conv = QuantizedConv2d(256, 256, 3, padding=1, bias=False)
+        conv.set_weight_bias(qw, None)
+        conv.scale, conv.zero_point = 0.05, 0
+        levels = 127 if reduce_range else 255
+        xq = torch.quantize_per_tensor(x0.clamp(min=0), 4.0 / levels, 0, torch.quint8)
+        xq = xq.contiguous(memory_format=torch.channels_last)
+        int8_ms, stopped = _time(lambda: conv(xq), torch.device("cpu"), reps=reps, give_up_ms=fp32_ms * GIVE_UP_RATIO * 2)
+    return fp32_ms, int8_ms, stopped
+
+
+def decide(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> FastPaths:
+    """The fastest variants from a probe: a fast path must be native (capability) and
+    measurably faster (by WIN_MARGIN) than the plain one."""
+    def wins(variant: str, against: str) -> bool:
+        return variant not in gave_up and probe_ms.get(variant, float("inf")) < WIN_MARGIN * probe_ms[against]
+
+    precision = "bf16" if caps.bf16 and wins("bf16", "fp32") else "fp32"
+    plain = precision
+    channels_last = wins(f"{plain}-channels_last", plain)
+    best_float = probe_ms[f"{plain}-channels_last" if channels_last else plain]
+    int8 = caps.device == "cpu" and caps.vnni and "int8" not in gave_up and probe_ms.get("int8", float("inf")) < WIN_MARGIN * best_float
+    return FastPaths(caps.device, precision, channels_last, int8, caps, dict(probe_ms), tuple(gave_up))
+
+
+def machine_key(device: torch.device | str = "cpu") -> str:
+    """What the probe's answer depends on: the device model, torch, the ISA limits in
+    the environment and (CPU) the thread count."""
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_model()}|threads={torch.get_num_threads()}"
+    env = ",".join(f"{k}={os.environ[k]}" for k in ISA_ENV if os.environ.get(k))
+    return f"v{PROBE_VERSION}|{dev.type}|{name}|torch={torch.__version__}|{env}"
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "fast_paths.json"
+
+
+def _read_cache() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(_cache_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, paths: FastPaths) -> None:
+    """Best effort (a read-only home must not stop a run); atomic, so processes that
+    probe at the same time never leave a torn file."""
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache()
+        data[key] = paths.to_json()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_paths(key: str, device: str, use_cache: bool) -> FastPaths:
+    if use_cache:
+        hit = _read_cache().get(key)
+        if hit is not None:
+            try:
+                return FastPaths.from_json(hit)
+            except (KeyError, TypeError, ValueError):
+                pass  # an older or damaged entry: measure again
+    paths = decide(capabilities(device), *probe(device))
+    if use_cache:
+        _write_cache(key, paths)
+    return paths
+
+
+def fast_paths(device: torch.device | str = "cpu", *, use_cache: bool = True) -> FastPaths:
+    """The fastest variants of ``device``: from this process's memory, else the cache
+    file, else a probe (which then fills both)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return _fast_paths(machine_key(dev), str(dev), use_cache)
+
+
+@dataclass(frozen=True)
+class ResolvedPerf:
+    """A ``PerfConfig`` with ``auto`` settled for one device, and what to tell the user."""
+
+    perf: PerfConfig  # concrete: precision fp32|bf16, channels_last a bool
+    requested: PerfConfig
+    paths: FastPaths | None  # None when nothing was left to auto and no check was needed
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """e.g. ``precision auto -> fp32, channels_last auto -> off``."""
+        bits = []
+        for name in ("precision", "channels_last"):
+            asked, got = getattr(self.requested, name), getattr(self.perf, name)
+            shown = got if name == "precision" else ("on" if got else "off")
+            bits.append(f"{name} {'auto -> ' if asked == 'auto' else ''}{shown}")
+        return ", ".join(bits)
+
+    def params(self) -> dict[str, object]:
+        """For MLflow params and benchmark records."""
+        out: dict[str, object] = {"resolved_precision": self.perf.precision,
+                                  "resolved_channels_last": self.perf.channels_last}
+        if self.paths is not None:
+            out["fast_paths_reason"] = self.paths.reason[:500]
+        return out
+
+
+def emulation_warning(paths: FastPaths, variant: str) -> str | None:
+    """The one line for a variant the user forced although this device runs it slowly."""
+    ratio = paths.slowdown(variant)
+    if variant == "bf16" and not paths.capabilities.bf16 or ratio >= 1.5:
+        what = "emulated" if not paths.capabilities.bf16 and variant.startswith("bf16") else "slow"
+        return (f"{variant} is {what} on this {paths.device} ({paths.capabilities.name}): {ratio:.1f}x the time of fp32 "
+                f"in the probe; use precision auto (or fp32)")
+    return None
+
+
+def resolve_perf(perf: PerfConfig, device: torch.device | str = "cpu", *, use_cache: bool = True) -> ResolvedPerf:
+    """Settle ``auto`` for ``device`` from the (cached) probe. An explicit bf16 on a
+    device that runs it slowly is kept, with a warning that names the measured cost."""
+    needs_probe = perf.precision in ("auto", "bf16") or perf.channels_last == "auto"
+    if not needs_probe:
+        return ResolvedPerf(perf, perf, None)
+    paths = fast_paths(device, use_cache=use_cache)
+    precision = paths.precision if perf.precision == "auto" else perf.precision
+    if perf.channels_last == "auto":
+        channels_last = paths.channels_last if precision == paths.precision else \
+            paths.slowdown(f"{precision}-channels_last") < WIN_MARGIN * paths.slowdown(precision)
+    else:
+        channels_last = bool(perf.channels_last)
+    warnings = []
+    if perf.precision == "bf16":
+        line = emulation_warning(paths, "bf16")
+        if line:
+            warnings.append(line)
+    return ResolvedPerf(replace(perf, precision=precision, channels_last=channels_last), perf, paths, tuple(warnings))
+
+
+@dataclass(frozen=True)
+class TranslationPaths:
+    """How one device translates: precision fp32 | bf16 | int8, and the layout."""
+
+    precision: str
+    channels_last: bool
+    requested: str
+    paths: FastPaths | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        arrow = "auto -> " if self.requested == "auto" else ""
+        return f"precision {arrow}{self.precision}, channels_last {'on' if self.channels_last else 'off'}"
+
+
+def resolve_translation(precision: str, channels_last: bool | str, device: torch.device | str = "cpu", *,
+                        int8_ok: bool = True, use_cache: bool = True) -> TranslationPaths:
+    """Settle translation's ``auto``: int8 where its kernels are fast here (a CPU with
+    VNNI, measured) and ``int8_ok`` (a ResNet G, ranges at hand), else bf16 where
+    native and faster, else fp32. int8 runs NHWC by construction (channels_last off)."""
+    needs = precision in ("auto", "bf16") or channels_last == "auto"
+    paths = fast_paths(device, use_cache=use_cache) if needs else None
+    chosen = precision
+    if precision == "auto":
+        assert paths is not None
+        chosen = "int8" if paths.int8 and int8_ok else paths.precision
+    if chosen == "int8":
+        layout = False
+    elif channels_last == "auto":
+        assert paths is not None
+        layout = paths.channels_last if chosen == paths.precision else \
+            paths.slowdown(f"{chosen}-channels_last") < WIN_MARGIN * paths.slowdown(chosen)
+    else:
+        layout = bool(channels_last)
+    warnings = []
+    if precision == "bf16" and paths is not None:
+        line = emulation_warning(paths, "bf16")
+        if line:
+            warnings.append(line)
+    return TranslationPaths(chosen, layout, precision, paths, tuple(warnings))
+
+
+__all__ = ["TranslationPaths", "resolve_translation", "Capabilities", "FastPaths", "ResolvedPerf", "cache_dir", "capabilities", "decide", "emulation_warning",
+           "fast_paths", "machine_key", "probe", "resolve_perf"]
