@@ -1,0 +1,103 @@
+"""precision/channels_last ``auto`` (cut_core.hardware): settled by what the CPU runs
+natively and fast, measured by a short probe that is cached per machine.
+
+The AVX2-only CPU that made bf16 35x slower than fp32 is emulated in a subprocess
+with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` (on a CPU that is AVX2-only
+already, the emulation is the real thing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cut_core.config import PerfConfig
+from cut_core.hardware import Capabilities, decide, resolve_perf
+
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+NATIVE_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not any(os.environ.get(k) for k in AVX2_ONLY)
+
+RESOLVE = """
+import json, sys, torch
+torch.set_num_threads(1)
+from cut_core.config import PerfConfig
+from cut_core.hardware import capabilities, resolve_perf
+r = resolve_perf(PerfConfig(precision=sys.argv[1]), "cpu")
+print(json.dumps({"precision": r.perf.precision, "channels_last": r.perf.channels_last, "warnings": list(r.warnings),
+                  "cached": r.paths.cached, "isa": torch.backends.cpu.get_cpu_capability(),
+                  "bf16_capability": capabilities().bf16, "probe": r.paths.probe_ms, "summary": r.summary}))
+"""
+
+
+def _resolve_in_subprocess(precision: str, cache, **env: str) -> dict:
+    full = {**os.environ, "RAYCUT_CACHE": str(cache), **env}
+    r = subprocess.run([sys.executable, "-c", RESOLVE, precision], capture_output=True, text=True, env=full, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_path):
+    got = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
+    assert got["isa"] == "AVX2" and got["bf16_capability"] is False  # the emulation took hold
+    assert got["precision"] == "fp32" and got["summary"].startswith("precision auto -> fp32")
+    # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 10-20x here).
+    assert got["probe"]["bf16"] > 3 * got["probe"]["fp32"], got["probe"]
+    forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY)
+    assert forced["precision"] == "bf16"  # an explicit choice still runs ...
+    assert len(forced["warnings"]) == 1  # ... with one line that names the measured cost
+    assert "emulated" in forced["warnings"][0] and "x the time of fp32" in forced["warnings"][0]
+    assert "precision auto" in forced["warnings"][0]
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (oneDNN)")
+def test_auto_is_bf16_where_the_cpu_runs_it_natively(tmp_path):
+    got = _resolve_in_subprocess("auto", tmp_path)
+    assert got["precision"] == "bf16", got["probe"]
+    assert got["warnings"] == []
+
+
+def test_the_probe_is_cached_per_machine_and_isa_limit(tmp_path):
+    first = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
+    assert first["cached"] is False
+    entries = json.loads((tmp_path / "fast_paths.json").read_text())
+    assert len(entries) == 1 and "ONEDNN_MAX_CPU_ISA=AVX2" in next(iter(entries))
+    second = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
+    assert second["cached"] is True and second["probe"] == first["probe"] and second["precision"] == first["precision"]
+    # Without the ISA limit it is another machine as far as kernels go: probed anew.
+    third = _resolve_in_subprocess("auto", tmp_path)
+    assert third["cached"] is False
+    assert len(json.loads((tmp_path / "fast_paths.json").read_text())) == 2
+
+
+CPU = Capabilities("cpu", "test CPU", "AVX512", bf16=True, vnni=True)
+
+
+@pytest.mark.parametrize(
+    "probe, caps, want",
+    [
+        # Reports bf16 and runs it fast: bf16; channels_last only where it wins.
+        ({"fp32": 10, "fp32-channels_last": 11, "bf16": 5, "bf16-channels_last": 4, "int8": 3}, CPU, ("bf16", True, True)),
+        # Reports bf16 but runs it slowly (a capped ISA, an old oneDNN): not fooled.
+        ({"fp32": 10, "fp32-channels_last": 13, "bf16": 30, "bf16-channels_last": 33, "int8": 9.5}, CPU, ("fp32", False, False)),
+        # A win inside the noise margin is no win: the plain path is the reference.
+        ({"fp32": 10, "fp32-channels_last": 9.6, "bf16": 9.5, "bf16-channels_last": 9.4, "int8": 9.4}, CPU, ("fp32", False, False)),
+        # Fast bf16 in the probe but no native support claimed: never chosen.
+        ({"fp32": 10, "fp32-channels_last": 8, "bf16": 5, "bf16-channels_last": 4, "int8": 3},
+         Capabilities("cpu", "c", "AVX2", bf16=False, vnni=False), ("fp32", True, False)),
+    ],
+)
+def test_decide_takes_a_fast_path_only_when_native_and_measured_faster(probe, caps, want):
+    paths = decide(caps, probe)
+    assert (paths.precision, paths.channels_last, paths.int8) == want
+
+
+def test_explicit_settings_need_no_probe_and_tiny_configs_stay_exact():
+    r = resolve_perf(PerfConfig(precision="fp32", channels_last=True))
+    assert r.paths is None and r.perf == PerfConfig(precision="fp32", channels_last=True)
+    from tests.conftest import tiny
+
+    assert tiny("cut").perf == PerfConfig(precision="fp32", channels_last=False)
