@@ -76,12 +76,17 @@ def _check_generator(G: nn.Module) -> ResnetGenerator:
 
 
 @torch.no_grad()
-def calibrate_int8(G: nn.Module, images: Iterable[torch.Tensor], *, precision: str = "bf16") -> dict[str, list[float]]:
+def calibrate_int8(G: nn.Module, images: Iterable[torch.Tensor], *, precision: str = "auto") -> dict[str, list[float]]:
     """Run the float G on ``images`` (each (B, 3, H, W) in [-1, 1], any H x W) and
     return ``{module name: [min, max]}`` of every conv, instance norm and residual
-    block output, over all images. ``precision`` is the float pass's (bf16 is 2x
-    faster, and its ranges differ from fp32's by far less than one int8 step)."""
+    block output, over all images. ``precision`` is the float pass's: bf16 is 2x
+    faster where native, and its ranges differ from fp32's by far less than one int8
+    step; auto takes bf16 only where this CPU runs it natively (cut_core.hardware)."""
     G = _check_generator(G)
+    if precision == "auto":
+        from cut_core.hardware import fast_paths
+
+        precision = fast_paths("cpu").precision
     ranges: dict[str, list[float]] = {INPUT: [-1.0, 1.0]}
 
     def record(name: str):

@@ -32,6 +32,7 @@ from pipelines.translate import (
     calibrate_from_bytes,
     copy_labels,
     done_inputs,
+    new_manifest_run,
     remove_partial_files,
 )
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
@@ -57,6 +58,7 @@ class TranslateOptions:
     fmt: str = "png"
     labels: str | None = None
     link_labels: bool = False
+    manifest_part_rows: int = FLUSH_ROWS  # rows per manifest part (also flushed every FLUSH_SECONDS)
 
 
 @dataclass
@@ -152,6 +154,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     )
     bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
     pending: list[dict] = []
+    run = new_manifest_run(spec.out_root)  # this run's parts sort after every earlier run's
     parts, last_flush, n_done = 0, time.monotonic(), 0
     failed: list[tuple[str, str]] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -164,11 +167,11 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
             else:
                 failed.append((row["input"], row["error"]))
         bar.update(len(batch["input"]))
-        if len(pending) >= FLUSH_ROWS or time.monotonic() - last_flush > FLUSH_SECONDS:
-            append_manifest(spec.out_root, pending, parts)
+        if len(pending) >= opts.manifest_part_rows or time.monotonic() - last_flush > FLUSH_SECONDS:
+            append_manifest(spec.out_root, pending, parts, run=run)
             parts, pending, last_flush = parts + 1, [], time.monotonic()
     if pending:
-        append_manifest(spec.out_root, pending, parts)
+        append_manifest(spec.out_root, pending, parts, run=run)
     return n_done, failed
 
 

@@ -24,7 +24,7 @@ import torch
 
 from cut_core import load_generator
 from cut_core.errors import RaycutError
-from cut_core.hardware import fast_paths, resolve_translation
+from cut_core.hardware import resolve_translation
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
 from cut_core.translate import translate
@@ -162,42 +162,93 @@ def calibrate_from_bytes(model_dir: str, head: list[tuple[str, bytes | None]], n
     if not images:
         raise RaycutError(f"int8 calibration found no readable image among the first {len(head)} inputs; "
                           "check the input or use --precision bf16")
-    # The float pass in bf16 only where bf16 is native and fast (2x there; 35x slower
-    # where it is emulated). The ranges differ by far less than one int8 step.
-    return calibrate_int8(load_generator(model_dir), images, precision=fast_paths("cpu").precision), used
+    return calibrate_int8(load_generator(model_dir), images), used
 
 
 # ---- manifest ----------------------------------------------------------------------
 
 
-def read_manifest(out_root: str | Path):
-    """Every row written so far (all parts) as a pyarrow Table; empty when there is none."""
+def _part_order(path: Path) -> tuple[int, int, int]:
+    """Write order of a manifest part: ``part-RUN-INDEX-PID`` (zero-padded run id that
+    grows with every run, then the part index). Parts of the older naming,
+    ``part-INDEX-PID``, come first, as run 0."""
+    fields = path.name.removesuffix(".parquet").split("-")[1:]
+    try:
+        numbers = [int(f) for f in fields]
+    except ValueError:
+        return (0, 0, 0)
+    if len(numbers) == 3:
+        return (numbers[0], numbers[1], numbers[2])
+    return (0, numbers[0], numbers[1] if len(numbers) > 1 else 0)
+
+
+def manifest_parts(out_root: str | Path) -> list[Path]:
+    """The manifest's parts in write order over every run (rows of a killed run count)."""
+    folder = Path(out_root) / MANIFEST_DIR
+    return sorted(folder.glob("part-*.parquet"), key=_part_order) if folder.is_dir() else []
+
+
+def read_manifest(out_root: str | Path, columns: list[str] | None = None):
+    """Every row written so far (all parts, in write order) as a pyarrow Table; empty
+    when there is none."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = manifest_schema()
-    folder = Path(out_root) / MANIFEST_DIR
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
+    parts = manifest_parts(out_root)
     if not parts:
         return schema.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts])
+    return pa.concat_tables([pq.read_table(p, schema=schema, columns=columns) for p in parts])
+
+
+def latest_rows(out_root: str | Path, columns: list[str]):
+    """The last row of each input over every run (the manifest's truth), computed in
+    Arrow: a million rows take about a second, not a Python loop over dicts."""
+    import numpy as np
+    import pyarrow as pa
+
+    table = read_manifest(out_root, columns=sorted(set(columns) | {"input"}))
+    table = table.append_column("_row", pa.array(np.arange(len(table), dtype=np.int64)))
+    last = table.group_by("input").aggregate([("_row", "max")])
+    return table.take(last["_row_max"]).drop_columns(["_row"])
 
 
 def done_inputs(out_root: str | Path) -> set[str]:
     """Inputs whose latest manifest row is "done" and whose output file exists."""
-    table = read_manifest(out_root).to_pylist()
-    latest = {r["input"]: r for r in table}  # parts are in write order: the last row wins
-    return {p for p, r in latest.items() if r["status"] == "done" and Path(r["output"]).is_file()}
+    import pyarrow.compute as pc
+
+    latest = latest_rows(out_root, ["output", "status"])
+    done = latest.filter(pc.equal(latest["status"], "done"))
+    return {i for i, o in zip(done["input"].to_pylist(), done["output"].to_pylist()) if os.path.isfile(o)}
 
 
-def append_manifest(out_root: str | Path, rows: list[dict[str, Any]], index: int) -> Path:
-    """Write one manifest part atomically (temporary name, then rename)."""
+def new_manifest_run(out_root: str | Path) -> int:
+    """Claim the next run id of an output folder (1 + the highest seen), atomically:
+    two runs started at once never share one."""
+    folder = Path(out_root) / MANIFEST_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    seen = [_part_order(p)[0] for p in folder.glob("part-*.parquet")]
+    seen += [int(p.name.split("-")[1]) for p in folder.glob("run-*.claim") if p.name.split("-")[1].isdigit()]
+    run = max(seen, default=0) + 1
+    while True:
+        try:
+            os.close(os.open(folder / f"run-{run:06d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return run
+        except FileExistsError:
+            run += 1
+
+
+def append_manifest(out_root: str | Path, rows: list[dict[str, Any]], index: int, *, run: int) -> Path:
+    """Write one manifest part atomically (temporary name, then rename), named so that
+    parts sort in write order across runs: ``part-RUN-INDEX-PID.parquet``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = Path(out_root) / MANIFEST_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"part-{index:06d}-{os.getpid()}.parquet"
+    path = folder / f"part-{run:06d}-{index:06d}-{os.getpid():010d}.parquet"
     tmp = path.with_name(path.name + TMP_SUFFIX)
     pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), tmp)
     os.replace(tmp, path)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from pipelines.translate import read_manifest
 from tests.conftest import tiny
 
 pytestmark = pytest.mark.slow
+# Pixel-exact comparisons with cut_core's fp32: auto may pick int8 or bf16 on some CPUs.
+EXACT = {"precision": "fp32", "channels_last": False}
 SIZES = [(37, 53), (64, 48), (105, 191), (48, 64)]
 
 
@@ -52,7 +55,7 @@ def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir
     data = _dataset(tmp_path / "gta")
     Image.new("L", (8, 8)).save(data / "labels" / "99999.png")  # a label without an image: not copied
     out = tmp_path / "out"
-    s = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(out),
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(out),
                                        labels=str(data / "labels"), batch_size=2))
     assert s.labels == len(SIZES) and not (out / "labels" / "99999.png").exists()
     assert (s.done, s.skipped, len(s.failed)) == (len(SIZES), 0, 2)
@@ -70,7 +73,7 @@ def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir
     assert sorted(r["status"] for r in rows) == ["done"] * len(SIZES) + ["failed"] * 2
     assert all(r["model_uri"] == str(model_dir) for r in rows)
 
-    again = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(out)))
+    again = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(out)))
     assert (again.done, again.skipped, len(again.failed)) == (0, len(SIZES), 2)  # bad files are retried, still bad
 
 
@@ -88,13 +91,49 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
     first = len(list((out / "images").rglob("*.png")))
     assert 0 < first < 304, "the kill did not land mid-run"
 
-    s = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(out), batch_size=8))
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(out), batch_size=8))
     assert s.done + s.skipped == 304 and len(s.failed) == 2
-    outputs = sorted(p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file())
-    assert len(outputs) == 304 and len(set(outputs)) == 304
     assert not list(out.rglob("*.raycut-tmp"))
     good = {str(p) for p in (data / "images").rglob("0*.png")}
-    assert {r["input"] for r in read_manifest(out).to_pylist() if r["status"] == "done"} == good
+    outputs = {str(data / p.relative_to(out)) for p in (out / "images").rglob("*") if p.is_file()}
+    assert outputs == good  # every input has its one output, and nothing else is there
+    # The manifest: one "done" row per input, never two. An input whose first translation
+    # the kill cut off (its row not yet written) was translated again, once, by the rerun.
+    done_rows = Counter(r["input"] for r in read_manifest(out).to_pylist() if r["status"] == "done")
+    assert set(done_rows) == good and set(done_rows.values()) == {1}
+    assert s.skipped >= 1  # run 1 recorded at least one part before the kill: the rerun skipped those
+
+
+def test_fixed_inputs_are_translated_once_over_several_runs(local_ray, model_dir, tmp_path) -> None:
+    """Run 1 with broken inputs, the files fixed, run 2 translates them, run 3 finds
+    nothing to do; with small manifest parts, so every run writes several and a later
+    run's row must win over an earlier run's whatever the names' order."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "in"
+    data.mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
+    broken = [data / f"{i:03d}.png" for i in range(26, 40)]
+    for f in broken:
+        f.write_bytes(b"truncated")
+    out = tmp_path / "out"
+    opts = TranslateOptions(**EXACT, model=str(model_dir), input=str(data), output=str(out), batch_size=2,
+                            manifest_part_rows=4)
+    first = run_translate(opts)
+    assert (first.done, first.skipped, len(first.failed)) == (26, 0, 14)
+    parts_1 = len(list((out / "manifest").glob("part-*.parquet")))
+    assert parts_1 >= 3
+    for f in broken:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(f, format="PNG")
+    second = run_translate(opts)
+    assert (second.done, second.skipped, len(second.failed)) == (14, 26, 0)
+    assert len(list((out / "manifest").glob("part-*.parquet"))) - parts_1 >= 2
+    third = run_translate(opts)
+    assert (third.done, third.skipped, len(third.failed)) == (0, 40, 0)
+    rows = read_manifest(out).to_pylist()
+    done_rows = Counter(r["input"] for r in rows if r["status"] == "done")
+    assert len(done_rows) == 40 and set(done_rows.values()) == {1}  # no input translated twice
+    assert sum(r["status"] == "failed" for r in rows) == 14  # run 1's failures stay on record, superseded
 
 
 def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, monkeypatch) -> None:
@@ -107,9 +146,9 @@ def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, mo
     run_id = tracking.create_run(uri, "raycut", "unit", {"preset": "cut"}, {})
     version = tracking.register(uri, tracking.log_model_dir(uri, run_id, model_dir), "toy-translate", {})
     data = _dataset(tmp_path / "gta")
-    by_alias = run_translate(TranslateOptions(model="models:/toy-translate@latest", input=f"gta5:{data}",
+    by_alias = run_translate(TranslateOptions(**EXACT, model="models:/toy-translate@latest", input=f"gta5:{data}",
                                               output=str(tmp_path / "a")))
-    by_dir = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(tmp_path / "b")))
+    by_dir = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(tmp_path / "b")))
     assert by_alias.done == by_dir.done == len(SIZES) and by_alias.model_version == version == "1"
     for p in (tmp_path / "b" / "images").rglob("*.png"):
         a = tmp_path / "a" / p.relative_to(tmp_path / "b")
@@ -123,7 +162,7 @@ def test_one_image_file_as_input(local_ray, model_dir, tmp_path) -> None:
     src = tmp_path / "in" / "painting.png"
     src.parent.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (38, 50, 3), dtype=np.uint8)).save(src)
-    s = run_translate(TranslateOptions(model=str(model_dir), input=str(src), output=str(tmp_path / "out")))
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=str(src), output=str(tmp_path / "out")))
     assert (s.done, len(s.failed)) == (1, 0)
     assert Image.open(tmp_path / "out" / "painting.png").size == (50, 38)
 
@@ -151,24 +190,24 @@ def test_parquet_rows_and_remote_uris_are_inputs_too(local_ray, model_dir, tmp_p
         pq.write_table(pa.table({"image": blobs[part], "path": names[part]}), shards / f"part-{k}.parquet",
                        row_group_size=2)
     out = tmp_path / "from-parquet"
-    s = run_translate(TranslateOptions(model=str(model_dir), input=f"parquet:{shards}", output=str(out), batch_size=2))
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"parquet:{shards}", output=str(out), batch_size=2))
     assert (s.done, len(s.failed)) == (len(images), 2)
     assert {Path(p).name for p, _ in s.failed} == {"null.png", "junk.png"}
     for f in images:  # named after the path column, relative to the common folder of the paths
         np.testing.assert_array_equal(np.asarray(Image.open(out / f.relative_to(data / "images"))), _expected(G, f))
-    again = run_translate(TranslateOptions(model=str(model_dir), input=f"parquet:{shards}", output=str(out)))
+    again = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"parquet:{shards}", output=str(out)))
     assert (again.done, again.skipped, len(again.failed)) == (0, len(images), 2)
 
     # Without a path column the rows are FILE#ROW, written as FILE_STEM/ROW.
     pq.write_table(pa.table({"jpeg": [images[0].read_bytes(), images[1].read_bytes()]}), shards / "bare.parquet")
     out = tmp_path / "bare"
-    s = run_translate(TranslateOptions(model=str(model_dir), input=f"parquet:{shards}/bare.parquet:jpeg", output=str(out)))
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"parquet:{shards}/bare.parquet:jpeg", output=str(out)))
     assert s.done == 2 and sorted(p.name for p in out.glob("bare/*.png")) == ["000000.png", "000001.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "bare" / "000001.png")), _expected(G, images[1]))
     assert {r["input"] for r in read_manifest(out).to_pylist()} == {f"{shards}/bare.parquet#{i}" for i in (0, 1)}
 
     out = tmp_path / "from-uri"
-    s = run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:file://{data}", output=str(out)))
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:file://{data}", output=str(out)))
     assert (s.done, len(s.failed)) == (len(images), 2)
     for f in images:
         np.testing.assert_array_equal(np.asarray(Image.open(out / f.relative_to(data))), _expected(G, f))
@@ -256,5 +295,5 @@ def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
     from cut_core.errors import RaycutError
 
     with pytest.raises(RaycutError, match="int8 runs on CPU actors"):
-        run_translate(TranslateOptions(model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
+        run_translate(TranslateOptions(**EXACT, model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
                                        precision="int8", gpus_per_actor=1))
