@@ -295,5 +295,5 @@ def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
     from cut_core.errors import RaycutError
 
     with pytest.raises(RaycutError, match="int8 runs on CPU actors"):
-        run_translate(TranslateOptions(**EXACT, model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
+        run_translate(TranslateOptions(model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
                                        precision="int8", gpus_per_actor=1))
