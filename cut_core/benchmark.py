@@ -497,12 +497,19 @@ def format_table(rows: list[dict[str, object]]) -> str:
                 note = "  within the noise of " + ", ".join(close)
             if m.get("resolved"):
                 note = f"  [{m['resolved']}]" + note
+        elif "ms_per_image" in m:  # an encoding cost
+            speed, ratio = f"{m['ms_per_image']:.0f} ms/img", ""
+            note = f"  {m['file_mb']:.2f} MB" if "file_mb" in m else ""
         else:
             speed = f"{m.get('images_per_s', 0):.3g} img/s"
-            preset = name.split("/")[0]
-            base = next((v["images_per_s"] for k, v in by_name.items() if k.startswith(f"baseline/{preset}-")
-                         and "images_per_s" in v), None)
+            if "model_busy" in m:
+                note = f"  model busy {float(m['model_busy']):.0%}"
+            suffix = name[name.index("@"):] if "@" in name else ""
+            base = next((v["images_per_s"] for k, v in by_name.items() if k.startswith("baseline/")
+                         and k.endswith(suffix) and "images_per_s" in v), None)
             ratio = f"{float(m['images_per_s']) / float(base):.2f}x" if base and not name.startswith("baseline") else ""
+            if "images_per_s" not in m:
+                continue
         peak = m.get("peak_mem_mb")
         lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s}{note}")
     return "\n".join(lines)

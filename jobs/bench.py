@@ -22,8 +22,10 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.which == "translate":
-        log("raycut bench translate: full-size CUT G, 1024x512 and 2048x1024, against the reference test loop")
-        rows = bench_translate_job(n=args.images if args.images != 16 else 4, log=log)
+        log("raycut bench translate: full-size CUT G, 1024x512 and 2048x1024, staged and single-actor jobs, "
+            "against the reference test loop; output formats")
+        rows = bench_translate_job(n=args.images if args.images != 16 else 4, precisions=tuple(args.precisions_translate),
+                                   log=log)
         out = benchmark.write_record(args.out, "translate", rows, "cpu")
         print(benchmark.format_table(rows))
         print(f"wrote {out}")
@@ -241,14 +243,14 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
 # ---- translate ---------------------------------------------------------------------
 
 
-def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024, 2048)), n: int = 3,
-                        log=print) -> list[dict[str, object]]:
-    """images/s of `raycut translate` (fp32, bf16, int8; Ray Data actor, writes
-    overlapped with compute; int8's whole-job rate includes its calibration) against
-    the way the reference test script works (batch 1, serial, fp32, PIL save with
-    default PNG compression in the main thread),
-    on the same files, the same cores and the same full-size CUT generator (ngf 64, 9
-    blocks; random weights: speed does not depend on them).
+def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024, 2048)), n: int = 4,
+                        precisions: tuple[str, ...] = ("auto",), log=print) -> list[dict[str, object]]:
+    """images/s of `raycut translate`, the staged job (decode tasks -> G actors ->
+    encode tasks) beside the single-actor job (every stage in one actor), each with
+    its model_busy, against the way the reference test script works (batch 1, serial,
+    fp32, PIL save with default PNG compression in the main thread), on the same
+    files, cores and full-size CUT generator (ngf 64, 9 blocks; random weights: speed
+    does not depend on them). Then what each output format costs to encode per frame.
 
     Two rates per job: the whole job's (its start-up included, which a short job
     feels) and the steady one between its first and last finished output (what a
@@ -257,6 +259,7 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     import time
     from pathlib import Path
 
+    import numpy as np
     import ray
 
     from cut_core import load_generator
@@ -275,28 +278,76 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
             base = reference_loop(G, [str(f) for f in files], root / f"base-{w}x{h}")
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 4), "unit": "images/s"})
             log(f"    {base:.4f} images/s")
-            for precision, channels_last in (("fp32", False), ("bf16", False), ("int8", False)):
-                variant = precision + ("-channels_last" if channels_last else "")
-                log(f"  raycut translate {variant} ...")
-                opts = dict(model=str(model), precision=precision, channels_last=channels_last, batch_size=1)
-                # One frame first, so Ray's start is not counted. The timed job still
-                # pays its own start (listing, actor start, G load): the rate is what a
-                # user sees for this many frames, and an upper bound on the overhead.
-                warm = root / f"warm-{w}x{h}-{variant}"
-                warm.mkdir()
-                (warm / "000.png").write_bytes(files[0].read_bytes())
-                run_translate(TranslateOptions(input=str(warm), output=str(root / f"wout-{w}-{variant}"), **opts))
-                t = time.perf_counter()
-                s = run_translate(TranslateOptions(input=str(src), output=str(root / f"out-{w}x{h}-{variant}"), **opts))
-                rate = s.done / (time.perf_counter() - t)
-                rows.append({"name": f"translate/ray-{variant}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 4),
-                             "unit": "images/s", "includes": "job start-up: listing, Ray Data plan, actor start with G load"
-                             + (", int8 calibration on the first 2 frames" if precision == "int8" else "")})
-                finished = sorted(f.stat().st_mtime for f in (root / f"out-{w}x{h}-{variant}").rglob("*.png"))
-                steady = (len(finished) - 1) / (finished[-1] - finished[0])
-                rows.append({"name": f"translate/ray-{variant}-steady@{w}x{h}", "metric": "images_per_s",
-                             "value": round(steady, 4), "unit": "images/s",
-                             "includes": "first to last finished output of the same job"})
-                log(f"    {rate:.4f} images/s ({rate / base:.2f}x the baseline); steady {steady:.4f} ({steady / base:.2f}x)")
+            for precision in precisions:
+                for staged in (False, True):
+                    variant = f"{'staged' if staged else 'single-actor'}-{precision}"
+                    log(f"  raycut translate {variant} ...")
+                    opts = dict(model=str(model), precision=precision, batch_size=1, staged=staged)
+                    # One frame first, so Ray's start is not counted. The timed job still
+                    # pays its own start (listing, actor start, G load): the rate is what a
+                    # user sees for this many frames, and an upper bound on the overhead.
+                    warm = root / f"warm-{w}x{h}-{variant}"
+                    warm.mkdir()
+                    (warm / "000.png").write_bytes(files[0].read_bytes())
+                    run_translate(TranslateOptions(input=str(warm), output=str(root / f"wout-{w}-{variant}"), **opts))
+                    t = time.perf_counter()
+                    s = run_translate(TranslateOptions(input=str(src), output=str(root / f"out-{w}x{h}-{variant}"), **opts))
+                    rate = s.done / (time.perf_counter() - t)
+                    rows.append({"name": f"translate/{variant}@{w}x{h}", "metric": "images_per_s", "value": round(rate, 4),
+                                 "unit": "images/s", "model_busy": round(s.model_busy or 0.0, 3),
+                                 "includes": "job start-up: listing, Ray Data plan, actor start with G load"})
+                    finished = sorted(f.stat().st_mtime for f in (root / f"out-{w}x{h}-{variant}").rglob("*.png"))
+                    steady = (len(finished) - 1) / (finished[-1] - finished[0])
+                    rows.append({"name": f"translate/{variant}-steady@{w}x{h}", "metric": "images_per_s",
+                                 "value": round(steady, 4), "unit": "images/s",
+                                 "includes": "first to last finished output of the same job"})
+                    rows.append({"name": f"translate/{variant}@{w}x{h}", "metric": "model_busy",
+                                 "value": round(s.model_busy or 0.0, 3), "unit": "fraction"})
+                    log(f"    {rate:.4f} images/s ({rate / base:.2f}x the baseline); steady {steady:.4f} "
+                        f"({steady / base:.2f}x); model busy {s.model_busy or 0:.0%}")
+            frame = np.asarray(load_generator_output(G, files[0]))
+            rows += bench_output_formats(frame, f"{w}x{h}", root, log=log)
         ray.shutdown()
+    return rows
+
+
+def load_generator_output(G, path):
+    """A translated frame (what the write stage encodes), as (H, W, 3) uint8."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from cut_core.images import to_model_input, to_uint8_images
+
+    with torch.no_grad():
+        return to_uint8_images(G(to_model_input(np.asarray(Image.open(path).convert("RGB"))[None])))[0]
+
+
+OUTPUT_FORMAT_ROWS = {  # row name -> write_atomic arguments
+    "png-level1": {"fmt": "png", "png_level": 1},
+    "png-level6 (PIL default)": {"fmt": "png", "png_level": 6},
+    "jpg-q95": {"fmt": "jpg", "quality": 95},
+    "webp-lossless": {"fmt": "webp"},
+}
+
+
+def bench_output_formats(frame, size: str, root, repeats: int = 3, log=print) -> list[dict[str, object]]:
+    """ms to encode and write one translated frame, and its size, per output format."""
+    import statistics
+    import time
+
+    from pipelines.translate import write_atomic
+
+    rows: list[dict[str, object]] = []
+    for name, kwargs in OUTPUT_FORMAT_ROWS.items():
+        path = root / f"format-{size}.{kwargs['fmt']}"
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            write_atomic(frame, str(path), **kwargs)
+            times.append((time.perf_counter() - t) * 1000)
+        ms, mb = statistics.median(times), path.stat().st_size / 2**20
+        rows.append({"name": f"encode/{name}@{size}", "metric": "ms_per_image", "value": round(ms, 1), "unit": "ms"})
+        rows.append({"name": f"encode/{name}@{size}", "metric": "file_mb", "value": round(mb, 2), "unit": "MB"})
+        log(f"    encode {name} {size}: {ms:.0f} ms, {mb:.2f} MB")
     return rows

@@ -74,7 +74,8 @@ def _cmd_translate(args: argparse.Namespace) -> int:
         model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
         calibration_images=args.calibration_images, channels_last=_switch(args.channels_last), tile=args.tile,
-        overlap=args.overlap, fmt=args.format, labels=args.labels, link_labels=args.link_labels,
+        overlap=args.overlap, fmt=args.format, png_level=args.png_level, jpeg_quality=args.jpeg_quality,
+        labels=args.labels, link_labels=args.link_labels,
     ))
     return 1 if summary.failed else 0
 
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "parquet:PATH[:column], or any of these at s3:// or gs://")
     tr.add_argument("--output", required=True, help="output folder; mirrors the input tree, holds manifest/")
     tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
-    tr.add_argument("--concurrency", type=int, help="translation actors (default: one per GPU, or one on CPU)")
+    tr.add_argument("--concurrency", help="G actors: N, or MIN-MAX for a pool that grows as nodes join "
+                    "(default: 1-16 with --gpus-per-actor, else 1 using every core)")
     tr.add_argument("--gpus-per-actor", type=float, default=0.0)
     tr.add_argument("--precision", default="auto", choices=list(TRANSLATE_PRECISIONS),
                     help="auto (default): the fastest path each actor's device runs natively, measured (int8 on CPUs "
@@ -258,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NHWC memory layout for G (auto: where the probe finds it faster)")
     tr.add_argument("--tile", type=int, default=0, help="translate in tiles of this size (multiple of 4; 0: whole image)")
     tr.add_argument("--overlap", type=int, default=32, help="tile overlap, blended linearly")
-    tr.add_argument("--format", default="png", choices=["png", "jpg"])
+    tr.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
+                    help="png (lossless, the default), jpg (--jpeg-quality) or webp (lossless)")
+    tr.add_argument("--png-level", type=int, default=1, help="PNG zlib level 0-9 (default 1: fast, lossless)")
+    tr.add_argument("--jpeg-quality", type=int, default=95)
     tr.add_argument("--labels", help="label folder to copy alongside (mirrored like the images)")
     tr.add_argument("--link-labels", action="store_true", help="hard-link labels instead of copying")
     tr.set_defaults(func=_cmd_translate)
@@ -326,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", action="store_true",
                    help="train: time `raycut train` on Ray (1 and 2 workers) against the bare cut_core step")
     b.add_argument("--workers", type=int, default=2, help="ingest: worker processes / Ray CPUs")
-    b.add_argument("--images", type=int, default=16, help="ingest: distinct frames per format (each read 24 times)")
+    b.add_argument("--images", type=int, default=16, help="ingest: distinct frames per format (each read 24 times); "
+                   "translate: frames per size (default 4)")
+    b.add_argument("--precisions-translate", nargs="+", default=["auto"], choices=list(TRANSLATE_PRECISIONS),
+                   help="translate: the precisions of the job rows")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -2,7 +2,8 @@
 
     --model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model, or a model dir)
     -> list --input: files, or Parquet rows (pipelines.translate_inputs), minus what
-       the manifest marks done -> Ray Data actor pool (pipelines.translate.TranslateFiles)
+       the manifest marks done -> Ray Data: decode tasks -> G actor pool (autoscaling,
+       --concurrency MIN-MAX) -> encode + write tasks (pipelines.translate)
        -> outputs mirroring the input tree
     -> manifest parts as rows stream in -> labels copied alongside -> summary
 
@@ -25,14 +26,19 @@ from jobs.ray_runtime import start_ray
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
 from pipelines.translate import (
+    OUTPUT_FORMATS,
+    ROW_COLUMNS,
     TMP_SUFFIX,
+    GeneratorStage,
     TranslateFiles,
     TranslateSpec,
     append_manifest,
     calibrate_from_bytes,
     copy_labels,
     done_inputs,
+    encode_and_write,
     new_manifest_run,
+    read_and_decode,
     remove_partial_files,
 )
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
@@ -40,6 +46,7 @@ from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_
 CALIBRATION_FILE = "int8_calibration.json"
 FLUSH_ROWS = 64  # manifest rows per part
 FLUSH_SECONDS = 30.0
+DEFAULT_MAX_GPU_ACTORS = 16
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class TranslateOptions:
     input: str
     output: str
     batch_size: int = 4
-    concurrency: int | None = None  # actors; default: one per GPU, or one on CPU using every core
+    concurrency: str | int | None = None  # G actors: N or MIN-MAX (default: 1-16 on GPUs, 1 on CPU)
     gpus_per_actor: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16 | int8 (CPU: calibrated on the first inputs)
     calibration_images: int = 2
@@ -58,6 +65,9 @@ class TranslateOptions:
     fmt: str = "png"
     labels: str | None = None
     link_labels: bool = False
+    png_level: int = 1  # 0-9: zlib effort (PIL's default 6 costs more than G on a big frame)
+    jpeg_quality: int = 95
+    staged: bool = True  # decode / G / encode as separate stages (False: one fused actor, the old job)
     manifest_part_rows: int = FLUSH_ROWS  # rows per manifest part (also flushed every FLUSH_SECONDS)
 
 
@@ -71,10 +81,14 @@ class TranslateSummary:
     model_uri: str
     model_version: str
     seconds: float
+    model_busy: float | None = None  # fraction of the G actors' time inside G
+    g_actors: int = 0
 
     def line(self) -> str:
+        busy = (f", model busy {self.model_busy:.0%} of the time over {self.g_actors} G actor(s)"
+                if self.model_busy is not None else "")
         return (f"[translate] {self.done} translated, {self.skipped} already done (skipped), {len(self.failed)} failed, "
-                f"{self.labels} label files copied -> {self.output} in {self.seconds:.1f} s")
+                f"{self.labels} label files copied -> {self.output} in {self.seconds:.1f} s{busy}")
 
 
 def run_translate(opts: TranslateOptions) -> TranslateSummary:
@@ -98,14 +112,16 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     skipped = len(inputs.ids) - len(todo)
     print(f"[translate] {len(inputs.ids)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}",
           flush=True)
-    spec = TranslateSpec(model_dir=str(model_dir), out_root=str(out), fmt=opts.fmt,
+    spec = TranslateSpec(model_dir=str(model_dir), out_root=str(out), fmt=opts.fmt, png_level=opts.png_level,
+                         jpeg_quality=opts.jpeg_quality,
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
     failed: list[tuple[str, str]] = []
     n_done = 0
     if todo and _wants_int8(opts, model_dir):
         spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version))
+    stats: dict[str, float] = {}
     if todo:
-        n_done, failed = _run(inputs, todo, spec, opts, version)
+        n_done, failed, stats = _run(inputs, todo, spec, opts, version)
     labels = 0
     if opts.labels:
         finished = done_inputs(out)  # read the manifest once, after the run
@@ -114,7 +130,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
         mine = matching_labels(translated, inputs.root, label_files, os.path.abspath(opts.labels))
         labels = copy_labels(mine, inputs.mirror_root, str(out), link=opts.link_labels)
     summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
-                               model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0)
+                               model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0,
+                               model_busy=stats.get("model_busy"), g_actors=int(stats.get("g_actors", 0)))
     print(summary.line(), flush=True)
     for path, reason in failed[:20]:
         print(f"  failed {path}: {reason}", flush=True)
@@ -123,14 +140,31 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     return summary
 
 
+def parse_concurrency(text: str | int | None, *, use_gpu: bool) -> tuple[int, int]:
+    """``--concurrency``: ``N`` (a fixed pool) or ``MIN-MAX`` (a pool that grows as
+    nodes join). Default: on GPUs ``1-DEFAULT_MAX_GPU_ACTORS`` (actors are added as GPU
+    nodes of an autoscaling cluster come up; nothing is sized at launch); on CPU 1 actor
+    that uses the machine's cores."""
+    if text is None or text == "":
+        return (1, DEFAULT_MAX_GPU_ACTORS) if use_gpu else (1, 1)
+    lo, _, hi = str(text).partition("-")
+    try:
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise RaycutError(f"--concurrency must be N or MIN-MAX (e.g. 1-8), not {text!r}") from None
+    if not 1 <= low <= high:
+        raise RaycutError(f"--concurrency {text}: need 1 <= MIN <= MAX")
+    return low, high
+
+
 def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOptions,
-         version: str) -> tuple[int, list[tuple[str, str]]]:
+         version: str) -> tuple[int, list[tuple[str, str]], dict[str, float]]:
     import ray
 
     cpus = os.cpu_count() or 1
     start_ray(cpus)
     use_gpu = opts.gpus_per_actor > 0
-    actors = opts.concurrency or (max(1, int(ray.cluster_resources().get("GPU", 0) / opts.gpus_per_actor)) if use_gpu else 1)
+    low, high = parse_concurrency(opts.concurrency, use_gpu=use_gpu)
     ray.data.DataContext.get_current().enable_progress_bars = False
     items = inputs.items(todo)
     if inputs.is_parquet:
@@ -139,40 +173,59 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
         ds = ds.flat_map(read_row_group, fn_kwargs={"fs": inputs.fs, "column": inputs.source.column})
     else:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // opts.batch_size, 1000)))
-    # On CPU the actors share the cores: each gets cores / actors torch threads (the
-    # logical CPU count of a local Ray may exceed the cores; threads follow the cores).
-    threads = 1 if use_gpu else max(1, min(int(ray.cluster_resources().get("CPU", cpus)), cpus) // actors)
-    ds = ds.map_batches(
-        TranslateFiles,
-        fn_constructor_kwargs={"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads,
-                               "filesystem": inputs.fs if is_remote(inputs.source) else None},
-        batch_size=opts.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=opts.gpus_per_actor,
-        num_cpus=threads if not use_gpu else 1,
-    )
+    # CPU actors share this machine's cores: each runs cores / max actors torch threads.
+    # A GPU actor needs one core to feed its GPU; decode and encode have the rest.
+    threads = 1 if use_gpu else max(1, cpus // high)
+    fs = inputs.fs if is_remote(inputs.source) else None
+    pool = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+    model_args = {"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads}
+    if opts.staged:
+        ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": spec.max_pixels, "filesystem": fs},
+                            batch_size=opts.batch_size, batch_format="numpy", num_cpus=1)
+        ds = ds.map_batches(GeneratorStage, fn_constructor_kwargs=model_args, batch_size=opts.batch_size,
+                            batch_format="numpy", compute=pool, num_gpus=opts.gpus_per_actor,
+                            num_cpus=1 if use_gpu else threads)
+        ds = ds.map_batches(encode_and_write, fn_kwargs={"spec": asdict(spec)}, batch_size=opts.batch_size,
+                            batch_format="numpy", num_cpus=1)
+    else:  # the single-actor job: every stage in one actor (kept for the benchmark)
+        ds = ds.map_batches(TranslateFiles, fn_constructor_kwargs={**model_args, "filesystem": fs},
+                            batch_size=opts.batch_size, batch_format="numpy", compute=pool,
+                            num_gpus=opts.gpus_per_actor, num_cpus=1 if use_gpu else threads)
     bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
     pending: list[dict] = []
     run = new_manifest_run(spec.out_root)  # this run's parts sort after every earlier run's
     parts, last_flush, n_done = 0, time.monotonic(), 0
     failed: list[tuple[str, str]] = []
+    busy: dict[str, tuple[float, float]] = {}  # actor -> (seconds in G, seconds alive), running totals
+
+    def flush() -> None:
+        nonlocal parts, pending, last_flush
+        append_manifest(spec.out_root, pending, parts, run=run, metadata={"model_busy": f"{model_busy(busy):.4f}"})
+        parts, pending, last_flush = parts + 1, [], time.monotonic()
+
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["input"])):
-            row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in batch}
+            row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
             row.update(model_uri=opts.model, model_version=version)
             pending.append(row)
             if row["status"] == "done":
                 n_done += 1
             else:
                 failed.append((row["input"], row["error"]))
+            actor = str(batch["actor"][i])
+            busy[actor] = max(busy.get(actor, (0.0, 0.0)), (float(batch["busy_s"][i]), float(batch["wall_s"][i])))
         bar.update(len(batch["input"]))
         if len(pending) >= opts.manifest_part_rows or time.monotonic() - last_flush > FLUSH_SECONDS:
-            append_manifest(spec.out_root, pending, parts, run=run)
-            parts, pending, last_flush = parts + 1, [], time.monotonic()
+            flush()
     if pending:
-        append_manifest(spec.out_root, pending, parts, run=run)
-    return n_done, failed
+        flush()
+    return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy))}
+
+
+def model_busy(busy: dict[str, tuple[float, float]]) -> float:
+    """The fraction of the G actors' time spent inside G (1.0: the model never waited)."""
+    wall = sum(w for _, w in busy.values())
+    return sum(b for b, _ in busy.values()) / wall if wall > 0 else 0.0
 
 
 def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, version: str) -> dict[str, list[float]]:
@@ -216,8 +269,11 @@ def _wants_int8(opts: TranslateOptions, model_dir: Path) -> bool:
 
 
 def _check(opts: TranslateOptions) -> None:
-    if opts.fmt not in ("png", "jpg"):
-        raise RaycutError(f"--format must be png or jpg, not {opts.fmt}")
+    if opts.fmt not in OUTPUT_FORMATS:
+        raise RaycutError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {opts.fmt}")
+    if not 0 <= opts.png_level <= 9 or not 1 <= opts.jpeg_quality <= 100:
+        raise RaycutError(f"--png-level must be 0-9 and --jpeg-quality 1-100 (got {opts.png_level}, {opts.jpeg_quality})")
+    parse_concurrency(opts.concurrency, use_gpu=opts.gpus_per_actor > 0)
     if opts.precision not in PRECISIONS:
         raise RaycutError(f"--precision must be one of {', '.join(PRECISIONS)}, not {opts.precision}")
     if opts.channels_last not in (True, False, "auto"):
@@ -227,8 +283,8 @@ def _check(opts: TranslateOptions) -> None:
                           "use --precision bf16 on GPUs")
     if opts.calibration_images < 1:
         raise RaycutError("--calibration-images must be at least 1")
-    if opts.batch_size < 1 or (opts.concurrency is not None and opts.concurrency < 1):
-        raise RaycutError("--batch-size and --concurrency must be at least 1")
+    if opts.batch_size < 1:
+        raise RaycutError("--batch-size must be at least 1")
     if opts.tile and (opts.tile % 4 or not 0 <= opts.overlap < opts.tile // 2):
         raise RaycutError(f"--tile must be a multiple of 4 and --overlap below tile/2 (got {opts.tile}, {opts.overlap})")
 

@@ -297,3 +297,52 @@ def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
     with pytest.raises(RaycutError, match="int8 runs on CPU actors"):
         run_translate(TranslateOptions(model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
                                        precision="int8", gpus_per_actor=1))
+
+
+def test_staged_and_single_actor_jobs_agree_in_every_output_format(local_ray, model_dir, tmp_path) -> None:
+    """The staged job (decode tasks -> G actors -> encode tasks) writes cut_core's pixels
+    in each lossless format (and close ones in JPEG), as the single-actor job does, and
+    says how busy G was: in the summary and in the manifest's metadata."""
+    import pyarrow.parquet as pq
+
+    data = _dataset(tmp_path / "gta")
+    G = load_generator(model_dir)
+    files = sorted((data / "images").rglob("0*.png"))
+    for fmt, extra in (("png", {}), ("png", {"png_level": 6}), ("webp", {}), ("jpg", {"jpeg_quality": 90})):
+        for staged in (True, False):
+            out = tmp_path / f"out-{fmt}-{extra}-{staged}"
+            s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(out),
+                                               fmt=fmt, staged=staged, concurrency="1-2", batch_size=2, **extra))
+            assert (s.done, len(s.failed)) == (len(SIZES), 2)
+            assert s.model_busy is not None and 0 < s.model_busy <= 1 and s.g_actors >= 1
+            assert f"model busy {s.model_busy:.0%}" in s.line()
+            meta = pq.read_schema(next((out / "manifest").glob("part-*.parquet"))).metadata
+            assert 0 < float(meta[b"raycut.model_busy"]) <= 1
+            for f in files:
+                got = np.asarray(Image.open(out / f.relative_to(data).with_suffix(f".{fmt}")).convert("RGB")).astype(int)
+                want = _expected(G, f).astype(int)
+                if fmt == "jpg":
+                    assert got.shape == want.shape and np.abs(got - want).mean() < 6
+                else:
+                    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"concurrency": "8-2"}, "MIN <= MAX"),
+    ({"concurrency": "many"}, "N or MIN-MAX"),
+    ({"fmt": "gif"}, "--format must be one of png, jpg, webp"),
+    ({"png_level": 12}, "--png-level must be 0-9"),
+])
+def test_bad_translate_options_are_one_line(tmp_path, bad, words) -> None:
+    from cut_core.errors import RaycutError
+
+    with pytest.raises(RaycutError, match=words):
+        run_translate(TranslateOptions(**EXACT, model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"), **bad))
+
+
+def test_concurrency_defaults_grow_with_gpu_nodes_and_stay_put_on_cpu() -> None:
+    from jobs.translate import DEFAULT_MAX_GPU_ACTORS, parse_concurrency
+
+    assert parse_concurrency(None, use_gpu=True) == (1, DEFAULT_MAX_GPU_ACTORS)
+    assert parse_concurrency(None, use_gpu=False) == (1, 1)
+    assert parse_concurrency("3", use_gpu=True) == (3, 3) and parse_concurrency("2-8", use_gpu=False) == (2, 8)
