@@ -50,7 +50,7 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from jobs.train import TrainOptions, run_train
+    from jobs.train.driver import TrainOptions, run_train
 
     run_train(
         TrainOptions(
@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from jobs.translate import TranslateOptions, run_translate
+    from jobs.translate.driver import TranslateOptions, run_translate
 
     summary = run_translate(TranslateOptions(
         model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
@@ -81,7 +81,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from jobs.tune import TuneOptions, run_tune
+    from jobs.tune.driver import TuneOptions, run_tune
 
     run_tune(TuneOptions(
         data_a=args.data_a or "", data_b=args.data_b or "", preset=args.preset, config_file=args.config,
@@ -128,7 +128,7 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from jobs.bench import run_bench
+    from jobs.bench.commands import run_bench
 
     return run_bench(args)
 
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--preset", default="cut", choices=["cut", "fastcut"])
     u.add_argument("--config", help="YAML of options applied to every trial")
     u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option for every trial, e.g. crop_size=128")
-    u.add_argument("--space", help="YAML search space laid over the default (see jobs/tune_space.py)")
+    u.add_argument("--space", help="YAML search space laid over the default (see jobs/tune/space.py)")
     u.add_argument("--samples", type=int, default=8, help="trials")
     u.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
     u.add_argument("--metric", help="what ASHA and the ranking use (default: eval_colour_err on toy data, else eval_kid)")

@@ -61,8 +61,8 @@ GLOBAL_BATCH = 4
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from jobs import tracking
     from jobs.evaluate import EvaluateOptions, run_evaluate
-    from jobs.train import TrainOptions, run_train
-    from jobs.translate import TranslateOptions, run_translate
+    from jobs.train.driver import TrainOptions, run_train
+    from jobs.translate.driver import TranslateOptions, run_translate
     from pipelines.toy_eval import TOY_METRIC, improvement, load_toy_test, read_translations
 
     out = Path(opts.out).resolve()

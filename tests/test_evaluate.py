@@ -240,7 +240,7 @@ def test_training_time_kid_on_held_out_images(toy, extractor, tmp_path):
     """Off the toy data, --eval-every scores KID between G's translations of held-out A
     images and held-out B images; a G that outputs the B images exactly would score ~0."""
     from cut_core.networks import build_generator
-    from jobs.train_eval import Evaluator, plan_eval
+    from jobs.train.evaluation import Evaluator, plan_eval
     from tests.conftest import tiny
 
     plain = tmp_path / "plainA"

@@ -7,7 +7,7 @@ import pytest
 from cut_core.hardware import capabilities
 from cut_core.images import to_model_input
 from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
-from jobs.local_train import train_in_process, translate_array
+from jobs.train.in_process import train_in_process, translate_array
 from pipelines.local_images import load_folder
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from pipelines.toy_eval import evaluate_toy

@@ -67,7 +67,7 @@ def test_negative_sources_are_exclusive_and_named():
 
 
 def test_cut_with_a_memory_bank_trains_its_loss_falls_and_checkpoints(tmp_path):
-    from jobs.local_train import train_in_process
+    from jobs.train.in_process import train_in_process
     from pipelines.local_images import load_folder
     from pipelines.toy_data import ToySpec, write_toy_dataset
 

@@ -15,8 +15,8 @@ from safetensors.numpy import load_file
 from cut_core import load_generator
 from cut_core.images import to_model_input, to_uint8_images
 from jobs.tracking import resolve_model_dir
-from jobs.train import TrainOptions, run_train
-from jobs.train_worker import FINAL_SAMPLES
+from jobs.train.driver import TrainOptions, run_train
+from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cut_core.errors import RaycutError
-from jobs.train import TrainOptions, run_train
+from jobs.train.driver import TrainOptions, run_train
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, kill_one_train_worker_when
 
@@ -119,7 +119,7 @@ def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray
 
 
 def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, capsys) -> None:
-    from jobs.train import _drop_unregistered_checkpoints
+    from jobs.train.driver import _drop_unregistered_checkpoints
 
     run = tmp_path / "run"
     for name in ("checkpoint_a", "checkpoint_orphan", "checkpoint_best"):

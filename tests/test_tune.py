@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.config_file import resolve_config
-from jobs.tune_space import DEFAULT_SPACE, load_space, overrides
+from jobs.tune.space import DEFAULT_SPACE, load_space, overrides
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS
 

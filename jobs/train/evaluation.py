@@ -140,7 +140,7 @@ class Evaluator:
 
     def __call__(self, G: torch.nn.Module, device: torch.device) -> dict[str, float]:
         """{eval_<metric>: value, ...} of G's translations (fp32, eval mode)."""
-        from jobs.local_train import translate_array
+        from jobs.train.in_process import translate_array
 
         fake = translate_array(G, self.plan.images["a"], device=str(device))
         if self.plan.metric == "colour_err":

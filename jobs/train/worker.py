@@ -36,8 +36,8 @@ from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import TrainState
 from jobs.progress import Progress
 from jobs.tracking import RunLogger
-from jobs.train_eval import EvalPlan, Evaluator
-from jobs.train_job import TrainJob
+from jobs.train.evaluation import EvalPlan, Evaluator
+from jobs.train.spec import TrainJob
 from pipelines.ingest import unpaired_batches
 from pipelines.report import save_grid
 

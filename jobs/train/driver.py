@@ -29,7 +29,7 @@ from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray
-from jobs.train_job import SPEC_NAME, TrainJob
+from jobs.train.spec import SPEC_NAME, TrainJob
 from pipelines.ingest import IngestOptions, decode_head, domain_size, read_domain, steps_per_epoch
 from pipelines.sources import filesystem_for
 
@@ -184,7 +184,7 @@ def default_cpus_per_worker(opts: TrainOptions) -> float:
 
 
 def _eval_plan(job: TrainJob):
-    from jobs.train_eval import plan_eval
+    from jobs.train.evaluation import plan_eval
 
     if not job.eval_every:
         return None
@@ -211,7 +211,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.train_worker import train_worker
+    from jobs.train.worker import train_worker
 
     cfg = job.cut
     # Ray Train's report() waits on the controller's health-check poll (2 s by default);
@@ -272,7 +272,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
 
 
 def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
-    from jobs.train_worker import MODEL_SUBDIR
+    from jobs.train.worker import MODEL_SUBDIR
 
     if result.checkpoint is None:
         raise RaycutError(f"run {job.name} ended without a checkpoint; see the log above")
@@ -305,8 +305,8 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
 def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) -> dict[str, Any]:
     """The best evaluated checkpoint: its model logged as ``best_model`` in the run, its
     score and step as run metrics/tags, and ``best.json`` in the run's folder."""
-    from jobs.train_eval import score_order
-    from jobs.train_worker import MODEL_SUBDIR
+    from jobs.train.evaluation import score_order
+    from jobs.train.worker import MODEL_SUBDIR
 
     key = job.eval["metric"]
     order = score_order(key)

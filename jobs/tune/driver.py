@@ -45,7 +45,7 @@ class TuneOptions:
     preset: str = "cut"
     config_file: str | None = None
     sets: tuple[str, ...] = ()  # applied to every trial
-    space: str | None = None  # YAML laid over jobs.tune_space.DEFAULT_SPACE
+    space: str | None = None  # YAML laid over jobs.tune.space.DEFAULT_SPACE
     samples: int = 8
     max_concurrent: int = 2
     metric: str | None = None  # default: eval_colour_err on toy data, eval_kid otherwise
@@ -128,8 +128,8 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
 def _plan(opts: TuneOptions, storage: Path) -> TuneOptions:
     """Check everything cheap before Ray starts; fix the values every trial shares."""
     from jobs.config_file import resolve_config
-    from jobs.train_eval import EVAL_PREFIX, plan_eval, score_order, toy_root_of
-    from jobs.tune_space import load_space, overrides
+    from jobs.train.evaluation import EVAL_PREFIX, plan_eval, score_order, toy_root_of
+    from jobs.tune.space import load_space, overrides
 
     if not (opts.data_a and opts.data_b):
         raise RaycutError("--data-a and --data-b are required (or --resume to continue a search)")
@@ -205,8 +205,8 @@ def _start_ray(opts: TuneOptions) -> None:
 def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
     import ray.tune
     from ray import tune
-    from jobs.train_eval import score_order
-    from jobs.tune_space import to_tune
+    from jobs.train.evaluation import score_order
+    from jobs.tune.space import to_tune
 
     mode = score_order(opts.metric)
     search_alg = None
@@ -314,8 +314,8 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     TuneReportCallback. A restarted trial (after --resume) resumes its train run."""
     from ray import tune
 
-    from jobs.train import TrainOptions, run_train
-    from jobs.tune_space import overrides
+    from jobs.train.driver import TrainOptions, run_train
+    from jobs.tune.space import overrides
 
     opts = TuneOptions(**spec)
     trial = tune.get_context().get_trial_id()
@@ -366,7 +366,7 @@ def _as_set(value: Any) -> str:
 def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
     import pandas as pd
 
-    from jobs.train_eval import score_order
+    from jobs.train.evaluation import score_order
 
     mode = score_order(opts.metric)
     rows = []
@@ -415,7 +415,7 @@ def _write_best_config(opts: TuneOptions, best: dict[str, Any], path: Path) -> P
     import yaml
 
     from jobs.config_file import resolve_config
-    from jobs.tune_space import overrides
+    from jobs.tune.space import overrides
 
     trial_values = {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}
     sets = list(opts.sets) + [f"{k}={_as_set(v)}" for k, v in overrides(trial_values).items()]

@@ -178,7 +178,7 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
     from mlflow.tracking import MlflowClient
 
     from jobs.ray_runtime import start_ray
-    from jobs.train import TrainOptions, run_train
+    from jobs.train.driver import TrainOptions, run_train
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
     cores = os.cpu_count() or 1
@@ -263,7 +263,7 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     import ray
 
     from cut_core import load_generator
-    from jobs.translate import TranslateOptions, run_translate
+    from jobs.translate.driver import TranslateOptions, run_translate
     from pipelines.translate_speed import full_size_model, reference_loop, write_frames
 
     rows: list[dict[str, object]] = []

@@ -33,7 +33,7 @@ class TrainJob:
     mlflow_run_id: str = ""
     register: str = ""
     samples: int = 4  # images in each sample grid
-    # Evaluation during training (jobs/train_eval.py): every eval_every steps, 0 = off;
+    # Evaluation during training (jobs/train/evaluation.py): every eval_every steps, 0 = off;
     # eval holds where the validation subset comes from, so --resume rebuilds it.
     eval_every: int = 0
     eval: dict[str, Any] = field(default_factory=dict)

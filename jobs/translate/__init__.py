@@ -1,0 +1,3 @@
+"""`raycut translate`: the driver (driver.py: inputs, what is done, int8 calibration,
+the staged Ray Data job, the manifest, labels). The stages themselves are in
+pipelines.translate."""

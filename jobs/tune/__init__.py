@@ -1,0 +1,2 @@
+"""`raycut tune`: the search driver (driver.py: Ray Tune + ASHA, each trial a Ray Train
+run, MLflow parent/child runs, results, the champion) and its search space (space.py)."""
