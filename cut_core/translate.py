@@ -13,11 +13,13 @@ difference is small; ``tile=0`` (the default) is exact.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from cut_core.config import PerfConfig
 from cut_core.fast_paths import autocast
+from cut_core.images import to_model_input, to_uint8_images
 from cut_core.padding import SIZE_MULTIPLE, pad_to_multiple
 from cut_core.quantize import Int8ResnetGenerator
 
@@ -47,6 +49,30 @@ def translate(G: nn.Module, x: torch.Tensor, *, precision: str = "fp32", channel
         with autocast(PerfConfig(precision=precision, channels_last=channels_last), x.device):
             y = G(x)
     return y[..., :h, :w].float().contiguous()
+
+
+@torch.no_grad()
+def translate_uint8(G: nn.Module, images: np.ndarray, *, precision: str = "fp32", channels_last: bool = False,
+                    tile: int = 0, overlap: int = 32, batch_size: int = 8,
+                    device: torch.device | str | None = None) -> np.ndarray:
+    """uint8 in, uint8 out: (N, H, W, 3) -> (N, H, W, 3), any H x W, through G in eval
+    mode (its training mode is restored), ``batch_size`` images at a time on ``device``
+    (default: G's). The one uint8 path of raycut: the batch job, the MLflow model,
+    sample grids and tests all translate through it. An ``Int8ResnetGenerator`` runs
+    in int8 whatever ``precision`` says."""
+    if isinstance(G, Int8ResnetGenerator):
+        precision, device = "int8", "cpu"
+    if device is None:
+        device = next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    try:
+        out = [to_uint8_images(translate(G, to_model_input(images[i : i + batch_size]).to(device, non_blocking=True),
+                                         precision=precision, channels_last=channels_last, tile=tile, overlap=overlap))
+               for i in range(0, len(images), batch_size)]
+    finally:
+        G.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), dtype=np.uint8)
 
 
 def _ramp(n: int, left: int, right: int, device: torch.device) -> torch.Tensor:

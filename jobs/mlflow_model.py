@@ -1,14 +1,13 @@
 """The MLflow pyfunc wrapper of a raycut generator, logged as "models from code":
 MLflow stores this file, not a pickled object.
 
-``predict`` takes uint8 RGB images (N, H, W, 3), H and W multiples of 4, and returns
-their translations as uint8 (N, H, W, 3). For bulk work use ``raycut translate``.
+``predict`` takes uint8 RGB images (N, H, W, 3) of any size and returns their
+translations as uint8 (N, H, W, 3). For bulk work use ``raycut translate``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
@@ -23,10 +22,9 @@ class CUTGenerator(PythonModel):
         x = np.asarray(model_input)
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise ValueError(f"expected uint8 images (N, H, W, 3), got {x.dtype} {x.shape}")
-        from cut_core.images import to_model_input, to_uint8_images
+        from cut_core.translate import translate_uint8
 
-        with torch.no_grad():
-            return to_uint8_images(self.G(to_model_input(x)))
+        return translate_uint8(self.G, x)
 
 
 set_model(CUTGenerator())

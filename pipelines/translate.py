@@ -32,9 +32,9 @@ import torch
 from cut_core import load_generator
 from cut_core.errors import RaycutError
 from cut_core.hardware import resolve_translation
-from cut_core.images import to_model_input, to_uint8_images
+from cut_core.images import to_model_input
 from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
-from cut_core.translate import translate
+from cut_core.translate import translate_uint8
 from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
 
 TMP_SUFFIX = ".raycut-tmp"
@@ -185,11 +185,9 @@ class GeneratorStage:
     def translate_one(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H, W, 3) uint8 at full resolution; the time counts as busy."""
         t0 = time.perf_counter()
-        x = to_model_input(image[None]).to(self.device, non_blocking=True)
-        y = translate(self.G, x, precision=self.paths.precision, channels_last=self.paths.channels_last,
-                      tile=self.spec.tile, overlap=self.spec.overlap)
-        out = to_uint8_images(y)[0]  # back on the host: includes the device's sync
-        self.busy += time.perf_counter() - t0
+        out = translate_uint8(self.G, image[None], precision=self.paths.precision, channels_last=self.paths.channels_last,
+                              tile=self.spec.tile, overlap=self.spec.overlap, device=self.device)[0]
+        self.busy += time.perf_counter() - t0  # the result is on the host: the device's time is in
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

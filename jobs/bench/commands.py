@@ -314,13 +314,11 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
 def load_generator_output(G, path):
     """A translated frame (what the write stage encodes), as (H, W, 3) uint8."""
     import numpy as np
-    import torch
     from PIL import Image
 
-    from cut_core.images import to_model_input, to_uint8_images
+    from cut_core.translate import translate_uint8
 
-    with torch.no_grad():
-        return to_uint8_images(G(to_model_input(np.asarray(Image.open(path).convert("RGB"))[None])))[0]
+    return translate_uint8(G, np.asarray(Image.open(path).convert("RGB"))[None])[0]
 
 
 OUTPUT_FORMAT_ROWS = {  # row name -> write_atomic arguments

@@ -10,7 +10,8 @@ import torch
 
 from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
 from jobs.progress import Progress
-from cut_core.images import to_model_input, to_uint8_images
+from cut_core.images import to_model_input
+from cut_core.translate import translate_uint8
 from pipelines.local_images import unpaired_array_batches
 
 
@@ -53,12 +54,8 @@ def train_in_process(
     return state, history
 
 
-@torch.no_grad()
 def translate_array(state_or_G, images: np.ndarray, *, batch_size: int = 8, device: str = "cpu") -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 through G (eval mode, fp32)."""
+    """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 through G (eval mode, fp32; int8 for an
+    Int8ResnetGenerator)."""
     G = state_or_G.G if isinstance(state_or_G, TrainState) else state_or_G
-    was_training = G.training
-    G.eval()
-    out = [to_uint8_images(G(to_model_input(images[i : i + batch_size]).to(device))) for i in range(0, len(images), batch_size)]
-    G.train(was_training)
-    return np.concatenate(out)
+    return translate_uint8(G, images, batch_size=batch_size, device=device)

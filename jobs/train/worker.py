@@ -31,7 +31,8 @@ from safetensors.numpy import save_file as save_numpy
 
 from cut_core import build_train_state, save_generator, set_epoch, train_step
 from cut_core.distributed import replica_divergence, wrap_data_parallel
-from cut_core.images import to_model_input, to_uint8_images
+from cut_core.images import to_model_input
+from cut_core.translate import translate_uint8
 from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import TrainState
 from jobs.progress import Progress
@@ -200,15 +201,9 @@ def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: 
             logger.artifact(grid, "samples")
 
 
-@torch.no_grad()
 def _translate(state: TrainState, images: np.ndarray) -> np.ndarray:
     """(S, H, W, 3) uint8 through the plain (unwrapped) G, in fp32 eval mode."""
-    G = state.G
-    G.eval()
-    try:
-        return to_uint8_images(G(to_model_input(images).to(state.device)))
-    finally:
-        G.train()
+    return translate_uint8(state.G, images, batch_size=len(images), device=state.device)
 
 
 def _quiet_ray_train() -> None:
