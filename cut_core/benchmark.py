@@ -351,9 +351,7 @@ def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
     """Fail fast on a machine where cut_core computes wrong: every preset trains a
     few tiny steps to finite losses, and bf16 G output stays close to fp32."""
     for preset in ("cut", "fastcut", "sincut"):
-        cfg = CUTConfig.from_preset(preset).with_overrides(
-            {"ngf": 8, "ndf": 8, "netF_nc": 16, "crop_size": 32, "load_size": 32, "batch_size": 2}
-        )
+        cfg = CUTConfig.tiny(preset)
         for prec in ("fp32", "bf16"):
             state = build_train_state(cfg.with_overrides({"precision": prec}), device=device)
             x = torch.rand(2, 3, 32, 32, device=device) * 2 - 1
@@ -371,13 +369,6 @@ def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
     log(f"  check: all presets train to finite losses; max |G_bf16 - G_fp32| = {err:.4f} on {device}")
     if err > 0.1:
         raise RuntimeError(f"bf16 output differs from fp32 by {err:.3f} on {device}")
-
-
-def _tiny(preset: str, **extra: object) -> CUTConfig:
-    """The preset at check size: ngf/ndf 8, 3 blocks, 32 px, batch 2."""
-    return CUTConfig.from_preset(preset).with_overrides(
-        {"ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "crop_size": 32, "load_size": 32, "batch_size": 2, **extra}
-    )
 
 
 def channels_last_agreement(cfg: CUTConfig, a: torch.Tensor, b: torch.Tensor, device: str = "cpu") -> dict[str, float]:
@@ -408,7 +399,7 @@ def check_channels_last(device: str, log: Callable[[str], None] = print) -> floa
     the largest relative difference and raises past 1e-9."""
     worst = 0.0
     for preset in ("cut", "fastcut"):
-        cfg = _tiny(preset, num_patches=32)
+        cfg = CUTConfig.tiny(preset)
         g = torch.Generator().manual_seed(1)
         a, b = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
         diffs = channels_last_agreement(cfg, a, b, device)
@@ -432,7 +423,7 @@ def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> f
     from cut_core.train_checkpoint import load_train_state, save_train_state
 
     dev = torch.device(device)
-    cfg = _tiny("fastcut")
+    cfg = CUTConfig.tiny("fastcut")
     g = torch.Generator().manual_seed(0)
     a, b = ((torch.rand(2, 3, 32, 32, generator=g) * 2 - 1).to(dev) for _ in range(2))
     ids = [dev.index or 0] if dev.type == "cuda" else None

@@ -310,6 +310,13 @@ class CUTConfig:
         )
 
     @classmethod
+    def tiny(cls, preset: str = "cut", **overrides: Any) -> CUTConfig:
+        """The preset at check size (tests, device checks): TINY_OVERRIDES, fp32 NCHW
+        so it computes the same on every CPU kind, then ``overrides``."""
+        small = TINY_SINCUT_OVERRIDES if preset.startswith("sincut") else TINY_OVERRIDES
+        return cls.from_preset(preset).with_overrides({**small, **overrides})
+
+    @classmethod
     def from_preset(cls, name: str) -> CUTConfig:
         makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut, "sincut-paper": cls.sincut_paper}
         if name not in makers:
@@ -342,7 +349,7 @@ class CUTConfig:
         # are validated together, not one at a time.
         top: dict[str, Any] = {}
         grouped: dict[str, dict[str, Any]] = {}
-        for key, raw in overrides.items():
+        for key, raw in official_names(overrides).items():
             section, name = _locate(key)
             if section is None:
                 top[name] = _coerce(key, raw, _field_type(CUTConfig, name))
@@ -354,6 +361,77 @@ class CUTConfig:
         return replace(self, **top)
 
 _SECTIONS = ("model", "loss", "optim", "data", "perf")
+
+# The check-size model of tests and device checks (CUTConfig.tiny): ngf/ndf 8, 3 blocks,
+# 32 px crops, batch 2; SinCUT keeps its layers and blocks at ngf/ndf 4.
+EXACT_PERF: dict[str, Any] = {"precision": "fp32", "channels_last": False}
+TINY_OVERRIDES: dict[str, Any] = {
+    "ngf": 8, "ndf": 8, "n_blocks": 3, "netF_nc": 16, "nce_layers": "0,4,8,12,14", "num_patches": 32,
+    "crop_size": 32, "load_size": 32, "preprocess": "crop", "batch_size": 2, **EXACT_PERF,
+}
+TINY_SINCUT_OVERRIDES: dict[str, Any] = {
+    "ngf": 4, "ndf": 4, "netF_nc": 16, "crop_size": 32, "batch_size": 2, "D_patch_size": 0, **EXACT_PERF,
+}
+
+
+# Options of the official CUT code that raycut does not vary: the value it always uses,
+# and what to say to a user who asks for another. (Options that raycut takes under its
+# own flag are in OFFICIAL_FLAGS.)
+OFFICIAL_FIXED: dict[str, tuple[str, str]] = {
+    "no_antialias": ("false", "anti-aliased downsampling (the official default)"),
+    "no_antialias_up": ("false", "anti-aliased upsampling (the official default)"),
+    "normG": ("instance", "instance norm in G"),
+    "normD": ("instance", "instance norm in D"),
+    "init_type": ("xavier", "xavier init (its gain is init_gain)"),
+    "netF": ("mlp_sample", "the mlp_sample patch MLP (its width is netF_nc)"),
+    "lr_policy": ("linear", "the linear policy: n_epochs constant, then n_epochs_decay down to 0"),
+    "no_dropout": ("true", "no dropout (as the official CUT default)"),
+    "dataset_mode": ("unaligned", "unaligned A and B, drawn independently"),
+    "direction": ("atob", "A -> B (swap --data-a and --data-b for B -> A)"),
+    "pool_size": ("0", "no image pool for D (CUT's default; CycleGAN's is 50)"),
+    "serial_batches": ("false", "shuffled batches"),
+}
+OFFICIAL_FLAGS: dict[str, str] = {  # official option -> the raycut flag that does it
+    "dataroot": "--dataroot ROOT (or --data-a/--data-b)", "name": "--name", "gpu_ids": "--gpus-per-worker",
+    "checkpoints_dir": "--storage-path", "continue_train": "--resume", "CUT_mode": "--CUT_mode or --preset",
+    "model": "--preset", "phase": "cyclegan:ROOT:trainA sources", "max_dataset_size": "a glob or folder of the images",
+}
+NETG_OFFICIAL = {"resnet_9blocks": 9, "resnet_6blocks": 6}  # the official names of the ResNet G
+
+
+def official_names(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """CUT's own option names and values, taken as CUT users write them:
+    ``netG=resnet_9blocks`` (or ``resnet_6blocks``) sets the ResNet G and its blocks; an
+    option raycut does not vary passes when it asks for what raycut uses and is one
+    clear error otherwise; an option raycut takes as a flag says which."""
+    out: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        name = key.rpartition(".")[2]
+        if name == "netG" and str(raw) in NETG_OFFICIAL:
+            out[key] = "resnet"
+            out.setdefault("n_blocks", NETG_OFFICIAL[str(raw)])
+        elif name in OFFICIAL_FIXED:
+            value, what = OFFICIAL_FIXED[name]
+            if str(raw).lower() != value:
+                raise ConfigError(f"raycut does not vary {name}: it always uses {what} ({name}={value})")
+        elif name in OFFICIAL_FLAGS:
+            raise ConfigError(f"{name} is not a config key in raycut; use {OFFICIAL_FLAGS[name]}")
+        else:
+            out[key] = raw
+    return out
+
+
+def known_keys() -> list[str]:
+    """Every option name ``--set`` takes (flat official names)."""
+    return ["preset", "seed"] + [f.name for section in _SECTIONS for f in fields(_section_type(section))]
+
+
+def _unknown_key(key: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key.rpartition(".")[2], known_keys() + list(OFFICIAL_FIXED), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; see `raycut config show` for every key"
+    return ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -375,14 +453,14 @@ def _locate(key: str) -> tuple[str | None, str]:
     if "." in key:
         section, _, name = key.partition(".")
         if section not in _SECTIONS or name not in {f.name for f in fields(_section_type(section))}:
-            raise ConfigError(f"unknown config key {key!r}")
+            raise _unknown_key(key)
         return section, name
     if key in ("preset", "seed"):
         return None, key
     for section in _SECTIONS:
         if key in {f.name for f in fields(_section_type(section))}:
             return section, key
-    raise ConfigError(f"unknown config key {key!r}; see `raycut train --help` or cut_core/config.py for the names")
+    raise _unknown_key(key)
 
 
 def _section_type(section: str) -> type:
@@ -439,7 +517,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown config key {(path + '.' if path else '') + unknown[0]!r}")
+        raise _unknown_key((path + "." if path else "") + unknown[0])
     kwargs = {}
     for name, raw in data.items():
         tp = hints[name]

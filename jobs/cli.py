@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from cut_core.config import Precision, Preset
+from cut_core.config import Precision
 from cut_core.translate import PRECISIONS as TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
 
@@ -49,9 +49,35 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_args(args: argparse.Namespace) -> None:
+    """``--dataroot ROOT``: the CycleGAN layout (ROOT/trainA, ROOT/trainB), as in CUT."""
+    if getattr(args, "dataroot", None):
+        args.data_a = args.data_a or f"cyclegan:{args.dataroot}:trainA"
+        args.data_b = args.data_b or f"cyclegan:{args.dataroot}:trainB"
+
+
+def _dry_run(args: argparse.Namespace) -> bool:
+    """``--dry-run``: print the resolved configuration and stop."""
+    if not args.dry_run:
+        return False
+    from jobs.config_file import resolve_with_sources, show_config
+
+    print(show_config(resolve_with_sources(args.preset, args.config, list(args.set))), end="")
+    return True
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    args.dry_run = True
+    _dry_run(args)
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from jobs.train.driver import TrainOptions, run_train
 
+    _data_args(args)
+    if _dry_run(args):
+        return 0
     run_train(
         TrainOptions(
             preset=args.preset, data_a=args.data_a or "", data_b=args.data_b or "", config_file=args.config,
@@ -83,6 +109,9 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from jobs.tune.driver import TuneOptions, run_tune
 
+    _data_args(args)
+    if _dry_run(args):
+        return 0
     run_tune(TuneOptions(
         data_a=args.data_a or "", data_b=args.data_b or "", preset=args.preset, config_file=args.config,
         sets=tuple(args.set), space=args.space, samples=args.samples, max_concurrent=args.max_concurrent,
@@ -142,9 +171,70 @@ def _add_validation_options(parser: argparse.ArgumentParser, *, images: int) -> 
     parser.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
 
 
+def _add_config_options(parser: argparse.ArgumentParser, preset_help: str) -> None:
+    """--preset (or CUT's --CUT_mode), --config and --set: the run's configuration."""
+    parser.add_argument("--preset", "--CUT_mode", dest="preset", type=_preset_arg, metavar="PRESET", help=preset_help)
+    parser.add_argument("--config", help="YAML file of options (official CUT names; may name its preset:), applied over the preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one option, e.g. crop_size=512 or netG=resnet_6blocks (wins over --config)")
+
+
+def _preset_arg(value: str) -> str:
+    from jobs.config_file import preset_name
+
+    try:
+        return preset_name(value)
+    except RaycutError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# One example per command, shown at the end of its --help.
+EXAMPLES = {
+    "demo": "raycut demo                      # ./raycut-demo: samples.png, losses.png, summary.md",
+    "toy-data": "raycut toy-data --out toy --size 64",
+    "import-official": "raycut import-official --generator checkpoints/horse2zebra/latest_net_G.pth --out models/h2z",
+    "train": "raycut train --CUT_mode FastCUT --dataroot ./datasets/grumpifycat --set netG=resnet_9blocks \\\n"
+             "    --workers 2 --steps 2000 --register grumpy\n"
+             "raycut train --preset fastcut --config cluster/configs/toy.yaml --data-a cyclegan:toy:trainA "
+             "--data-b cyclegan:toy:trainB --dry-run",
+    "tune": "raycut tune --preset fastcut --dataroot toy --samples 8 --steps-per-trial 400 --register toy-best",
+    "translate": "raycut translate --model models:/grumpy@latest --input gta5:/data/gta5 --output /data/gta5-real \\\n"
+                 "    --labels /data/gta5/labels --gpus-per-actor 1 --concurrency 1-8",
+    "evaluate": "raycut evaluate --toy toy --fake toy-real\n"
+                "raycut evaluate --real cityscapes:/data/cityscapes:val --fake /data/gta5-real "
+                "--inception-weights pt_inception-2015-12-05-6726825d.pth",
+    "config": "raycut config show --preset fastcut --config cluster/configs/toy.yaml --set crop_size=128 > run.yaml",
+    "submit": "RAY_ADDRESS=http://127.0.0.1:8265 raycut submit -- raycut train --dataroot s3://bucket/toy --workers 4",
+    "jobs": "raycut jobs list; raycut jobs logs JOB_ID --follow",
+    "bench": "raycut bench train --out bench-train.json\nraycut bench translate --out bench-translate.json",
+}
+
+
+def _with_examples(sub: argparse._SubParsersAction) -> None:
+    for name, parser in sub.choices.items():
+        if name in EXAMPLES:
+            parser.epilog = "example:\n  " + EXAMPLES[name].replace("\n", "\n  ")
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"raycut {version('raycut')}"
+    except PackageNotFoundError:
+        return "raycut (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raycut", description="CUT / FastCUT / SinCUT unpaired image translation on Ray.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("config", help="print a run's fully resolved configuration as YAML (a valid --config file)")
+    c.add_argument("action", choices=["show"])
+    _add_config_options(c, "cut | fastcut | sincut | sincut-paper (default: the config file's preset:, else cut)")
+    c.set_defaults(func=_cmd_config)
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default (toy sim->real data)")
     d.add_argument("--out", default="raycut-demo", help="output folder (default: ./raycut-demo)")
@@ -176,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
         "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
     )
-    r.add_argument("--preset", default="cut", choices=list(typing.get_args(Preset)),
-                   help="cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix recipe)")
+    _add_config_options(r, "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix "
+                        "recipe); default: the config file's preset:, else cut")
+    r.add_argument("--dataroot", help="CUT's form: ROOT with trainA/ and trainB/ (sets --data-a and --data-b)")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved configuration (raycut config show) and stop")
     r.add_argument("--data-a", help="source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], s3://...; "
                    "for sincut, one image file")
     r.add_argument("--data-b", help="target domain (same forms)")
-    r.add_argument("--config", help="YAML file of options (official CUT names), applied over the preset")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one option, e.g. crop_size=512")
     r.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
     r.add_argument("--gpus-per-worker", type=float, default=0.0)
     r.add_argument("--cpus-per-worker", type=float,
@@ -219,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     u.add_argument("--data-a", help="source domain (same forms as raycut train)")
     u.add_argument("--data-b", help="target domain")
-    u.add_argument("--preset", default="cut", choices=["cut", "fastcut"])
-    u.add_argument("--config", help="YAML of options applied to every trial")
-    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option for every trial, e.g. crop_size=128")
+    _add_config_options(u, "cut | fastcut (default: the config file's preset:, else cut); every trial starts from it")
+    u.add_argument("--dataroot", help="CUT's form: ROOT with trainA/ and trainB/ (sets --data-a and --data-b)")
+    u.add_argument("--dry-run", action="store_true", help="print the resolved base configuration and stop")
     u.add_argument("--space", help="YAML search space laid over the default (see jobs/tune/space.py)")
     u.add_argument("--samples", type=int, default=8, help="trials")
     u.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
@@ -336,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions-translate", nargs="+", default=["auto"], choices=list(TRANSLATE_PRECISIONS),
                    help="translate: the precisions of the job rows")
     b.set_defaults(func=_cmd_bench)
+    _with_examples(sub)
     return p
 
 

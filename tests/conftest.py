@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cut_core import CUTConfig
+from cut_core.config import TINY_OVERRIDES
 from jobs.ray_runtime import LOCAL_RAY_ENV
 
 torch.set_num_threads(2)
@@ -18,32 +19,11 @@ torch.set_num_threads(2)
 os.environ.update(LOCAL_RAY_ENV)
 
 
-EXACT_PERF = {"precision": "fp32", "channels_last": False}
-
-
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
-    """A preset shrunk for tests: ngf/ndf 8, 3 blocks, 32 px crops, batch 2 (SinCUT:
-    its own layers and blocks, ngf/ndf 4, 32 px crops, batch 2)."""
-    # fp32 NCHW unless a test asks: the same computation on every CPU kind (auto would
-    # pick bf16 on some); tests of auto itself ask for it.
-    overrides = {**EXACT_PERF, **overrides}
-    if preset.startswith("sincut"):
-        small = {"ngf": 4, "ndf": 4, "netF_nc": 16, "crop_size": 32, "batch_size": 2, "D_patch_size": 0}
-        return CUTConfig.from_preset(preset).with_overrides({**small, **overrides})
-    base = {
-        "ngf": 8,
-        "ndf": 8,
-        "n_blocks": 3,
-        "netF_nc": 16,
-        "nce_layers": "0,4,8,12,14",
-        "num_patches": 32,
-        "crop_size": 32,
-        "load_size": 32,
-        "preprocess": "crop",
-        "batch_size": 2,
-    }
-    base.update(overrides)
-    return CUTConfig.from_preset(preset).with_overrides(base)
+    """A preset shrunk for tests (CUTConfig.tiny): ngf/ndf 8, 3 blocks, 32 px crops,
+    batch 2, fp32 NCHW unless a test asks (auto would pick bf16 on some CPUs; the tests
+    of auto ask for it)."""
+    return CUTConfig.tiny(preset, **overrides)
 
 
 @pytest.fixture
@@ -66,8 +46,7 @@ def local_ray():
 
 
 # The same tiny model as ``tiny()``, as `raycut train --set` items.
-TINY_SETS = ("ngf=8", "ndf=8", "n_blocks=3", "netF_nc=16", "nce_layers=0,4,8,12,14", "num_patches=32",
-             "crop_size=32", "load_size=32", "preprocess=crop", "batch_size=2", "precision=fp32", "channels_last=false")
+TINY_SETS = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_OVERRIDES.items())
 
 
 def kill_one_train_worker_when(ready, *, timeout: float = 180.0) -> threading.Thread:

@@ -86,3 +86,64 @@ def test_yaml_config_file_then_set_overrides(tmp_path):
         resolve_config("cut", tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_config("cut", tmp_path / "missing.yaml")
+
+
+# ---- CUT's own option names, the printable config --------------------------------------
+
+
+@pytest.mark.parametrize("value, blocks", [("resnet_9blocks", 9), ("resnet_6blocks", 6)])
+def test_official_netG_names_set_the_resnet_and_its_blocks(value, blocks):
+    cfg = CUTConfig.cut().with_overrides({"netG": value})
+    assert cfg.model.netG == "resnet" and cfg.model.n_blocks == blocks
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("normG", "batch", "raycut does not vary normG: it always uses instance norm in G"),
+    ("no_antialias", "true", "raycut does not vary no_antialias"),
+    ("lr_policy", "cosine", "the linear policy"),
+    ("gpu_ids", "0,1", "use --gpus-per-worker"),
+    ("crop_sise", "128", "did you mean crop_size?"),
+    ("loss.nce_tau", "0.1", "did you mean nce_T?"),
+])
+def test_official_options_raycut_fixes_or_flags_get_one_line(key, value, words):
+    with pytest.raises(ConfigError, match=words):
+        CUTConfig.cut().with_overrides({key: value})
+
+
+def test_official_options_asking_for_what_raycut_uses_pass():
+    assert CUTConfig.cut().with_overrides({"normG": "instance", "init_type": "xavier", "no_antialias": "false"}) == CUTConfig.cut()
+
+
+def test_yaml_names_its_preset_and_config_show_round_trips(tmp_path):
+    from jobs.config_file import resolve_config, resolve_with_sources, show_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("CUT_mode: FastCUT\ncrop_size: 128\nload_size: 143\n")
+    resolved = resolve_with_sources(None, path, ["lambda_NCE=4", "netG=resnet_6blocks"])
+    cfg = resolved.config
+    assert cfg.preset == "fastcut" and cfg.loss.flip_equivariance and cfg.model.n_blocks == 6
+    text = show_config(resolved)
+    assert "lambda_NCE: 4.0  # --set (preset: 10.0)" in text and "crop_size: 128  # config file (preset: 256)" in text
+    assert "nce_T: 0.07\n" in text  # a preset value carries no comment
+    back = tmp_path / "back.yaml"
+    back.write_text(text)
+    assert resolve_config(None, back) == cfg  # what `config show` prints is a --config file
+    with pytest.raises(ConfigError, match="names preset fastcut but --preset says cut"):
+        resolve_config("cut", path)
+
+
+def test_cli_version_dry_run_dataroot_and_examples(tmp_path, capsys):
+    from jobs.cli import EXAMPLES, build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("raycut ")
+    assert main(["train", "--CUT_mode", "FastCUT", "--dataroot", str(tmp_path), "--set", "crop_size=64",
+                 "--set", "load_size=64", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# raycut config: preset fastcut") and "crop_size: 64  # --set" in out
+    assert main(["train", "--set", "normG=batch", "--dry-run"]) == 2
+    assert "raycut: error: raycut does not vary normG" in capsys.readouterr().err
+    parser = build_parser()
+    helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
+    assert set(EXAMPLES) == set(helps) and all("raycut " in h.partition("\nexample:\n  ")[2] for h in helps.values())

@@ -411,21 +411,17 @@ def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
 
 
 def _write_best_config(opts: TuneOptions, best: dict[str, Any], path: Path) -> Path:
-    """A YAML of every option (official names) that `raycut train --preset P --config` takes."""
-    import yaml
-
-    from jobs.config_file import resolve_config
+    """The best trial's whole configuration (every section, perf included) as the YAML
+    `raycut train --config` takes, with where each non-preset value came from."""
+    from jobs.config_file import resolve_with_sources, show_config
     from jobs.tune.space import overrides
 
     trial_values = {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}
     sets = list(opts.sets) + [f"{k}={_as_set(v)}" for k, v in overrides(trial_values).items()]
-    cfg = resolve_config(opts.preset, opts.config_file, sets)
-    data = {"preset": cfg.preset, **{s: getattr(cfg, s).__dict__ for s in ("model", "loss", "optim", "data")},
-            "seed": cfg.seed}
-    data = json.loads(json.dumps(data))  # tuples -> lists
+    resolved = resolve_with_sources(opts.preset, opts.config_file, sets)
     header = (f"# Best trial {best['trial']} of raycut tune search {opts.name}: {opts.metric} {best['best']:.4f}\n"
-              f"# Use it: raycut train --preset {cfg.preset} --config {path.name} --data-a ... --data-b ...\n")
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+              f"# Use it: raycut train --config {path.name} --data-a ... --data-b ...\n")
+    path.write_text(header + show_config(resolved))
     return path
 
 
