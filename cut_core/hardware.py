@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from cut_core.config import PerfConfig
 
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 # Environment variables that change which kernels run, and so the probe's answer.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
 # A fast path must beat the plain one by this much to be chosen: rows closer than
@@ -106,7 +106,10 @@ def capabilities(device: torch.device | str = "cpu") -> Capabilities:
     isa = torch.backends.cpu.get_cpu_capability()
     flags = _cpu_flags()
     limited = _isa_limited_below_avx512()
-    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not limited
+    # oneDNN also "supports" bf16 on AVX-512 CPUs without bf16 instructions (by
+    # conversion, slowly): native means the instructions are there too.
+    has_bf16_insns = not flags or bool(flags & {"avx512_bf16", "amx_bf16"})
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and has_bf16_insns and not limited
     vnni = bool(flags & {"avx512_vnni", "amx_int8"}) and isa.startswith("AVX512") and not limited
     return Capabilities("cpu", cpu_model(), isa, bf16, vnni)
 

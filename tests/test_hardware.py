@@ -13,13 +13,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from cut_core.config import PerfConfig
-from cut_core.hardware import Capabilities, decide, resolve_perf
+from cut_core.hardware import Capabilities, capabilities, decide, resolve_perf
 
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-NATIVE_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and not any(os.environ.get(k) for k in AVX2_ONLY)
+NATIVE_BF16 = capabilities("cpu").bf16  # oneDNN bf16 with the CPU's own bf16 instructions, no ISA cap
 
 RESOLVE = """
 import json, sys, torch
@@ -44,8 +43,9 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
     got = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
     assert got["isa"] == "AVX2" and got["bf16_capability"] is False  # the emulation took hold
     assert got["precision"] == "fp32" and got["summary"].startswith("precision auto -> fp32")
-    # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 10-20x here).
-    assert got["probe"]["bf16"] > 3 * got["probe"]["fp32"], got["probe"]
+    # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 12-20x on an
+    # AVX2-only EPYC).
+    assert got["probe"]["bf16"] > 1.5 * got["probe"]["fp32"], got["probe"]
     forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY)
     assert forced["precision"] == "bf16"  # an explicit choice still runs ...
     assert len(forced["warnings"]) == 1  # ... with one line that names the measured cost

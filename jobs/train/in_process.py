@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 
 from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
 from jobs.progress import Progress
