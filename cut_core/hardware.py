@@ -301,6 +301,13 @@ def _write_cache(key: str, paths: FastPaths) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _fast_paths(key: str, device: str, use_cache: bool) -> FastPaths:
+    # The first caller may be inside no_grad or inference_mode (a calibration, an
+    # actor's set-up): the probe times backward passes, so it needs autograd on.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _probe_or_cached(key, device, use_cache)
+
+
+def _probe_or_cached(key: str, device: str, use_cache: bool) -> FastPaths:
     if use_cache:
         hit = _read_cache().get(key)
         if hit is not None:

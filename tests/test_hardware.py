@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cut_core.config import PerfConfig
 from cut_core.hardware import Capabilities, capabilities, decide, resolve_perf
@@ -101,3 +102,20 @@ def test_explicit_settings_need_no_probe_and_tiny_configs_stay_exact():
     from tests.conftest import tiny
 
     assert tiny("cut").perf == PerfConfig(precision="fp32", channels_last=False)
+
+
+def test_the_probe_runs_from_inside_no_grad_and_inference_mode(tmp_path, monkeypatch):
+    """The first call may come from a calibration (no_grad) or an actor's set-up: the
+    probe's backward passes must still run, and leave the caller's mode alone."""
+    from cut_core import hardware
+
+    monkeypatch.setenv("RAYCUT_CACHE", str(tmp_path))
+    hardware._fast_paths.cache_clear()
+    with torch.inference_mode():
+        paths = hardware.fast_paths("cpu")
+        assert torch.is_inference_mode_enabled()
+    with torch.no_grad():
+        assert hardware.fast_paths("cpu", use_cache=False).probe_ms["fp32"] > 0
+        assert not torch.is_grad_enabled()
+    assert paths.probe_ms["fp32"] > 0 and (tmp_path / "fast_paths.json").is_file()
+    hardware._fast_paths.cache_clear()
