@@ -129,6 +129,13 @@ class FastPaths:
     gave_up: tuple[str, ...] = ()
     cached: bool = False  # read from the cache file, not measured in this process
 
+    def layout_for(self, precision: str) -> bool:
+        """channels_last for ``precision``: the probe's choice for its own precision,
+        else whether that precision's channels_last row measured a win."""
+        if precision == self.precision:
+            return self.channels_last
+        return self.slowdown(f"{precision}-channels_last") < WIN_MARGIN * self.slowdown(precision)
+
     def slowdown(self, variant: str) -> float:
         """How many times fp32's probe time ``variant`` took (nan if not probed)."""
         base = self.probe_ms.get("fp32")
@@ -377,8 +384,7 @@ def resolve_perf(perf: PerfConfig, device: torch.device | str = "cpu", *, use_ca
     paths = fast_paths(device, use_cache=use_cache)
     precision = paths.precision if perf.precision == "auto" else perf.precision
     if perf.channels_last == "auto":
-        channels_last = paths.channels_last if precision == paths.precision else \
-            paths.slowdown(f"{precision}-channels_last") < WIN_MARGIN * paths.slowdown(precision)
+        channels_last = paths.layout_for(precision)
     else:
         channels_last = bool(perf.channels_last)
     warnings = []
@@ -420,8 +426,7 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
         layout = False
     elif channels_last == "auto":
         assert paths is not None
-        layout = paths.channels_last if chosen == paths.precision else \
-            paths.slowdown(f"{chosen}-channels_last") < WIN_MARGIN * paths.slowdown(chosen)
+        layout = paths.layout_for(chosen)
     else:
         layout = bool(channels_last)
     warnings = []

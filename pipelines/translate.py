@@ -124,13 +124,15 @@ def _read(path: str, fs: Any) -> bytes:
     return read_bytes(path, fs)
 
 
-def decode_one(path: str, data: Any, *, max_pixels: int, fs: Any = None) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 and "" — or the placeholder and why it failed."""
+def decode_one(path: str, encoded: Any, i: int, *, max_pixels: int, fs: Any = None) -> tuple[np.ndarray, str]:
+    """Row ``i``'s image as (H, W, 3) uint8 and "" — or the placeholder and why it failed.
+    ``encoded``: the batch's ``bytes`` column (Parquet rows), or None to read ``path``
+    (through ``fs`` when given)."""
     try:
-        raw = _read(path, fs) if data is None and fs is not False else data
-        if raw is None:
+        data = _read(path, fs) if encoded is None else encoded[i]
+        if data is None:
             raise ValueError("empty row: no image bytes")
-        decoded = decode_image(bytes(raw), max_pixels=max_pixels)
+        decoded = decode_image(bytes(data), max_pixels=max_pixels)
         if decoded.image is None:
             raise ValueError(decoded.reason)
         return decoded.image, ""
@@ -147,8 +149,7 @@ def read_and_decode(batch: dict[str, np.ndarray], *, max_pixels: int = DEFAULT_M
     encoded = batch.get("bytes")
     images, errors = [], []
     for i, path in enumerate(map(str, batch["path"])):
-        image, error = decode_one(path, None if encoded is None else (encoded[i] if encoded[i] is not None else b""),
-                                  max_pixels=max_pixels, fs=filesystem if encoded is None else False)
+        image, error = decode_one(path, encoded, i, max_pixels=max_pixels, fs=filesystem)
         images.append(image)
         errors.append(error)
     return {"path": batch["path"], "out": batch["out"], "image": _objects(images), "error": _objects(errors)}
@@ -253,9 +254,7 @@ class TranslateFiles:
         encoded = batch.get("bytes")
         for i, path in enumerate(map(str, batch["path"])):
             out = self.spec.output_path(str(batch["out"][i]))
-            data = None if encoded is None else (encoded[i] if encoded[i] is not None else b"")
-            image, error = decode_one(path, data, max_pixels=self.spec.max_pixels,
-                                      fs=self.fs if encoded is None else False)
+            image, error = decode_one(path, encoded, i, max_pixels=self.spec.max_pixels, fs=self.fs)
             h = w = 0
             if not error:
                 h, w = image.shape[:2]
