@@ -36,6 +36,10 @@ WORKER_GROUP_START_TIMEOUT_S = "300"
 STOPPED_NAME = "stopped_by_asha.txt"
 RUNGS_NAME = "asha_rungs.json"
 TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
+# Fault injection for tests and drills: after this many trials complete, the driver
+# interrupts itself exactly as Ctrl-C would, so "interrupt, then --resume" is tested
+# at a known point of the search instead of racing a timer.
+INTERRUPT_AFTER_ENV = "RAYCUT_TUNE_INTERRUPT_AFTER_TRIALS"
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,30 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
         tune_config=tune.TuneConfig(metric=opts.metric, mode=mode, num_samples=opts.samples, scheduler=scheduler,
                                     search_alg=search_alg, max_concurrent_trials=opts.max_concurrent),
         run_config=ray.tune.RunConfig(name=opts.name, storage_path=str(storage), verbose=0,
-                                      failure_config=ray.tune.FailureConfig(max_failures=1)),
+                                      failure_config=ray.tune.FailureConfig(max_failures=1),
+                                      callbacks=_interrupt_callbacks()),
     )
+
+
+def _interrupt_callbacks() -> list[Any]:
+    """[] unless $RAYCUT_TUNE_INTERRUPT_AFTER_TRIALS asks for a self-interrupt."""
+    after = int(os.environ.get(INTERRUPT_AFTER_ENV, "0") or 0)
+    if after < 1:
+        return []
+    import signal
+
+    from ray.tune import Callback
+
+    class InterruptAfter(Callback):
+        def __init__(self) -> None:
+            self.completed = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.completed += 1
+            if self.completed == after:
+                os.kill(os.getpid(), signal.SIGINT)  # Tune's own Ctrl-C handling saves and stops
+
+    return [InterruptAfter()]
 
 
 class RecordingASHA(ASHAScheduler):
