@@ -195,7 +195,7 @@ EXAMPLES = {
     "import-official": "raycut import-official --generator checkpoints/horse2zebra/latest_net_G.pth --out models/h2z",
     "train": "raycut train --CUT_mode FastCUT --dataroot ./datasets/grumpifycat --set netG=resnet_9blocks \\\n"
              "    --workers 2 --steps 2000 --register grumpy\n"
-             "raycut train --preset fastcut --config cluster/configs/toy.yaml --data-a cyclegan:toy:trainA "
+             "raycut train --preset fastcut --config toy --data-a cyclegan:toy:trainA "
              "--data-b cyclegan:toy:trainB --dry-run",
     "tune": "raycut tune --preset fastcut --dataroot toy --samples 8 --steps-per-trial 400 --register toy-best",
     "translate": "raycut translate --model models:/grumpy@latest --input gta5:/data/gta5 --output /data/gta5-real \\\n"
@@ -203,7 +203,7 @@ EXAMPLES = {
     "evaluate": "raycut evaluate --toy toy --fake toy-real\n"
                 "raycut evaluate --real cityscapes:/data/cityscapes:val --fake /data/gta5-real "
                 "--inception-weights pt_inception-2015-12-05-6726825d.pth",
-    "config": "raycut config show --preset fastcut --config cluster/configs/toy.yaml --set crop_size=128 > run.yaml",
+    "config": "raycut config show --preset fastcut --config toy --set crop_size=128 > run.yaml",
     "submit": "RAY_ADDRESS=http://127.0.0.1:8265 raycut submit -- raycut train --dataroot s3://bucket/toy --workers 4",
     "jobs": "raycut jobs list; raycut jobs logs JOB_ID --follow",
     "bench": "raycut bench train --out bench-train.json\nraycut bench translate --out bench-translate.json",

@@ -46,7 +46,7 @@ def resolve_config(preset: str | None, config_file: str | Path | None = None, se
 
 def resolve_with_sources(preset: str | None, config_file: str | Path | None = None,
                          sets: list[str] | None = None) -> ResolvedConfig:
-    from_file = _flatten(_read_yaml(Path(config_file))) if config_file else {}
+    from_file = _flatten(_read_yaml(config_path(config_file))) if config_file else {}
     from_sets = dict(parse_overrides(sets or []))
     named = {where: preset_name(values.pop(key)) for where, values in (("the config file", from_file), ("--set", from_sets))
              for key in ("preset", "CUT_mode") if key in values}
@@ -92,6 +92,23 @@ def _why(key: str, value: Any, base: Mapping[str, Any], sources: Mapping[str, st
     if (list(value) if isinstance(value, tuple) else value) == default:
         return ""
     return f"  # {sources.get(key, 'derived')} (preset: {','.join(map(str, default)) if isinstance(default, list) else default})"
+
+
+BUILTIN_CONFIGS = Path(__file__).with_name("configs")  # shipped with the package: --config NAME
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def config_path(config_file: str | Path) -> Path:
+    """A YAML path, or the name of a built-in config (``toy``) when no such file exists."""
+    path = Path(config_file)
+    if not path.exists() and path.suffix == "" and (BUILTIN_CONFIGS / f"{path.name}.yaml").is_file():
+        return BUILTIN_CONFIGS / f"{path.name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (built-in configs by name: {', '.join(builtin_configs())})")
+    return path
 
 
 def _read_yaml(path: Path) -> Mapping[str, Any]:

@@ -41,17 +41,15 @@ class DemoOptions:
     alias: str = "demo"
 
 
-def demo_config(opts: DemoOptions) -> CUTConfig:
-    """The preset, shrunk to a laptop: ngf 16, 6 blocks, a 2-layer D of width 8, the toy
-    size as crop, a global batch of 4.
+DEMO_CONFIG = "toy"  # jobs/configs/toy.yaml: the demo's model, defined there only
 
-    Why a narrow D: at 64 px a D as wide as G learns to spot the real style's sensor
-    noise, which a deterministic G cannot produce, wins outright (D loss ~0.002) and
-    leaves G without a useful gradient. At ndf 8 the two stay balanced on most seeds
-    (D ~0.14, error ~29 after 600 steps) and every seed tried (0, 1, 2) beats both
-    baselines; GAN balance at this size still depends on the seed.
-    """
-    return CUTConfig.from_preset(opts.preset).with_overrides(demo_overrides(opts))
+
+def demo_config(opts: DemoOptions) -> CUTConfig:
+    """The preset shrunk to a laptop (the built-in ``toy`` config: ngf 16, 6 blocks, a
+    2-layer D of width 8), at the toy size, with a global batch of 4."""
+    from jobs.config_file import resolve_config
+
+    return resolve_config(opts.preset, DEMO_CONFIG, list(demo_sets(opts)))
 
 
 STAGES = 7
@@ -75,11 +73,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                                                        seed=opts.seed))
     with clock(2, "ingest with Ray Data (check every file, report the bad ones)"):
         ingest = _ingest_report(data, demo_config(opts))
-    sets = tuple(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                 for k, v in demo_overrides(opts).items())
     with clock(3, f"train {opts.preset} with Ray Train: {opts.workers} workers, {opts.steps} steps, MLflow tracking"):
         result = run_train(TrainOptions(
-            preset=opts.preset, data_a=f"cyclegan:{data}:trainA", data_b=f"cyclegan:{data}:trainB", sets=sets,
+            preset=opts.preset, config_file=DEMO_CONFIG, sets=demo_sets(opts),
+            data_a=f"cyclegan:{data}:trainA", data_b=f"cyclegan:{data}:trainB",
             workers=opts.workers, steps=opts.steps, storage_path=str(out / "runs"), name=f"demo-{int(time.time())}",
             # A checkpoint each quarter of the run, but not every few steps of a short one:
             # each costs a save and a Ray Train registration (seconds at any size).
@@ -204,7 +201,7 @@ def _summary_md(opts: DemoOptions, summary: dict[str, Any]) -> str:
         "",
         "```bash",
         "export RAY_ADDRESS=http://HEAD:8265 MLFLOW_TRACKING_URI=http://MLFLOW:5000",
-        f"raycut train --preset {opts.preset} --config cluster/configs/toy.yaml --data-a cyclegan:DATA:trainA \\",
+        f"raycut train --preset {opts.preset} --config toy --data-a cyclegan:DATA:trainA \\",
         f"    --data-b cyclegan:DATA:trainB --set batch_size={max(1, GLOBAL_BATCH // opts.workers)} "
         f"--workers {opts.workers} --steps {opts.steps} --storage-path s3://BUCKET/runs --register {opts.model_name}",
         "```",
@@ -215,13 +212,9 @@ def _summary_md(opts: DemoOptions, summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def demo_overrides(opts: DemoOptions) -> dict[str, Any]:
-    """The demo model as option overrides (see :func:`demo_config`)."""
-    return {
-        "ngf": 16, "ndf": 8, "n_blocks": 6, "n_layers_D": 2, "netF_nc": 64, "nce_layers": "0,4,8,12,16",
-        "num_patches": 128, "preprocess": "crop", "crop_size": opts.size, "load_size": opts.size,
-        # A global batch of 4 (2 per worker on 2 workers): at 8 the narrow D still wins
-        # outright on this data (D loss ~0.003, colour error ~61 after 500 steps).
-        "batch_size": max(1, GLOBAL_BATCH // opts.workers),
-        "lr": 5e-4, "precision": opts.precision, "seed": opts.seed,
-    }
+def demo_sets(opts: DemoOptions) -> tuple[str, ...]:
+    """What the demo sets over the toy config: its size, batch, precision and seed."""
+    # A global batch of 4 (2 per worker on 2 workers): at 8 the narrow D wins outright
+    # on this data (D loss ~0.003, colour error ~61 after 500 steps).
+    return (f"crop_size={opts.size}", f"load_size={opts.size}", f"batch_size={max(1, GLOBAL_BATCH // opts.workers)}",
+            f"precision={opts.precision}", f"seed={opts.seed}")

@@ -41,10 +41,12 @@ def test_import_official_bad_input_is_one_line(tmp_path, content, words):
 
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     """A shortened demo: Ray Data, Ray Train on 2 workers, MLflow, the registry alias,
-    batch translation and evaluation all run for real."""
+    batch translation and evaluation all run for real, and the model that Ray Train
+    trained (300 steps at 32 px, measured: colour error ~31 against ~61 for histogram
+    matching and ~106 for identity) beats both baselines on held-out images."""
     from mlflow.tracking import MlflowClient
 
-    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "8", "--n-train", "32", cwd=tmp_path)
+    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "300", "--n-train", "64", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "demo"
     for name in ("samples.png", "losses.png"):
@@ -52,7 +54,9 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
             im.verify()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"truth (paired real)", "baseline/identity", "baseline/histogram", "fastcut"}
-    assert set(summary["improvement_over_baselines"]) == {"baseline/identity", "baseline/histogram"}
+    gains = summary["improvement_over_baselines"]
+    assert set(gains) == {"baseline/identity", "baseline/histogram"}
+    assert gains["baseline/histogram"] > 1.2 and gains["baseline/identity"] > 2.0, summary["metrics"]
     assert summary["translated"] == 24 and len(list((out / "translated" / "testA").glob("*.png"))) == 24
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the working directory's store
     run = client.get_run(summary["mlflow"]["run_id"])

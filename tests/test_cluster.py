@@ -135,7 +135,7 @@ def test_runtime_env_uploads_the_working_dir_with_the_package_requirements(tmp_p
 
 
 def _yaml_files() -> list[Path]:
-    return sorted(p for p in CLUSTER.rglob("*.yaml") if "configs" not in p.parts)
+    return sorted(p for p in CLUSTER.rglob("*.yaml"))
 
 
 def test_every_cluster_file_parses_with_its_required_keys():

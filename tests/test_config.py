@@ -147,3 +147,20 @@ def test_cli_version_dry_run_dataroot_and_examples(tmp_path, capsys):
     parser = build_parser()
     helps = {name: sub.format_help() for name, sub in parser._subparsers._group_actions[0].choices.items()}
     assert set(EXAMPLES) == set(helps) and all("raycut " in h.partition("\nexample:\n  ")[2] for h in helps.values())
+
+
+def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
+    """``--config toy`` names the shipped YAML (the demo's model, defined once); a file
+    of that name in the working directory wins; a missing name lists the built-ins."""
+    from jobs.config_file import resolve_config
+    from jobs.demo import DemoOptions, demo_config
+
+    monkeypatch.chdir(tmp_path)
+    toy = resolve_config("fastcut", "toy", ["crop_size=32", "load_size=32"])
+    assert (toy.model.ngf, toy.model.ndf, toy.model.n_blocks, toy.model.n_layers_D) == (16, 8, 6, 2)
+    demo = demo_config(DemoOptions(size=32, workers=2))
+    assert demo.model == toy.model and demo.optim.batch_size == 2 and demo.data.crop_size == 32
+    (tmp_path / "toy").write_text("ngf: 24\n")
+    assert resolve_config("fastcut", "toy", []).model.ngf == 24
+    with pytest.raises(ConfigError, match="built-in configs by name: toy"):
+        resolve_config("fastcut", "tiny-model", [])
