@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,7 +28,7 @@ import torch
 from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
-from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths
+from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, sync, timed_ms
 from cut_core.networks import build_generator
 from cut_core.training import TrainState, build_train_state, train_step
 
@@ -78,11 +77,6 @@ def machine_info(device: str) -> dict[str, object]:
     return info
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _memory_baseline(device: str) -> float:
     """Memory in use now (MB): the start of a peak-memory window."""
     if device.startswith("cuda"):
@@ -119,15 +113,10 @@ def time_calls(fn: Callable[[], object], *, device: str, warmup: int, iters: int
     base = _memory_baseline(device) if not device.startswith("cuda") else 0.0
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     if device.startswith("cuda"):
         base = _memory_baseline(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1000)
+    times = [timed_ms(fn, device) for _ in range(iters)]
     return Timing(statistics.median(times), tuple(times), _memory_peak(device, base))
 
 
@@ -295,15 +284,12 @@ def _interleaved(fns: Sequence[Callable[[], object]], *, device: str, warmup: in
     for _ in range(warmup):
         for fn in fns:
             fn()
-    _sync(device)
+    sync(device)
     out: list[list[float]] = [[] for _ in fns]
     for r in range(rounds):
         order = [(i + r) % len(fns) for i in range(len(fns))]
         for i in order:
-            t0 = time.perf_counter()
-            fns[i]()
-            _sync(device)
-            out[i].append((time.perf_counter() - t0) * 1000)
+            out[i].append(timed_ms(fns[i], device))
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{names[i].split('/')[-1]} {out[i][-1]:.0f}" for i in range(len(fns))))
     return out
 

@@ -169,27 +169,28 @@ class FastPaths:
 # ---- the probe ---------------------------------------------------------------------
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU does not)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Wall milliseconds of one call of ``fn``, the work it queued on the device included:
+    the timing primitive of the probe here and of the benchmarks (cut_core.benchmark)."""
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1000
 
 
 def _time(fn: Callable[[], object], dev: torch.device, *, reps: int, give_up_ms: float | None) -> tuple[float, bool]:
     """Median ms of ``fn`` over ``reps`` calls after one warm-up. Returns (ms, gave_up):
     a warm-up slower than ``give_up_ms`` is the answer, not timed again."""
-    t0 = time.perf_counter()
-    fn()
-    _sync(dev)
-    first = (time.perf_counter() - t0) * 1000
+    first = timed_ms(fn, dev)
     if give_up_ms is not None and first > give_up_ms:
         return first, True
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), False
+    return statistics.median(timed_ms(fn, dev) for _ in range(reps)), False
 
 
 def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:

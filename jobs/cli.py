@@ -14,11 +14,6 @@ from cut_core.translate import PRECISIONS as TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
 
 
-def _switch(value: str) -> bool | str:
-    """auto | on | off -> "auto" | True | False."""
-    return value if value == "auto" else value == "on"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import DemoOptions, run_demo
 
@@ -72,73 +67,53 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_options(args: argparse.Namespace) -> dict:
+    """--preset / --config / --set as the fields of TrainOptions and TuneOptions."""
+    return {"preset": args.preset, "config_file": args.config, "sets": tuple(args.set)}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from jobs.train.driver import TrainOptions, run_train
+    from jobs.options import options_from
+    from jobs.train.driver import run_train
+    from jobs.train.spec import Schedule, TrainOptions, Validation
 
     _data_args(args)
     if _dry_run(args):
         return 0
-    run_train(
-        TrainOptions(
-            preset=args.preset, data_a=args.data_a or "", data_b=args.data_b or "", config_file=args.config,
-            sets=tuple(args.set), workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-            cpus_per_worker=args.cpus_per_worker, steps=args.steps, epochs=args.epochs, register=args.register or "",
-            resume=args.resume, name=args.name, storage_path=args.storage_path, checkpoint_every=args.checkpoint_every,
-            keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, sample_every=args.sample_every,
-            max_failures=args.max_failures, experiment=args.experiment, placement=args.placement,
-            eval_every=args.eval_every, eval_data=args.eval_data, eval_real=args.eval_real, eval_images=args.eval_images,
-            inception_weights=args.inception_weights, feature_extractor=args.feature_extractor,
-        )
-    )
+    run_train(TrainOptions(**_config_options(args), **options_from(TrainOptions, args),
+                           schedule=Schedule(**options_from(Schedule, args)),
+                           validation=Validation(**options_from(Validation, args))))
     return 0
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    from jobs.translate.driver import TranslateOptions, run_translate
+    from jobs.options import options_from
+    from jobs.translate.driver import run_translate
+    from jobs.translate.spec import TranslateOptions
 
-    summary = run_translate(TranslateOptions(
-        model=args.model, input=args.input, output=args.output, batch_size=args.batch_size,
-        concurrency=args.concurrency, gpus_per_actor=args.gpus_per_actor, precision=args.precision,
-        calibration_images=args.calibration_images, channels_last=_switch(args.channels_last), tile=args.tile,
-        overlap=args.overlap, fmt=args.format, png_level=args.png_level, jpeg_quality=args.jpeg_quality,
-        labels=args.labels, link_labels=args.link_labels,
-    ))
+    summary = run_translate(TranslateOptions(**options_from(TranslateOptions, args)))
     return 1 if summary.failed else 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from jobs.tune.driver import TuneOptions, run_tune
+    from jobs.options import options_from
+    from jobs.train.spec import Validation
+    from jobs.tune.driver import run_tune
+    from jobs.tune.spec import TuneOptions
 
     _data_args(args)
     if _dry_run(args):
         return 0
-    run_tune(TuneOptions(
-        data_a=args.data_a or "", data_b=args.data_b or "", preset=args.preset, config_file=args.config,
-        sets=tuple(args.set), space=args.space, samples=args.samples, max_concurrent=args.max_concurrent,
-        metric=args.metric, steps_per_trial=args.steps_per_trial, eval_every=args.eval_every,
-        grace_period=args.grace_period, reduction_factor=args.reduction_factor, search=args.search,
-        workers=args.workers, register=args.register or "", name=args.name, storage_path=args.storage_path,
-        resume=args.resume, seed=args.seed, experiment=args.experiment, eval_data=args.eval_data,
-        eval_real=args.eval_real, eval_images=args.eval_images, inception_weights=args.inception_weights,
-        feature_extractor=args.feature_extractor,
-    ))
+    run_tune(TuneOptions(**_config_options(args), **options_from(TuneOptions, args),
+                         validation=Validation(**options_from(Validation, args))))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from jobs.evaluate import EvaluateOptions, run_evaluate
+    from jobs.options import options_from
 
-    try:
-        w, h = (int(v) for v in args.seg_size.lower().split("x"))
-    except ValueError:
-        raise RaycutError(f"--seg-size must be WIDTHxHEIGHT, e.g. 256x128, not {args.seg_size}") from None
-    run_evaluate(EvaluateOptions(
-        real=args.real, fake=args.fake, toy=args.toy, name=args.name, inception_weights=args.inception_weights,
-        feature_extractor=args.feature_extractor, feature_size=args.feature_size, kid_subsets=args.kid_subsets,
-        kid_subset_size=args.kid_subset_size, seg_model=args.seg_model, labels=args.labels, label_kind=args.label_kind,
-        seg_normalize=args.seg_normalize, seg_size=(h, w), batch_size=args.batch_size, concurrency=args.concurrency,
-        out=args.out, run_id=args.run_id,
-    ))
+    run_evaluate(EvaluateOptions(**options_from(EvaluateOptions, args)))
     return 0
 
 
@@ -162,21 +137,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
-def _add_validation_options(parser: argparse.ArgumentParser, *, images: int) -> None:
-    """Where evaluation during training (train --eval-every, every tune trial) gets its data."""
-    parser.add_argument("--eval-data", help="held-out A images (default: the toy testA beside --data-a)")
-    parser.add_argument("--eval-real", help="held-out B images: KID's reference set (non-toy data)")
-    parser.add_argument("--eval-images", type=int, default=images, help="validation images per evaluation")
-    parser.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
-    parser.add_argument("--feature-extractor", help="TorchScript feature extractor for KID instead of Inception")
-
-
 def _add_config_options(parser: argparse.ArgumentParser, preset_help: str) -> None:
-    """--preset (or CUT's --CUT_mode), --config and --set: the run's configuration."""
+    """--preset (or CUT's --CUT_mode), --config and --set: the run's configuration;
+    --dataroot (CUT's data form) and --dry-run (print that configuration, stop)."""
     parser.add_argument("--preset", "--CUT_mode", dest="preset", type=_preset_arg, metavar="PRESET", help=preset_help)
     parser.add_argument("--config", help="YAML file of options (official CUT names; may name its preset:), applied over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one option, e.g. crop_size=512 or netG=resnet_6blocks (wins over --config)")
+    parser.add_argument("--dataroot", help="CUT's form: ROOT with trainA/ and trainB/ (sets --data-a and --data-b)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration (raycut config show) "
+                        "and stop")
 
 
 def _preset_arg(value: str) -> str:
@@ -227,6 +197,12 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jobs.options import add_options
+    from jobs.train.spec import Schedule, TrainOptions, Validation
+    from jobs.evaluate import EvaluateOptions
+    from jobs.translate.spec import TranslateOptions
+    from jobs.tune.spec import TUNE_EVAL_IMAGES, TuneOptions
+
     p = argparse.ArgumentParser(prog="raycut", description="CUT / FastCUT / SinCUT unpaired image translation on Ray.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -268,36 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(r, "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix "
                         "recipe); default: the config file's preset:, else cut")
-    r.add_argument("--dataroot", help="CUT's form: ROOT with trainA/ and trainB/ (sets --data-a and --data-b)")
-    r.add_argument("--dry-run", action="store_true", help="print the resolved configuration (raycut config show) and stop")
-    r.add_argument("--data-a", help="source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], s3://...; "
-                   "for sincut, one image file")
-    r.add_argument("--data-b", help="target domain (same forms)")
-    r.add_argument("--workers", type=int, default=1, help="data-parallel workers (DDP)")
-    r.add_argument("--gpus-per-worker", type=float, default=0.0)
-    r.add_argument("--cpus-per-worker", type=float,
-                   help="CPUs (and torch threads) per worker (default: on a local Ray, the cores / --workers; 1 on a cluster)")
-    length = r.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="total training steps")
-    length.add_argument("--epochs", type=int, help="total epochs (default: n_epochs + n_epochs_decay of the config)")
-    r.add_argument("--register", help="register the final model in the MLflow Model Registry under this name")
-    r.add_argument("--resume", action="store_true", help="continue the latest run (or --name) from its last checkpoint")
-    r.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
-    r.add_argument("--storage-path", default=os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs"),
-                   help="checkpoint storage: folder, NFS path or s3://bucket/prefix (default: $RAYCUT_STORAGE_PATH, "
-                   "else ./raycut-runs)")
-    r.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    r.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (the newest)")
-    r.add_argument("--log-every", type=int, default=20, help="steps between metric reports and progress lines")
-    r.add_argument("--sample-every", type=int, default=500, help="steps between sample grids logged to MLflow")
-    r.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the last checkpoint")
-    r.add_argument("--experiment", default="raycut", help="MLflow experiment")
-    r.add_argument("--placement", default="pack", choices=["pack", "spread", "strict-spread"],
-                   help="how workers spread over nodes (strict-spread: one per node)")
-    r.add_argument("--eval-every", type=int, default=0,
-                   help="score G every N steps on a fixed validation subset (checkpoints follow; the best is kept, "
-                   "marked and registered): toy colour error on toy data, else KID (needs --eval-data, --eval-real)")
-    _add_validation_options(r, images=32)
+    add_options(r, TrainOptions, defaults={"storage_path": os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs")})
+    add_options(r, Schedule)
+    add_options(r, Validation)
     r.set_defaults(func=_cmd_train)
 
     u = sub.add_parser(
@@ -307,84 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
         "table (CSV + Parquet), the best config as YAML for `raycut train --config`, and with --register the best "
         "model under the alias champion.",
     )
-    u.add_argument("--data-a", help="source domain (same forms as raycut train)")
-    u.add_argument("--data-b", help="target domain")
     _add_config_options(u, "cut | fastcut (default: the config file's preset:, else cut); every trial starts from it")
-    u.add_argument("--dataroot", help="CUT's form: ROOT with trainA/ and trainB/ (sets --data-a and --data-b)")
-    u.add_argument("--dry-run", action="store_true", help="print the resolved base configuration and stop")
-    u.add_argument("--space", help="YAML search space laid over the default (see jobs/tune/space.py)")
-    u.add_argument("--samples", type=int, default=8, help="trials")
-    u.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
-    u.add_argument("--metric", help="what ASHA and the ranking use (default: eval_colour_err on toy data, else eval_kid)")
-    u.add_argument("--steps-per-trial", type=int, default=400)
-    u.add_argument("--eval-every", type=int, help="steps between evaluations (default: steps-per-trial / 8)")
-    u.add_argument("--grace-period", type=int, help="ASHA: steps before a trial may be stopped (default: eval-every)")
-    u.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the best 1/N at each rung")
-    u.add_argument("--search", default="random", choices=["random", "optuna"],
-                   help="random sampling, or Optuna's TPE (needs `pip install optuna`)")
-    u.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
-    u.add_argument("--register", help="register the best trial's model under this name, with the alias champion")
-    u.add_argument("--name", help="search name (default: tune-<preset>-<date>-<time>)")
-    u.add_argument("--storage-path", default="raycut-tune", help="where Tune's state and the trials' checkpoints go")
-    u.add_argument("--resume", action="store_true", help="continue the latest (or --name) interrupted search")
-    u.add_argument("--seed", type=int, default=0)
-    u.add_argument("--experiment", default="raycut-tune", help="MLflow experiment")
-    _add_validation_options(u, images=16)
+    add_options(u, TuneOptions)
+    add_options(u, Validation, defaults={"eval_images": TUNE_EVAL_IMAGES})
     u.set_defaults(func=_cmd_tune)
 
-    tr = sub.add_parser("translate", help="translate a whole dataset at full resolution (resumable, manifest, labels kept)")
-    tr.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a model dir")
-    tr.add_argument("--input", required=True, help="any ingest source: folder, glob, cyclegan:ROOT:testA, gta5:ROOT, cityscapes:ROOT[:split], "
-                    "parquet:PATH[:column], or any of these at s3:// or gs://")
-    tr.add_argument("--output", required=True, help="output folder; mirrors the input tree, holds manifest/")
-    tr.add_argument("--batch-size", type=int, default=4, help="images per actor call")
-    tr.add_argument("--concurrency", help="G actors: N, or MIN-MAX for a pool that grows as nodes join "
-                    "(default: 1-16 with --gpus-per-actor, else 1 using every core)")
-    tr.add_argument("--gpus-per-actor", type=float, default=0.0)
-    tr.add_argument("--precision", default="auto", choices=list(TRANSLATE_PRECISIONS),
-                    help="auto (default): the fastest path each actor's device runs natively, measured (int8 on CPUs "
-                    "with VNNI, bf16 where native, else fp32); int8: CPU actors, weights and activations quantized, "
-                    "ranges calibrated once on the first inputs")
-    tr.add_argument("--calibration-images", type=int, default=2, help="int8: how many of the first inputs set the ranges")
-    tr.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                    help="NHWC memory layout for G (auto: where the probe finds it faster)")
-    tr.add_argument("--tile", type=int, default=0, help="translate in tiles of this size (multiple of 4; 0: whole image)")
-    tr.add_argument("--overlap", type=int, default=32, help="tile overlap, blended linearly")
-    tr.add_argument("--format", default="png", choices=["png", "jpg", "webp"],
-                    help="png (lossless, the default), jpg (--jpeg-quality) or webp (lossless)")
-    tr.add_argument("--png-level", type=int, default=1, help="PNG zlib level 0-9 (default 1: fast, lossless)")
-    tr.add_argument("--jpeg-quality", type=int, default=95)
-    tr.add_argument("--labels", help="label folder to copy alongside (mirrored like the images)")
-    tr.add_argument("--link-labels", action="store_true", help="hard-link labels instead of copying")
-    tr.set_defaults(func=_cmd_translate)
-
-    e = sub.add_parser(
-        "evaluate", help="FID/KID, label preservation, or the toy benchmark with its baselines",
-        description="Score translations: --real/--fake for FID and KID (pytorch-fid's Inception weights from a local file, "
-        "or any TorchScript extractor) and optional label preservation; --toy for the toy benchmark. Prints a table, "
-        "writes JSON, and logs every metric into --run-id (or $MLFLOW_RUN_ID).",
-    )
-    e.add_argument("--real", help="real images (folder, glob, cyclegan:ROOT:testB, cityscapes:ROOT[:split], ...)")
-    e.add_argument("--fake", help="translated images (a raycut translate output folder, or any source)")
-    e.add_argument("--toy", help="toy dataset root: score --fake (its translated testA) against the paired truth")
-    e.add_argument("--name", default="model", help="the translation's row name in the table")
-    e.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: ~/.cache/raycut/ "
-                   "or $RAYCUT_CACHE, then torch hub's checkpoints folder)")
-    e.add_argument("--feature-extractor", help="TorchScript file used instead of Inception (the report names it)")
-    e.add_argument("--feature-size", type=int, default=299, help="input size of --feature-extractor")
-    e.add_argument("--kid-subsets", type=int, default=100)
-    e.add_argument("--kid-subset-size", type=int, default=1000, help="shrunk to the smaller set when needed")
-    e.add_argument("--seg-model", help="TorchScript segmenter for label preservation (the paper: DRN-D-22 on Cityscapes)")
-    e.add_argument("--labels", help="labels of the translated images' inputs (same relative paths and stems)")
-    e.add_argument("--label-kind", default="cityscapes-ids", choices=["cityscapes-ids", "train-ids"],
-                   help="label encoding: Cityscapes/GTA5 label ids, or the 19 train ids")
-    e.add_argument("--seg-normalize", default="imagenet", choices=["imagenet", "unit", "symmetric"])
-    e.add_argument("--seg-size", default="256x128", help="WIDTHxHEIGHT the segmenter scores at (the paper: 256x128)")
-    e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--concurrency", type=int, help="feature-extraction actors (default 1, using every core)")
-    e.add_argument("--out", help="JSON report (default: FAKE/evaluation.json)")
-    e.add_argument("--run-id", help="MLflow run to log the metrics into (default: $MLFLOW_RUN_ID)")
-    e.set_defaults(func=_cmd_evaluate)
+    # Commands whose options are exactly their spec's fields.
+    for name, func, spec, help, description in (
+        ("translate", _cmd_translate, TranslateOptions,
+         "translate a whole dataset at full resolution (resumable, manifest, labels kept)", None),
+        ("evaluate", _cmd_evaluate, EvaluateOptions,
+         "FID/KID, label preservation, or the toy benchmark with its baselines",
+         "Score translations: --real/--fake for FID and KID (pytorch-fid's Inception weights from a local file, or "
+         "any TorchScript extractor) and optional label preservation; --toy for the toy benchmark. Prints a table, "
+         "writes JSON, and logs every metric into --run-id (or $MLFLOW_RUN_ID)."),
+    ):
+        command = sub.add_parser(name, help=help, description=description)
+        add_options(command, spec)
+        command.set_defaults(func=func)
 
     sm = sub.add_parser(
         "submit", help="run any raycut command as a Ray job on a cluster (Job Submission API)",

@@ -59,8 +59,10 @@ GLOBAL_BATCH = 4
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from jobs import tracking
     from jobs.evaluate import EvaluateOptions, run_evaluate
-    from jobs.train.driver import TrainOptions, run_train
-    from jobs.translate.driver import TranslateOptions, run_translate
+    from jobs.train.driver import run_train
+    from jobs.train.spec import Schedule, TrainOptions
+    from jobs.translate.driver import run_translate
+    from jobs.translate.spec import TranslateOptions
     from pipelines.toy_eval import TOY_METRIC, improvement, load_toy_test, read_translations
 
     out = Path(opts.out).resolve()
@@ -80,9 +82,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             workers=opts.workers, steps=opts.steps, storage_path=str(out / "runs"), name=f"demo-{int(time.time())}",
             # A checkpoint each quarter of the run, but not every few steps of a short one:
             # each costs a save and a Ray Train registration (seconds at any size).
-            checkpoint_every=max(opts.steps // 4, min(opts.steps, 50)), keep_checkpoints=1,
-            log_every=max(1, opts.steps // 25),
-            sample_every=max(1, opts.steps // 2), max_failures=1, experiment="raycut-demo",
+            schedule=Schedule(checkpoint_every=max(opts.steps // 4, min(opts.steps, 50)), keep_checkpoints=1,
+                              log_every=max(1, opts.steps // 25), sample_every=max(1, opts.steps // 2), max_failures=1),
+            experiment="raycut-demo",
         ))
     uri = tracking.tracking_uri()
     model_uri = f"models:/{opts.model_name}@{opts.alias}"

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cut_core.errors import RaycutError
+from jobs.options import opt
 from jobs.progress import Progress
 
 MODEL_ROW = "model"
@@ -29,24 +30,40 @@ MODEL_ROW = "model"
 
 @dataclass(frozen=True)
 class EvaluateOptions:
-    real: str | None = None
-    fake: str | None = None
-    toy: str | None = None
-    name: str = MODEL_ROW  # the translation's row in the table
-    inception_weights: str | None = None
-    feature_extractor: str | None = None  # TorchScript file standing in for Inception
-    feature_size: int = 299
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seg_model: str | None = None
-    labels: str | None = None
-    label_kind: str = "cityscapes-ids"
-    seg_normalize: str = "imagenet"
-    seg_size: tuple[int, int] = (128, 256)  # (H, W)
-    batch_size: int = 16
-    concurrency: int | None = None
-    out: str | None = None
-    run_id: str | None = None  # MLflow run to log into (default: $MLFLOW_RUN_ID)
+    """Everything ``raycut evaluate`` takes; its command line is derived from these fields."""
+
+    real: str | None = opt(None, "real images (folder, glob, cyclegan:ROOT:testB, cityscapes:ROOT[:split], ...)")
+    fake: str | None = opt(None, "translated images (a raycut translate output folder, or any source)")
+    toy: str | None = opt(None, "toy dataset root: score --fake (its translated testA) against the paired truth")
+    name: str = opt(MODEL_ROW, "the translation's row name in the table")
+    inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth (default: ~/.cache/raycut/ or "
+                                        "$RAYCUT_CACHE, then torch hub's checkpoints folder)")
+    feature_extractor: str | None = opt(None, "TorchScript file used instead of Inception (the report names it)")
+    feature_size: int = opt(299, "input size of --feature-extractor")
+    kid_subsets: int = opt(100, "KID: random subsets averaged")
+    kid_subset_size: int = opt(1000, "KID: images per subset, shrunk to the smaller set when needed")
+    seg_model: str | None = opt(None, "TorchScript segmenter for label preservation (the paper: DRN-D-22 on Cityscapes)")
+    labels: str | None = opt(None, "labels of the translated images' inputs (same relative paths and stems)")
+    label_kind: str = opt("cityscapes-ids", "label encoding: Cityscapes/GTA5 label ids, or the 19 train ids",
+                          choices=["cityscapes-ids", "train-ids"])
+    seg_normalize: str = opt("imagenet", "the segmenter's input normalisation", choices=["imagenet", "unit", "symmetric"])
+    seg_size: tuple[int, int] = opt((128, 256), "WIDTHxHEIGHT the segmenter scores at (default 256x128, the paper's)",
+                                    type=lambda v: width_x_height(v, "--seg-size"), metavar="WxH")  # held as (H, W)
+    batch_size: int = opt(16, "images per feature-extraction call")
+    concurrency: int | None = opt(None, "feature-extraction actors (default 1, using every core)")
+    out: str | None = opt(None, "JSON report (default: FAKE/evaluation.json)")
+    run_id: str | None = opt(None, "MLflow run to log the metrics into (default: $MLFLOW_RUN_ID)")
+
+
+def width_x_height(value: str, what: str) -> tuple[int, int]:
+    """'256x128' -> (128, 256): (H, W), as tensors hold it."""
+    import argparse
+
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be WIDTHxHEIGHT, e.g. 256x128, not {value}") from None
+    return h, w
 
 
 def run_evaluate(opts: EvaluateOptions) -> dict[str, Any]:

@@ -120,3 +120,34 @@ def test_translate_bad_model_is_one_line(tmp_path):
     r = raycut("translate", "--model", str(tmp_path / "nomodel"), "--input", str(tmp_path / "in"),
                "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not a raycut model directory" in r.stderr, r.stderr
+
+
+def test_options_are_declared_once_and_reach_the_typed_spec():
+    """The train and tune command lines are derived from the spec dataclasses: each
+    ``opt`` field is an option with the field's default, and parsing gives the typed
+    spec back (nested Schedule and Validation included)."""
+    from dataclasses import fields
+
+    from jobs.cli import _config_options, build_parser
+    from jobs.options import cli_fields, options_from
+    from jobs.train.spec import Schedule, TrainOptions, Validation
+    from jobs.tune.spec import TuneOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--CUT_mode", "FastCUT", "--data-a", "a", "--data-b", "b", "--steps", "7",
+                              "--log-every", "3", "--eval-images", "8", "--set", "ngf=8", "--resume"])
+    opts = TrainOptions(**_config_options(args), **options_from(TrainOptions, args),
+                        schedule=Schedule(**options_from(Schedule, args)),
+                        validation=Validation(**options_from(Validation, args)))
+    assert opts == TrainOptions(preset="fastcut", sets=("ngf=8",), data_a="a", data_b="b", steps=7, resume=True,
+                                schedule=Schedule(log_every=3), validation=Validation(eval_images=8))
+    for command, classes in (("train", (TrainOptions, Schedule, Validation)), ("tune", (TuneOptions, Validation))):
+        parsed = parser.parse_args([command])
+        for cls in classes:
+            assert all(hasattr(parsed, f.name) for f in cli_fields(cls)), (command, cls.__name__)
+    defaults = parser.parse_args(["tune"])
+    assert options_from(TuneOptions, defaults) == {f.name: f.default for f in cli_fields(TuneOptions)}
+    assert Validation(**options_from(Validation, defaults)).eval_images == TuneOptions().validation.eval_images == 16
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--steps", "3", "--epochs", "2"])  # one length, not both
+    assert {f.name for f in fields(Schedule)} <= {f.name for f in cli_fields(Schedule)}

@@ -15,7 +15,8 @@ from safetensors.numpy import load_file
 from cut_core import load_generator
 from cut_core.images import to_model_input, to_uint8_images
 from jobs.tracking import resolve_model_dir
-from jobs.train.driver import TrainOptions, run_train
+from jobs.train.driver import run_train
+from jobs.train.spec import Schedule, TrainOptions
 from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS
@@ -48,7 +49,7 @@ def test_two_nodes_train_equal_replicas_and_register(two_nodes, tmp_path: Path, 
     toy = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=16, n_test=2))
     result = run_train(TrainOptions(
         preset="cut", data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB", sets=TINY_SETS, workers=2,
-        placement="strict-spread", steps=6, log_every=3, checkpoint_every=3, sample_every=6,
+        placement="strict-spread", steps=6, schedule=Schedule(log_every=3, checkpoint_every=3, sample_every=6),
         storage_path=str(tmp_path / "runs"), name="two-nodes", register="toy-cut",
     ))
     m = result.metrics

@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cut_core.errors import RaycutError
-from jobs.train.driver import TrainOptions, run_train
+from jobs.train.driver import run_train
+from jobs.train.spec import Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, kill_one_train_worker_when
 
@@ -23,9 +24,10 @@ def toy(tmp_path_factory) -> Path:
 
 
 def _options(toy: Path, storage: Path, **kw) -> TrainOptions:
+    schedule = {"log_every": 5, "checkpoint_every": 5, "sample_every": 10}
+    schedule.update({k: kw.pop(k) for k in list(kw) if k in Schedule.__dataclass_fields__})
     base = dict(preset="fastcut", data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB", sets=TINY_SETS,
-                workers=2, steps=20, log_every=5, checkpoint_every=5, sample_every=10, storage_path=str(storage),
-                name="run")
+                workers=2, steps=20, storage_path=str(storage), name="run", schedule=Schedule(**schedule))
     base.update(kw)
     return TrainOptions(**base)
 

@@ -20,7 +20,8 @@ from cut_core import load_generator, save_generator
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.networks import build_generator
 from cut_core.translate import translate
-from jobs.translate.driver import TranslateOptions, run_translate
+from jobs.translate.driver import run_translate
+from jobs.translate.spec import TranslateOptions
 from pipelines.translate import read_manifest
 from tests.conftest import tiny
 
@@ -342,7 +343,8 @@ def test_bad_translate_options_are_one_line(tmp_path, bad, words) -> None:
 
 
 def test_concurrency_defaults_grow_with_gpu_nodes_and_stay_put_on_cpu() -> None:
-    from jobs.translate.driver import DEFAULT_MAX_GPU_ACTORS, parse_concurrency
+    from jobs.translate.driver import parse_concurrency
+    from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS
 
     assert parse_concurrency(None, use_gpu=True) == (1, DEFAULT_MAX_GPU_ACTORS)
     assert parse_concurrency(None, use_gpu=False) == (1, 1)

@@ -178,7 +178,8 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
     from mlflow.tracking import MlflowClient
 
     from jobs.ray_runtime import start_ray
-    from jobs.train.driver import TrainOptions, run_train
+    from jobs.train.driver import run_train
+    from jobs.train.spec import Schedule, TrainOptions
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
     cores = os.cpu_count() or 1
@@ -210,8 +211,8 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
                     result = run_train(TrainOptions(
                         preset=preset, data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB",
                         sets=tuple(f"{k}={v}" for k, v in overrides.items()), workers=workers,
-                        cpus_per_worker=max(1, cores // workers), steps=steps, log_every=window,
-                        checkpoint_every=steps, sample_every=steps, storage_path=str(root / "runs"),
+                        cpus_per_worker=max(1, cores // workers), steps=steps, storage_path=str(root / "runs"),
+                        schedule=Schedule(log_every=window, checkpoint_every=steps, sample_every=steps),
                         name=f"{preset}-{workers}w", experiment="bench",
                     ))
                     history = MlflowClient().get_metric_history(result.mlflow_run_id, "images_per_s")
@@ -263,7 +264,8 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     import ray
 
     from cut_core import load_generator
-    from jobs.translate.driver import TranslateOptions, run_translate
+    from jobs.translate.driver import run_translate
+    from jobs.translate.spec import TranslateOptions
     from pipelines.translate_speed import full_size_model, reference_loop, write_frames
 
     rows: list[dict[str, object]] = []

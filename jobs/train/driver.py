@@ -29,7 +29,7 @@ from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray
-from jobs.train.spec import SPEC_NAME, TrainJob
+from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, decode_head, domain_size, read_domain, steps_per_epoch
 from pipelines.sources import filesystem_for
 
@@ -38,44 +38,11 @@ DONE_NAME = "done.json"
 # Ray Train's own record of the checkpoints it registered (Ray 2.60), in each run folder.
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
 MIN_FILES_PER_PASS = 2048
+DEFAULT_MAX_DECODE_ACTORS = 16  # per domain, on a cluster
 # Decode actors run at a lower OS priority than the trainers. At the start of every
 # pass Ray Data decodes ahead as fast as it can until its buffer is full; on a machine
 # whose cores the trainers use, that burst would otherwise slow the training step.
 DECODE_NICE = 10  # small datasets are repeated within one Ray Data pass (IngestOptions.repeat)
-PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict-spread": "STRICT_SPREAD"}
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    preset: str = "cut"
-    data_a: str = ""
-    data_b: str = ""
-    config_file: str | None = None
-    sets: tuple[str, ...] = ()
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float | None = None  # None: a local Ray's cores / workers; 1 on a cluster
-    steps: int | None = None
-    epochs: int | None = None
-    register: str = ""
-    resume: bool = False
-    name: str | None = None
-    storage_path: str = "raycut-runs"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 20
-    sample_every: int = 500
-    max_failures: int = 3
-    experiment: str = "raycut"
-    placement: str = "pack"
-    parent_run_id: str = ""  # MLflow parent run (a Tune search): this run becomes its child
-    data_cpus: float | None = None  # logical CPUs for the Ray Data feed (default: what the trainers leave)
-    eval_every: int = 0  # score G on a validation subset every N steps (checkpoints follow)
-    eval_data: str | None = None  # held-out A images (default: the toy testA beside --data-a)
-    eval_real: str | None = None  # held-out B images, for KID on non-toy data
-    eval_images: int = 32
-    inception_weights: str | None = None
-    feature_extractor: str | None = None
 
 
 @dataclass
@@ -125,8 +92,9 @@ def _check_options(opts: TrainOptions) -> None:
         raise RaycutError("--data-a and --data-b are required (or --resume to continue a run)")
     if opts.steps is not None and opts.epochs is not None:
         raise RaycutError("pass --steps or --epochs, not both")
-    for name in ("workers", "checkpoint_every", "log_every", "sample_every", "keep_checkpoints"):
-        if getattr(opts, name) < 1:
+    for name, value in (("workers", opts.workers), *((k, getattr(opts.schedule, k)) for k in
+                                                      ("checkpoint_every", "log_every", "sample_every", "keep_checkpoints"))):
+        if value < 1:
             raise RaycutError(f"--{name.replace('_', '-')} must be at least 1")
     if (opts.steps is not None and opts.steps < 1) or (opts.epochs is not None and opts.epochs < 1):
         raise RaycutError("--steps and --epochs must be at least 1")
@@ -154,16 +122,15 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
     job = TrainJob(
         config=cfg.to_dict(), data_a=opts.data_a, data_b=opts.data_b, name=name, storage_path=storage, steps=steps,
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
-        cpus_per_worker=default_cpus_per_worker(opts), checkpoint_every=opts.checkpoint_every,
-        keep_checkpoints=opts.keep_checkpoints, log_every=opts.log_every, sample_every=opts.sample_every,
-        max_failures=opts.max_failures, register=opts.register,
+        cpus_per_worker=default_cpus_per_worker(opts), schedule=opts.schedule, register=opts.register,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
     if opts.eval_every:
         # Every evaluation comes with a checkpoint: Ray Train keeps the best by its score.
-        job = replace(job, eval_every=opts.eval_every, checkpoint_every=opts.eval_every, eval={
-            "eval_data": opts.eval_data, "eval_real": opts.eval_real, "n_images": opts.eval_images,
-            "inception_weights": opts.inception_weights, "feature_extractor": opts.feature_extractor})
+        v = opts.validation
+        job = replace(job, eval_every=opts.eval_every, schedule=replace(job.schedule, checkpoint_every=opts.eval_every),
+                      eval={"eval_data": v.eval_data, "eval_real": v.eval_real, "n_images": v.eval_images,
+                            "inception_weights": v.inception_weights, "feature_extractor": v.feature_extractor})
         plan = _eval_plan(job)  # the validation data is checked now, before anything starts
         job = replace(job, eval={**job.eval, "metric": plan.key})
     return job
@@ -181,6 +148,31 @@ def default_cpus_per_worker(opts: TrainOptions) -> float:
     if os.environ.get("RAY_ADDRESS"):
         return 1.0
     return float(max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
+
+
+def _ingest_options(job: TrainJob, opts: TrainOptions) -> IngestOptions:
+    """The decode actors of each domain. On a local Ray the machine is known: one actor
+    per domain per 4 CPUs the trainers leave. On a cluster the pool autoscales between
+    --data-actors MIN and MAX (default 1-16 per domain), one CPU each: Ray Data adds
+    actors while the trainers wait on data and the cluster has (or its autoscaler
+    adds) CPUs; nothing is sized from the nodes that exist at launch."""
+    import ray
+
+    from jobs.ray_runtime import on_this_machine, parse_pool
+
+    if on_this_machine():
+        data_cpus = opts.data_cpus or max(1.0, ray.cluster_resources().get("CPU", 1) - job.workers * job.cpus_per_worker)
+        # One decode actor per domain per 4 spare CPUs (at least one), the rest left to
+        # the streaming split and reads: trainers must never wait on starved decoders.
+        actors = max(1, int(data_cpus // 4))
+        pool = parse_pool(opts.data_actors, default=(actors, actors), what="--data-actors")
+        num_cpus = min(1.0, data_cpus / (2 * pool[1] + 1))
+    else:
+        pool = parse_pool(opts.data_actors, default=(1, DEFAULT_MAX_DECODE_ACTORS), what="--data-actors")
+        num_cpus = 1.0
+    smallest = min(job.extra.get("images_a", 0), job.extra.get("images_b", 0)) or MIN_FILES_PER_PASS
+    return IngestOptions(seed=job.cut.seed, concurrency=pool, num_cpus=num_cpus,
+                         repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)), nice=DECODE_NICE)
 
 
 def _eval_plan(job: TrainJob):
@@ -218,24 +210,18 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
     # a faster poll keeps reports cheap. Propagated to the controller and the workers.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     start_ray(job.workers * job.cpus_per_worker)
-    data_cpus = opts.data_cpus or max(1.0, ray.cluster_resources().get("CPU", 1) - job.workers * job.cpus_per_worker)
-    # One decode actor per domain per 2 spare CPUs (at least one), the rest left to the
-    # streaming split and reads: trainers must never wait on starved decoders.
-    actors = max(1, int(data_cpus // 4))
-    smallest = min(job.extra.get("images_a", 0), job.extra.get("images_b", 0)) or MIN_FILES_PER_PASS
-    ingest = IngestOptions(seed=cfg.seed, concurrency=actors, num_cpus=min(1.0, data_cpus / (2 * actors + 1)),
-                           repeat=max(1, -(-MIN_FILES_PER_PASS // smallest)), nice=DECODE_NICE)
+    ingest = _ingest_options(job, opts)
     ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
     if cfg.data.single_image:
         from pipelines.single_image import load_single_image, preview, read_single_image
 
         datasets = {k: read_single_image(spec, cfg.data, batch=job.batch_per_worker, seed=cfg.seed + i,
-                                         concurrency=actors, num_cpus=ingest.num_cpus, nice=DECODE_NICE)
+                                         concurrency=ingest.concurrency, num_cpus=ingest.num_cpus, nice=DECODE_NICE)
                     for i, (k, spec) in enumerate((("A", job.data_a), ("B", job.data_b)))}
         samples = preview(load_single_image(job.data_a))  # the whole painting, not a crop
     else:
-        datasets = {"A": read_domain(job.data_a, cfg.data, options=ingest),
-                    "B": read_domain(job.data_b, cfg.data, options=ingest)}
+        datasets = {"A": read_domain(job.data_a, cfg.data, options=replace(ingest, name="A")),
+                    "B": read_domain(job.data_b, cfg.data, options=replace(ingest, name="B"))}
         # The inputs of every sample grid of the run: the first crops of domain A.
         samples = decode_head(job.data_a, cfg.data, job.samples, seed=cfg.seed)
     plan = _eval_plan(job)
@@ -255,9 +241,9 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
         run_config=ray.train.RunConfig(
             name=job.name,
             storage_path=job.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=job.schedule.max_failures),
             # With --eval-every the best checkpoints by the score are kept (and the newest).
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints, **score),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.schedule.keep_checkpoints, **score),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
         ),
@@ -267,7 +253,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
         return trainer.fit()
     except Exception as e:  # Ray wraps worker errors; keep the first line, point at --resume
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise RaycutError(f"training failed after {job.max_failures} restarts ({first}); fix the cause and run "
+        raise RaycutError(f"training failed after {job.schedule.max_failures} restarts ({first}); fix the cause and run "
                           f"`raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
 
 

@@ -1,4 +1,5 @@
-"""What one training run is: the spec the driver writes as ``run.json`` and every
+"""What one training run is. TrainOptions: what the user asked for (the command line
+is derived from its fields). TrainJob: the planned run, the spec the driver writes as ``run.json`` and every
 worker receives as its ``train_loop_config``. ``--resume`` reads it back, so a
 resumed run has the same data, config and final step count as the original."""
 
@@ -8,8 +9,32 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cut_core import CUTConfig
+from jobs.options import opt
 
 SPEC_NAME = "run.json"
+PLACEMENTS = {"pack": "PACK", "spread": "SPREAD", "strict-spread": "STRICT_SPREAD"}  # Ray placement strategies
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a run reports, checkpoints, samples and restarts."""
+
+    checkpoint_every: int = opt(500, "steps between checkpoints")
+    keep_checkpoints: int = opt(3, "checkpoints kept (the newest)")
+    log_every: int = opt(20, "steps between metric reports and progress lines")
+    sample_every: int = opt(500, "steps between sample grids logged to MLflow")
+    max_failures: int = opt(3, "worker-group restarts from the last checkpoint")
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Where evaluation during training (train --eval-every, every tune trial) gets its data."""
+
+    eval_data: str | None = opt(None, "held-out A images (default: the toy testA beside --data-a)")
+    eval_real: str | None = opt(None, "held-out B images: KID's reference set (non-toy data)")
+    eval_images: int = opt(32, "validation images per evaluation")
+    inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
+    feature_extractor: str | None = opt(None, "TorchScript feature extractor for KID instead of Inception")
 
 
 @dataclass(frozen=True)
@@ -24,11 +49,7 @@ class TrainJob:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 20
-    sample_every: int = 500
-    max_failures: int = 3
+    schedule: Schedule = field(default_factory=Schedule)
     tracking_uri: str = ""
     mlflow_run_id: str = ""
     register: str = ""
@@ -61,4 +82,42 @@ class TrainJob:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainJob:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        schedule = data.get("schedule") or {k: data[k] for k in Schedule.__dataclass_fields__ if k in data}
+        return cls(**{k: v for k, v in data.items() if k in known and k != "schedule"}, schedule=Schedule(**schedule))
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``raycut train`` takes; the command line is derived from the ``opt``
+    fields here and in Schedule and Validation (jobs.options)."""
+
+    preset: str | None = None  # --preset / --config / --set: jobs.config_file.resolve_config
+    config_file: str | None = None
+    sets: tuple[str, ...] = ()
+    data_a: str = opt("", "source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], "
+                      "s3://...; for sincut, one image file")
+    data_b: str = opt("", "target domain (same forms)")
+    workers: int = opt(1, "data-parallel workers (DDP)")
+    gpus_per_worker: float = opt(0.0, "GPUs per worker")
+    cpus_per_worker: float | None = opt(None, "CPUs (and torch threads) per worker (default: on a local Ray, the "
+                                        "cores / --workers; 1 on a cluster)")
+    steps: int | None = opt(None, "total training steps", group="length")
+    epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config)", group="length")
+    register: str = opt("", "register the final model in the MLflow Model Registry under this name")
+    resume: bool = opt(False, "continue the latest run (or --name) from its last checkpoint")
+    name: str | None = opt(None, "run name (default: <preset>-<date>-<time>)")
+    storage_path: str = opt("raycut-runs", "checkpoint storage: folder, NFS path or s3://bucket/prefix "
+                            "($RAYCUT_STORAGE_PATH sets the default)")
+    experiment: str = opt("raycut", "MLflow experiment")
+    placement: str = opt("pack", "how workers spread over nodes (strict-spread: one per node)",
+                         choices=list(PLACEMENTS))
+    data_cpus: float | None = opt(None, "logical CPUs for the Ray Data feed on a local Ray (default: what the "
+                                  "trainers leave)")
+    data_actors: str | None = opt(None, "decode actors per domain: N, or MIN-MAX for a pool that grows as CPU nodes "
+                                  "join (default: on a cluster 1-16; on a local Ray one per 4 spare CPUs)")
+    eval_every: int = opt(0, "score G every N steps on a fixed validation subset (checkpoints follow; the best is "
+                          "kept, marked and registered): toy colour error on toy data, else KID (needs --eval-data, "
+                          "--eval-real)")
+    schedule: Schedule = field(default_factory=Schedule)
+    validation: Validation = field(default_factory=Validation)
+    parent_run_id: str = ""  # MLflow parent run (a Tune search): this run becomes its child

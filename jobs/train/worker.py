@@ -108,8 +108,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             sums[k] = sums.get(k, 0.0) + v  # stays on the device: no sync per step
         window_steps += 1
         step, last = state.step, state.step == job.steps
-        save = step % job.checkpoint_every == 0 or last
-        if not (save or step % job.log_every == 0):
+        save = step % job.schedule.checkpoint_every == 0 or last
+        if not (save or step % job.schedule.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {k: float(v) / window_steps for k, v in sums.items()}
@@ -193,7 +193,7 @@ def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: 
     if logger is None:
         return
     logger.metrics({k: v for k, v in metrics.items() if k != "step"}, step=step)
-    if step % job.sample_every == 0 or step == job.steps:
+    if step % job.schedule.sample_every == 0 or step == job.steps:
         with tempfile.TemporaryDirectory() as tmp:
             fake = _translate(state, samples)
             grid = save_grid([[samples[i], fake[i]] for i in range(len(samples))], Path(tmp) / f"step_{step:07d}.png",

@@ -22,7 +22,8 @@ from pathlib import Path
 from cut_core.errors import RaycutError
 from cut_core.translate import PRECISIONS
 from jobs.progress import Progress
-from jobs.ray_runtime import start_ray
+from jobs.ray_runtime import on_this_machine, parse_pool, start_ray
+from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, FLUSH_ROWS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
 from pipelines.translate import (
@@ -43,32 +44,9 @@ from pipelines.translate import (
 )
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
 
+CLUSTER_CPU_ACTOR_THREADS = 4  # torch threads (and logical CPUs) of one CPU G actor on a cluster
 CALIBRATION_FILE = "int8_calibration.json"
-FLUSH_ROWS = 64  # manifest rows per part
 FLUSH_SECONDS = 30.0
-DEFAULT_MAX_GPU_ACTORS = 16
-
-
-@dataclass(frozen=True)
-class TranslateOptions:
-    model: str
-    input: str
-    output: str
-    batch_size: int = 4
-    concurrency: str | int | None = None  # G actors: N or MIN-MAX (default: 1-16 on GPUs, 1 on CPU)
-    gpus_per_actor: float = 0.0
-    precision: str = "auto"  # auto | fp32 | bf16 | int8 (CPU: calibrated on the first inputs)
-    calibration_images: int = 2
-    channels_last: bool | str = "auto"
-    tile: int = 0
-    overlap: int = 32
-    fmt: str = "png"
-    labels: str | None = None
-    link_labels: bool = False
-    png_level: int = 1  # 0-9: zlib effort (PIL's default 6 costs more than G on a big frame)
-    jpeg_quality: int = 95
-    staged: bool = True  # decode / G / encode as separate stages (False: one fused actor, the old job)
-    manifest_part_rows: int = FLUSH_ROWS  # rows per manifest part (also flushed every FLUSH_SECONDS)
 
 
 @dataclass
@@ -140,21 +118,13 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     return summary
 
 
-def parse_concurrency(text: str | int | None, *, use_gpu: bool) -> tuple[int, int]:
+def parse_concurrency(text: str | int | None, *, use_gpu: bool, local: bool = True) -> tuple[int, int]:
     """``--concurrency``: ``N`` (a fixed pool) or ``MIN-MAX`` (a pool that grows as
-    nodes join). Default: on GPUs ``1-DEFAULT_MAX_GPU_ACTORS`` (actors are added as GPU
-    nodes of an autoscaling cluster come up; nothing is sized at launch); on CPU 1 actor
-    that uses the machine's cores."""
-    if text is None or text == "":
-        return (1, DEFAULT_MAX_GPU_ACTORS) if use_gpu else (1, 1)
-    lo, _, hi = str(text).partition("-")
-    try:
-        low, high = int(lo), int(hi or lo)
-    except ValueError:
-        raise RaycutError(f"--concurrency must be N or MIN-MAX (e.g. 1-8), not {text!r}") from None
-    if not 1 <= low <= high:
-        raise RaycutError(f"--concurrency {text}: need 1 <= MIN <= MAX")
-    return low, high
+    nodes join). Default: ``1-DEFAULT_MAX_GPU_ACTORS`` on GPUs or on a cluster (actors
+    are added as nodes of an autoscaling cluster come up; nothing is sized at launch);
+    on a local CPU-only Ray, 1 actor that uses the machine's cores."""
+    grow = use_gpu or not local
+    return parse_pool(text, default=(1, DEFAULT_MAX_GPU_ACTORS) if grow else (1, 1), what="--concurrency")
 
 
 def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOptions,
@@ -164,7 +134,8 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     cpus = os.cpu_count() or 1
     start_ray(cpus)
     use_gpu = opts.gpus_per_actor > 0
-    low, high = parse_concurrency(opts.concurrency, use_gpu=use_gpu)
+    local = on_this_machine()
+    low, high = parse_concurrency(opts.concurrency, use_gpu=use_gpu, local=local)
     ray.data.DataContext.get_current().enable_progress_bars = False
     items = inputs.items(todo)
     if inputs.is_parquet:
@@ -173,9 +144,10 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
         ds = ds.flat_map(read_row_group, fn_kwargs={"fs": inputs.fs, "column": inputs.source.column})
     else:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // opts.batch_size, 1000)))
-    # CPU actors share this machine's cores: each runs cores / max actors torch threads.
-    # A GPU actor needs one core to feed its GPU; decode and encode have the rest.
-    threads = 1 if use_gpu else max(1, cpus // high)
+    # A GPU actor needs one core to feed its GPU; decode and encode have the rest. CPU
+    # actors on this machine share its cores (cores / max actors torch threads each); on
+    # a cluster each CPU actor takes a fixed share of a node, so the pool grows by nodes.
+    threads = 1 if use_gpu else max(1, cpus // high) if local else CLUSTER_CPU_ACTOR_THREADS
     fs = inputs.fs if is_remote(inputs.source) else None
     pool = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
     model_args = {"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads}

@@ -27,6 +27,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from cut_core.errors import RaycutError
 from jobs import tracking
+from jobs.train.spec import Schedule
+from jobs.tune.spec import TuneOptions
 
 SPEC_NAME = "tune.json"
 CHAMPION = "champion"
@@ -40,43 +42,6 @@ TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
 # interrupts itself exactly as Ctrl-C would, so "interrupt, then --resume" is tested
 # at a known point of the search instead of racing a timer.
 INTERRUPT_AFTER_ENV = "RAYCUT_TUNE_INTERRUPT_AFTER_TRIALS"
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    data_a: str = ""
-    data_b: str = ""
-    preset: str = "cut"
-    config_file: str | None = None
-    sets: tuple[str, ...] = ()  # applied to every trial
-    space: str | None = None  # YAML laid over jobs.tune.space.DEFAULT_SPACE
-    samples: int = 8
-    max_concurrent: int = 2
-    metric: str | None = None  # default: eval_colour_err on toy data, eval_kid otherwise
-    steps_per_trial: int = 400
-    eval_every: int | None = None  # default: steps_per_trial / 8
-    grace_period: int | None = None  # ASHA: steps before a trial can be stopped (default: eval_every)
-    reduction_factor: int = 2
-    search: str = "random"  # random | optuna (TPE, with memory of earlier trials)
-    workers: int = 1  # Ray Train workers per trial
-    register: str = ""
-    name: str | None = None
-    storage_path: str = "raycut-tune"
-    resume: bool = False
-    seed: int = 0
-    experiment: str = "raycut-tune"
-    eval_data: str | None = None
-    eval_real: str | None = None
-    eval_images: int = 16
-    inception_weights: str | None = None
-    feature_extractor: str | None = None
-    # Filled in by the driver before the trials start (so every trial, and a resumed
-    # search, sees the same values):
-    parent_run_id: str = ""
-    tracking_uri: str = ""
-    cpus_per_worker: float = 1.0
-    data_cpus: float = 1.0
-    space_resolved: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -154,11 +119,12 @@ def _plan(opts: TuneOptions, storage: Path) -> TuneOptions:
             except Exception as e:  # noqa: BLE001 - a config error, reported as one line
                 raise RaycutError(f"search space {key}={v!r} does not fit the base config: {e}") from None
     eval_every = opts.eval_every or max(1, opts.steps_per_trial // 8)
-    toy = toy_root_of(opts.eval_data or opts.data_a) if not opts.eval_real else None
+    v = opts.validation
+    toy = toy_root_of(v.eval_data or opts.data_a) if not v.eval_real else None
     metric = opts.metric or EVAL_PREFIX + ("colour_err" if toy is not None else "kid")
-    plan_eval(eval_every, opts.data_a, eval_data=opts.eval_data, eval_real=opts.eval_real, n_images=opts.eval_images,
-              crop_size=base.data.crop_size, inception_weights=opts.inception_weights,
-              feature_extractor=opts.feature_extractor)  # the validation data is checked now
+    plan_eval(eval_every, opts.data_a, eval_data=v.eval_data, eval_real=v.eval_real, n_images=v.eval_images,
+              crop_size=base.data.crop_size, inception_weights=v.inception_weights,
+              feature_extractor=v.feature_extractor)  # the validation data is checked now
     score_order(metric)
     name = opts.name or f"tune-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (storage / name / SPEC_NAME).is_file():
@@ -340,10 +306,11 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     TuneReportCallback. A restarted trial (after --resume) resumes its train run."""
     from ray import tune
 
-    from jobs.train.driver import TrainOptions, run_train
+    from jobs.train.driver import run_train
+    from jobs.train.spec import TrainOptions
     from jobs.tune.space import overrides
 
-    opts = TuneOptions(**spec)
+    opts = TuneOptions.from_dict(spec)
     trial = tune.get_context().get_trial_id()
     storage = Path(opts.storage_path).expanduser().resolve() / opts.name / "trials"
     finished = _read_json(storage / trial / "done.json")
@@ -358,11 +325,11 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     train = TrainOptions(
         preset=opts.preset, data_a=opts.data_a, data_b=opts.data_b, config_file=opts.config_file, sets=sets,
         workers=opts.workers, cpus_per_worker=opts.cpus_per_worker, data_cpus=opts.data_cpus,
-        steps=opts.steps_per_trial, name=trial, storage_path=str(storage), checkpoint_every=opts.eval_every,
-        keep_checkpoints=1, log_every=max(1, opts.eval_every), sample_every=opts.steps_per_trial, max_failures=1,
+        steps=opts.steps_per_trial, name=trial, storage_path=str(storage),
+        schedule=Schedule(checkpoint_every=opts.eval_every, keep_checkpoints=1, log_every=max(1, opts.eval_every),
+                          sample_every=opts.steps_per_trial, max_failures=1),
         experiment=opts.experiment, parent_run_id=opts.parent_run_id, eval_every=opts.eval_every,
-        eval_data=opts.eval_data, eval_real=opts.eval_real, eval_images=opts.eval_images,
-        inception_weights=opts.inception_weights, feature_extractor=opts.feature_extractor, resume=started,
+        validation=opts.validation, resume=started,
     )
     os.environ["MLFLOW_TRACKING_URI"] = opts.tracking_uri
     run_train(train, callbacks=[_report_to_tune()])
@@ -512,4 +479,4 @@ def _load(storage: Path, name: str | None) -> TuneOptions:
     path = storage / name / SPEC_NAME
     if not path.is_file():
         raise RaycutError(f"search {name} has no {SPEC_NAME} in {storage}; pass the --name and --storage-path it started with")
-    return TuneOptions(**json.loads(path.read_text()))
+    return TuneOptions.from_dict(json.loads(path.read_text()))
