@@ -16,6 +16,33 @@ QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
 
 
+_STARTED_HERE = False  # did start_ray start the Ray this process uses?
+
+
+def on_this_machine() -> bool:
+    """True when raycut started a local Ray in this process: a machine whose CPUs are
+    known and fixed. False on a cluster (RAY_ADDRESS, or a Ray the caller connected
+    to), where nodes come and go and nothing may be sized from what exists now."""
+    return _STARTED_HERE
+
+
+def parse_pool(text: str | int | None, *, default: tuple[int, int], what: str) -> tuple[int, int]:
+    """``N`` (a fixed pool of N actors) or ``MIN-MAX`` (Ray Data adds actors up to MAX
+    as work queues and nodes join); None -> ``default``."""
+    from cut_core.errors import RaycutError
+
+    if text is None or text == "":
+        return default
+    try:
+        lo, _, hi = str(text).partition("-")
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise RaycutError(f"{what} must be N or MIN-MAX (e.g. 1-8), not {text!r}") from None
+    if not 1 <= low <= high:
+        raise RaycutError(f"{what} {text}: need 1 <= MIN <= MAX")
+    return low, high
+
+
 def start_ray(train_cpus: float) -> None:
     """Connect to RAY_ADDRESS, or start a local Ray with enough logical CPUs for the
     trainers plus the data pipeline (on a 2-core laptop the CPU count is logical:
@@ -35,3 +62,5 @@ def start_ray(train_cpus: float) -> None:
     # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
     # a crash), which is what RAY_ADDRESS is for.
     ray.init(address="local", num_cpus=cpus, logging_level="warning")
+    global _STARTED_HERE
+    _STARTED_HERE = True

@@ -132,6 +132,9 @@ class IngestOptions:
     # copy in its own order, to make a pass long enough to amortise that start.
     repeat: int = 1
     nice: int = 0  # added to the decode actors' OS niceness (lower priority than training)
+    # Names the decode operator (``MapBatches(DecodeA)``): Ray's dashboard, its progress
+    # lines and its actor list tell the two domains' pools apart.
+    name: str = ""
 
 
 def read_domain(spec: str | Source, data: DataConfig, *, options: IngestOptions = IngestOptions(),
@@ -170,19 +173,21 @@ def read_files(files: list[str], data: DataConfig, *, filesystem: Any = None, pa
         ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=blocks)
         if options.shuffle_files:
             ds = ds.randomize_block_order()
+    udf = type(f"Decode{options.name}", (DecodeAugment,), {}) if options.name else DecodeAugment
     return ds.map_batches(
-        DecodeAugment,
+        udf,
         fn_constructor_kwargs={"data": asdict(data), "seed": options.seed, "max_pixels": options.max_pixels,
                                "report": report, "filesystem": filesystem, "nice": options.nice},
         batch_size=options.batch_size,
         batch_format="numpy",
-        compute=_actor_pool(options.concurrency),
+        compute=actor_pool(options.concurrency),
         num_cpus=options.num_cpus,
         udf_modifying_row_count=True,
     )
 
 
-def _actor_pool(concurrency: int | tuple[int, int] | None) -> ray.data.ActorPoolStrategy:
+def actor_pool(concurrency: int | tuple[int, int] | None) -> ray.data.ActorPoolStrategy:
+    """N (fixed) or (MIN, MAX): an autoscaling pool; None: 1 .. this Ray's CPUs - 1."""
     if concurrency is None:
         # Leave one logical CPU for the read tasks: decode actors holding every CPU
         # would starve the reads that feed them, and the pipeline would stall.

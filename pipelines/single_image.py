@@ -146,10 +146,12 @@ class SingleImageBatches:
 
 
 def read_single_image(spec: str, data: DataConfig, *, batch: int, steps_per_pass: int = 256, seed: int = 0,
-                      concurrency: int = 1, num_cpus: float = 1.0, nice: int = 0) -> Any:
+                      concurrency: int | tuple[int, int] = 1, num_cpus: float = 1.0, nice: int = 0) -> Any:
     """A lazy Dataset of ``steps_per_pass`` rows, each a whole minibatch (see the module
     docstring); the trainer starts a new pass when one runs out."""
     import ray
+
+    from pipelines.ingest import actor_pool
 
     single_image_file(spec)  # one clear line now rather than in an actor later
     # from_items: the rows exist on the driver, so no read task competes with the actors
@@ -160,6 +162,6 @@ def read_single_image(spec: str, data: DataConfig, *, batch: int, steps_per_pass
         fn_constructor_kwargs={"spec": spec, "data": asdict(data), "batch": batch, "seed": seed, "nice": nice},
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=concurrency, max_size=concurrency),
+        compute=actor_pool(concurrency),
         num_cpus=num_cpus,
     )

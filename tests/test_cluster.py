@@ -5,6 +5,7 @@ cluster configuration files checked for the keys and the safety settings they ne
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -162,7 +163,93 @@ def test_every_cluster_file_parses_with_its_required_keys():
                 assert types["gpu_worker"]["max_workers"] > types["gpu_worker"]["min_workers"], path  # autoscaling
     for name in ("Dockerfile", "env.example"):
         assert (CLUSTER / name).is_file()
-    assert "-c constraints.txt" in (CLUSTER / "Dockerfile").read_text()
+
+
+def _schema_strict(node):
+    """A CRD's OpenAPI v3 schema as a JSON Schema that, like `kubectl apply
+    --validate=strict`, rejects fields the CRD does not declare."""
+    if isinstance(node, list):
+        return [_schema_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _schema_strict(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable"):
+        out.pop("nullable")
+        if "type" in out:
+            out["type"] = [out["type"], "null"]
+    if "properties" in node and "additionalProperties" not in node and not node.get(
+            "x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def _crd_schema(kind: str) -> dict:
+    crds = ROOT.parent / "shared" / "data" / "kuberay-crds"
+    crd = yaml.safe_load((crds / f"ray.io_{kind.lower()}s.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = _schema_strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server itself
+    return schema
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "kuberay-crds").is_dir(),
+                    reason="the KubeRay CRDs sit in ../shared/data/kuberay-crds beside a checkout")
+def test_kuberay_manifests_validate_strictly_against_the_real_crds():
+    import jsonschema
+
+    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            jsonschema.validate(doc, _crd_schema(doc["kind"]))  # raises on an unknown or mistyped field
+            spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+            # /dev/shm on every group that runs Ray Data or training (all but the CPU-0 head).
+            for group in spec["workerGroupSpecs"]:
+                pod = group["template"]["spec"]
+                assert any(m["mountPath"] == "/dev/shm" for c in pod["containers"] for m in c.get("volumeMounts", [])), \
+                    (path, group["groupName"])
+                gpu = "nvidia.com/gpu" in str(pod["containers"][0]["resources"])
+                assert pod["containers"][0]["image"].endswith("-gpu" if gpu else "-cpu"), (path, group["groupName"])
+    bad = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    bad["spec"]["authOptions"]["tokenFile"] = "/x"  # a field KubeRay does not have
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, _crd_schema("RayCluster"))
+
+
+def test_launcher_configs_validate_against_rays_schema_and_start_gpus_only_where_they_are():
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    for path in sorted((CLUSTER / "launcher").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        jsonschema.validate(doc, schema)
+        run_options = " ".join(doc["docker"]["run_options"])
+        # The container's user is `ray`: the token path is the one the file mount gives it.
+        assert "RAY_AUTH_TOKEN_PATH=/home/ray/.ray/auth_token" in run_options, path
+        assert "--gpus" not in run_options and "worker_run_options" not in doc["docker"], path
+        types = doc["available_node_types"]
+        assert types["gpu_worker"]["docker"]["worker_run_options"] == ["--gpus all"], path
+        assert types["gpu_worker"]["docker"]["worker_image"].endswith("-gpu"), path
+        assert "docker" not in types["cpu_worker"] and doc["docker"]["image"].endswith("-cpu"), path
+        assert "580" in path.read_text(), path  # the driver the CUDA 13.0 build needs is named
+
+
+def test_node_image_is_rays_own_with_the_pinned_set():
+    text = (CLUSTER / "Dockerfile").read_text()
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    args = dict(re.findall(r"(?m)^ARG (\w+)=(\S*)$", text))
+    assert args["RAY_VERSION"] == pins["ray"] and args["PYTHON"] == "py311", args
+    assert re.search(r"(?m)^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON\}\$\{VARIANT\}$", text)
+    assert args["VARIANT"] in ("-gpu", "")
+    assert 'requires-python = ">=3.11"' in (ROOT / "pyproject.toml").read_text()  # what py311 and the code run
+    assert "pip install --no-cache-dir -c constraints.txt ." in text
+    assert re.search(r"command -v .*rsync.*ssh.*wget|for tool in rsync ssh wget", text)  # checked at build time
+    assert "USER root" not in text  # Ray's image runs as the non-root user ray
+    copied = " ".join(re.findall(r"(?m)^COPY .*$", text))
+    assert not re.search(r"env|token|secret|\.ray|credentials|\.aws", copied, re.I), copied
 
 
 def test_cluster_files_are_safe_by_default():
@@ -176,9 +263,9 @@ def test_cluster_files_are_safe_by_default():
                 assert head.get("serviceType", "ClusterIP") == "ClusterIP", path
                 for group in [head, *spec["workerGroupSpecs"]]:
                     for container in group["template"]["spec"]["containers"]:
-                        env = {e["name"]: e for e in container["env"]}
-                        assert env["RAY_AUTH_MODE"]["value"] == "token", path
-                        assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], path  # from a Secret
+                        # The token comes from authOptions' Secret, never a literal in a manifest.
+                        assert "RAY_AUTH_TOKEN" not in {e["name"] for e in container.get("env", [])}, path
+                assert spec["authOptions"] == {"mode": "token", "secretName": "raycut-ray-token"}, path
             else:
                 starts = " ".join(doc["head_start_ray_commands"])
                 assert "--dashboard-host=127.0.0.1" in starts and "RAY_AUTH_MODE=token" in starts, path
