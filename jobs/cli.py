@@ -122,7 +122,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
     return submit(SubmitOptions(command=tuple(command), address=args.address, runtime_env=args.runtime_env,
-                                wait=args.wait, pip=not args.no_pip, env=tuple(args.env)))
+                                wait=not args.no_wait, pip=not args.no_pip, env=tuple(args.env),
+                                working_dir=args.working_dir))
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
@@ -277,14 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser(
         "submit", help="run any raycut command as a Ray job on a cluster (Job Submission API)",
-        description="Uploads the working directory (minus .gitignore'd files) as the job's working_dir, installs the "
-        "package's pip requirements (--no-pip on raycut's image) and forwards MLFLOW_TRACKING_URI and "
-        "RAYCUT_STORAGE_PATH. Example: raycut submit --wait -- raycut train --data-a ... --data-b ...",
+        description="Ships raycut's code (Ray's py_modules) and its requirements from the installed package (neither "
+        "with --no-pip, on raycut's image), forwards MLFLOW_TRACKING_URI and RAYCUT_STORAGE_PATH, then streams the "
+        "job's logs until it ends. Example: raycut submit -- raycut train --data-a ... --data-b ...",
     )
     sm.add_argument("--address", help="the job server, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS, else that)")
     sm.add_argument("--runtime-env", help="YAML runtime environment merged over raycut's (pip, env_vars, ...)")
-    sm.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's result")
-    sm.add_argument("--no-pip", action="store_true", help="the cluster image already has raycut's requirements")
+    sm.add_argument("--no-wait", action="store_true", help="return once the job is submitted (default: stream its "
+                    "logs and exit with its result, as `ray job submit` does)")
+    sm.add_argument("--wait", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
+    sm.add_argument("--no-pip", action="store_true", help="the node image already has raycut and its requirements "
+                    "(cluster/Dockerfile): ship neither")
+    sm.add_argument("--working-dir", help="also upload this folder as the job's working directory (relative data "
+                    "paths in the command resolve there)")
     sm.add_argument("--env", action="append", default=[], metavar="NAME",
                     help="also forward this environment variable (e.g. AWS_ACCESS_KEY_ID)")
     sm.add_argument("command", nargs=argparse.REMAINDER, help="-- raycut COMMAND [ARGS...]")

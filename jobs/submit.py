@@ -1,10 +1,14 @@
 """`raycut submit` and `raycut jobs`: any raycut command as a Ray job on a cluster.
 
-    raycut submit [--address URL] [--runtime-env Y] [--wait] -- raycut train ...
-      -> Ray Job Submission API: entrypoint `python -m jobs.cli train ...`, the working
-         directory uploaded as working_dir (.gitignore'd files left out), the package's
-         pip requirements, MLFLOW_TRACKING_URI / RAYCUT_STORAGE_PATH forwarded
-      -> job id; with --wait the logs stream here and the exit code is the job's
+    raycut submit [--address URL] [--runtime-env Y] [--no-wait] [--no-pip] -- raycut train ...
+      -> Ray Job Submission API: entrypoint `python -m jobs.cli train ...`; raycut's
+         code as packages (Ray's py_modules, from wherever raycut is installed: a
+         checkout or a wheel) and its requirements from the installed package's
+         metadata, or neither with --no-pip (the node image has both);
+         MLFLOW_TRACKING_URI / RAYCUT_STORAGE_PATH forwarded
+      -> job id; then, as `ray job submit` does, the logs stream here (reconnecting
+         if the stream drops while the job runs) and the exit code is the job's;
+         --no-wait returns at once
 
 The address is --address, else $RAY_ADDRESS, else http://127.0.0.1:8265 (a tunnel or
 port-forward to the head: the job server is never exposed). With token
@@ -37,10 +41,10 @@ class SubmitOptions:
     command: tuple[str, ...]
     address: str | None = None
     runtime_env: str | None = None  # YAML merged over raycut's runtime env
-    wait: bool = False
-    pip: bool = True  # install the package's requirements in the job's env (off for raycut's image)
+    wait: bool = True
+    pip: bool = True  # ship raycut's code and requirements with the job (off for raycut's image)
     env: tuple[str, ...] = ()  # more variables to forward by name
-    working_dir: str = "."
+    working_dir: str | None = None  # also upload this folder as the job's working directory
 
 
 def resolve_address(address: str | None) -> str:
@@ -82,13 +86,27 @@ def entrypoint(command: tuple[str, ...]) -> str:
     return shlex.join(args)
 
 
-def package_requirements() -> list[str]:
-    """raycut's own runtime requirements (the ``dependencies`` of pyproject.toml)."""
-    import tomllib
+PACKAGES = ("cut_core", "pipelines", "jobs")  # raycut's import packages: its code, as py_modules
 
-    root = Path(__file__).resolve().parents[1]
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"])
+
+def package_requirements() -> list[str]:
+    """raycut's runtime requirements, from the installed package's metadata (a wheel
+    install has no pyproject.toml); extras such as ``test`` are left out."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("raycut") or []
+    except PackageNotFoundError:
+        raise RaycutError("raycut is not installed in this environment (pip install raycut, or pip install -e . in "
+                          "a checkout); submit reads its requirements from the installed package") from None
+    return [r for r in reqs if "extra ==" not in r.replace('"', "").replace("'", "")]
+
+
+def package_dirs() -> list[str]:
+    """The folders of raycut's packages as this interpreter imports them."""
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in PACKAGES]
 
 
 def build_runtime_env(opts: SubmitOptions) -> dict[str, Any]:
@@ -96,9 +114,12 @@ def build_runtime_env(opts: SubmitOptions) -> dict[str, Any]:
     missing = [k for k in opts.env if not os.environ.get(k)]
     if missing:
         raise RaycutError(f"--env {missing[0]} is not set in this shell; export it or drop --env {missing[0]}")
-    runtime_env: dict[str, Any] = {"working_dir": str(Path(opts.working_dir).resolve()), "env_vars": env_vars}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if opts.working_dir:
+        runtime_env["working_dir"] = str(Path(opts.working_dir).resolve())
     if opts.pip:
         runtime_env["pip"] = package_requirements()
+        runtime_env["py_modules"] = package_dirs()
     if opts.runtime_env:
         import yaml
 
@@ -129,19 +150,37 @@ def submit(opts: SubmitOptions) -> int:
     return follow(client, job_id)
 
 
+RECONNECT_S = 2.0
+
+
 def follow(client: Any, job_id: str) -> int:
-    """Stream the job's logs until it ends; 0 if it succeeded, else 1 with its last lines."""
+    """Stream the job's logs until it ends; 0 if it succeeded, else 1 with its last lines.
+    A stream that drops while the job still runs is opened again (each new stream
+    starts from the job's first line: what was printed already is skipped)."""
     import asyncio
 
-    async def tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):
-            print(chunk, end="", flush=True)
+    printed = 0
 
-    try:
-        asyncio.run(tail())
-    except Exception:  # noqa: BLE001 - the stream can drop; the status below is what counts
-        pass
-    status = _wait_terminal(client, job_id)
+    async def tail() -> None:
+        nonlocal printed
+        seen = 0
+        async for chunk in client.tail_job_logs(job_id):
+            new = chunk[max(0, printed - seen):]
+            seen += len(chunk)
+            if new:
+                print(new, end="", flush=True)
+                printed += len(new)
+
+    while True:
+        try:
+            asyncio.run(tail())
+        except Exception:  # noqa: BLE001 - a dropped stream; the status decides what comes next
+            pass
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            break
+        print(f"[submit] log stream of {job_id} dropped while it is {status}; reconnecting", flush=True)
+        time.sleep(RECONNECT_S)
     if status == "SUCCEEDED":
         print(f"[submit] job {job_id} SUCCEEDED", flush=True)
         return 0
@@ -151,15 +190,6 @@ def follow(client: Any, job_id: str) -> int:
     print(f"[submit] job {job_id} {status}" + (f": {reason[0]}" if reason else ""), flush=True)
     print("\n".join(f"  | {line}" for line in last), flush=True)
     return 1
-
-
-def _wait_terminal(client: Any, job_id: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = str(client.get_job_status(job_id).value)
-        if status in TERMINAL or time.monotonic() > deadline:
-            return status
-        time.sleep(0.5)
 
 
 def jobs_command(action: str, job_id: str | None, address: str | None, follow_logs: bool = False) -> int:

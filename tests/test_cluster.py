@@ -84,7 +84,10 @@ def test_submit_train_waits_logs_and_tracks(head, tmp_path):
     env = {**head["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "RAYCUT_STORAGE_PATH": str(tmp_path / "runs"), "PYTHONPATH": str(ROOT)}
     sets = [a for s in TINY_SETS for a in ("--set", s)]
-    r = _raycut(["submit", "--address", head["address"], "--wait", "--no-pip", "--", "raycut", "train", "--preset",
+    # Waiting is the default, as with `ray job submit`; --working-dir uploads this folder,
+    # where the command's relative data paths point.
+    r = _raycut(["submit", "--address", head["address"], "--no-pip", "--working-dir", ".", "--", "raycut", "train",
+                 "--preset",
                  "fastcut", "--data-a", "cyclegan:toy:trainA", "--data-b", "cyclegan:toy:trainB", *sets, "--steps", "4",
                  "--checkpoint-every", "4", "--name", "submitted"], cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -120,15 +123,33 @@ def test_unreachable_or_unauthenticated_server_is_one_line(head, tmp_path):
     assert r.returncode == 2 and "cannot reach the Ray job server" in r.stderr and "token" in r.stderr.lower()
 
 
-def test_runtime_env_uploads_the_working_dir_with_the_package_requirements(tmp_path, monkeypatch):
+def test_runtime_env_ships_the_installed_package_and_its_requirements(tmp_path, monkeypatch):
+    """From an installed raycut: the requirements are the installed metadata's (no
+    pyproject.toml needed), the code goes as py_modules, the current folder is not
+    uploaded unless asked; --no-pip ships neither (the node image has both)."""
+    import tomllib
+
+    import jobs
     from jobs.submit import SubmitOptions, build_runtime_env, entrypoint
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     monkeypatch.delenv("RAYCUT_STORAGE_PATH", raising=False)
-    env = build_runtime_env(SubmitOptions(command=("raycut", "demo"), working_dir=str(tmp_path)))
-    assert env["working_dir"] == str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    env = build_runtime_env(SubmitOptions(command=("raycut", "demo")))
+    assert "working_dir" not in env
     assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"}
-    assert any(req.startswith("ray[") for req in env["pip"]) and any(req.startswith("torch") for req in env["pip"])
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    from packaging.requirements import Requirement
+
+    def norm(reqs):
+        return sorted((r.name, str(r.specifier), tuple(sorted(r.extras))) for r in map(Requirement, reqs))
+
+    assert norm(env["pip"]) == norm(declared)
+    assert str(Path(jobs.__file__).parent) in env["py_modules"] and len(env["py_modules"]) == 3
+    assert build_runtime_env(SubmitOptions(command=("raycut", "demo"), working_dir=str(tmp_path)))["working_dir"] == \
+        str(tmp_path)
+    bare = build_runtime_env(SubmitOptions(command=("raycut", "demo"), pip=False))
+    assert "pip" not in bare and "py_modules" not in bare
     assert entrypoint(("raycut", "train", "--set", "nce_layers=0,4")) == "python -m jobs.cli train --set nce_layers=0,4"
 
 
