@@ -50,9 +50,25 @@ class EvaluateOptions:
     seg_size: tuple[int, int] = opt((128, 256), "WIDTHxHEIGHT the segmenter scores at (default 256x128, the paper's)",
                                     type=lambda v: width_x_height(v, "--seg-size"), metavar="WxH")  # held as (H, W)
     batch_size: int = opt(16, "images per feature-extraction call")
-    concurrency: int | None = opt(None, "feature-extraction actors (default 1, using every core)")
+    concurrency: str | None = opt(None, "feature-extraction actors: N, or MIN-MAX for a pool that grows as nodes "
+                                  "join (default: 1 using every core on a local Ray; 1-16 on a cluster)")
     out: str | None = opt(None, "JSON report (default: FAKE/evaluation.json)")
     run_id: str | None = opt(None, "MLflow run to log the metrics into (default: $MLFLOW_RUN_ID)")
+
+
+CLUSTER_FEATURE_ACTORS = (1, 16)
+CLUSTER_ACTOR_THREADS = 4  # torch threads (logical CPUs) of one feature actor on a cluster
+
+
+def _feature_pool(opts: EvaluateOptions) -> dict[str, Any]:
+    """The feature actors: on a local Ray one (or --concurrency) sharing the cores; on a
+    cluster a pool that grows as nodes join, each actor a fixed share of a node."""
+    from jobs.ray_runtime import on_this_machine, parse_pool
+
+    if on_this_machine():
+        return {"pool": parse_pool(opts.concurrency, default=(1, 1), what="--concurrency")}
+    return {"pool": parse_pool(opts.concurrency, default=CLUSTER_FEATURE_ACTORS, what="--concurrency"),
+            "threads": CLUSTER_ACTOR_THREADS}
 
 
 def width_x_height(value: str, what: str) -> tuple[int, int]:
@@ -140,7 +156,7 @@ def _real_fake(opts: EvaluateOptions) -> dict[str, Any]:
     skipped: list[tuple[str, str]] = []
     for name, files in (("real", real_files), ("fake", fake_files)):
         bar = Progress(f"features {name}", len(files), unit="img", every=max(1, len(files) // 20))
-        _, feats, failed = extract_features(files, spec, batch_size=opts.batch_size, concurrency=opts.concurrency,
+        _, feats, failed = extract_features(files, spec, batch_size=opts.batch_size, **_feature_pool(opts),
                                             progress=bar)
         sets[name] = feats
         skipped += failed

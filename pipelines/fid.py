@@ -62,23 +62,23 @@ class ExtractFeatures:
         return {"path": np.array(paths, dtype=object), "features": features, "error": np.array(errors, dtype=object)}
 
 
-def extract_features(files: list[str], spec: ExtractorSpec, *, batch_size: int = 16, concurrency: int | None = None,
+def extract_features(files: list[str], spec: ExtractorSpec, *, batch_size: int = 16,
+                     pool: tuple[int, int] = (1, 1), threads: int | None = None,
                      progress: Any = None) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """Features of every readable file, in the order of ``files``: (paths, (N, d)
     float32, [(path, why)] of the files that could not be read). Runs on the current
-    Ray cluster (``ray.init`` first)."""
+    Ray cluster (``ray.init`` first) in a pool of (MIN, MAX) actors, each with
+    ``threads`` torch threads (default: this machine's cores shared by MAX actors)."""
     import os
 
     import ray
 
     if not files:
         raise RaycutError("no images to extract features from")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    actors = concurrency or 1
-    threads = max(1, min(cpus, os.cpu_count() or 1) // actors)
+    threads = threads or max(1, (os.cpu_count() or 1) // pool[1])
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, min(len(files) // batch_size, 1000)))
     ds = ds.map_batches(ExtractFeatures, fn_constructor_kwargs={"spec": asdict(spec), "threads": threads},
-                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]),
                         num_cpus=threads)
     got: dict[str, np.ndarray] = {}
     failed: list[tuple[str, str]] = []
