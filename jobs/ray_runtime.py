@@ -16,14 +16,16 @@ QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
 
 
-_STARTED_HERE = False  # did start_ray start the Ray this process uses?
-
-
 def on_this_machine() -> bool:
-    """True when raycut started a local Ray in this process: a machine whose CPUs are
-    known and fixed. False on a cluster (RAY_ADDRESS, or a Ray the caller connected
-    to), where nodes come and go and nothing may be sized from what exists now."""
-    return _STARTED_HERE
+    """True for a Ray on this one machine (one live node with CPUs, no RAY_ADDRESS): its
+    CPUs are known and fixed. False on a cluster (RAY_ADDRESS, several nodes, or a
+    CPU-0 head waiting for an autoscaler), where nothing may be sized from what exists now."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return False
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return len(nodes) == 1 and nodes[0].get("Resources", {}).get("CPU", 0) > 0
 
 
 def parse_pool(text: str | int | None, *, default: tuple[int, int], what: str) -> tuple[int, int]:
@@ -62,5 +64,4 @@ def start_ray(train_cpus: float) -> None:
     # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
     # a crash), which is what RAY_ADDRESS is for.
     ray.init(address="local", num_cpus=cpus, logging_level="warning")
-    global _STARTED_HERE
-    _STARTED_HERE = True
+
