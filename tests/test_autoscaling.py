@@ -2,8 +2,9 @@
 (ray.cluster_utils.AutoscalingCluster) on this machine. The head has no CPUs and the
 cluster starts with no workers, as the shipped cluster configs do: the trainers get
 their nodes from the autoscaler, and each domain's decode pool (--data-actors 2-3)
-holds more than one actor, on the CPU nodes the autoscaler adds, although none of them existed when the run started (nothing
-is sized from the cluster at launch: it had no CPUs then)."""
+holds more than one actor, on the CPU nodes the autoscaler adds, although none of
+them existed when the run started (nothing is sized from the cluster at launch: it
+had no CPUs then)."""
 
 from __future__ import annotations
 
