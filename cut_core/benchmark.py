@@ -449,7 +449,7 @@ def format_table(rows: list[dict[str, object]]) -> str:
     for r in rows:
         entry = by_name.setdefault(str(r["name"]), {})
         entry[str(r["metric"])] = r["value"]
-        for k in ("spread_ms", "skipped", "resolved"):
+        for k in ("spread_ms", "skipped", "resolved", "model_busy"):
             if k in r:
                 entry[k] = r[k]
     lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s}"]

@@ -266,7 +266,7 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     from cut_core import load_generator
     from jobs.translate.driver import run_translate
     from jobs.translate.spec import TranslateOptions
-    from pipelines.translate_speed import full_size_model, reference_loop, write_frames
+    from pipelines.translate_speed import bench_output_formats, full_size_model, load_generator_output, reference_loop, write_frames
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,44 +310,4 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
             frame = np.asarray(load_generator_output(G, files[0]))
             rows += bench_output_formats(frame, f"{w}x{h}", root, log=log)
         ray.shutdown()
-    return rows
-
-
-def load_generator_output(G, path):
-    """A translated frame (what the write stage encodes), as (H, W, 3) uint8."""
-    import numpy as np
-    from PIL import Image
-
-    from cut_core.translate import translate_uint8
-
-    return translate_uint8(G, np.asarray(Image.open(path).convert("RGB"))[None])[0]
-
-
-OUTPUT_FORMAT_ROWS = {  # row name -> write_atomic arguments
-    "png-level1": {"fmt": "png", "png_level": 1},
-    "png-level6 (PIL default)": {"fmt": "png", "png_level": 6},
-    "jpg-q95": {"fmt": "jpg", "quality": 95},
-    "webp-lossless": {"fmt": "webp"},
-}
-
-
-def bench_output_formats(frame, size: str, root, repeats: int = 3, log=print) -> list[dict[str, object]]:
-    """ms to encode and write one translated frame, and its size, per output format."""
-    import statistics
-    import time
-
-    from pipelines.translate import write_atomic
-
-    rows: list[dict[str, object]] = []
-    for name, kwargs in OUTPUT_FORMAT_ROWS.items():
-        path = root / f"format-{size}.{kwargs['fmt']}"
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            write_atomic(frame, str(path), **kwargs)
-            times.append((time.perf_counter() - t) * 1000)
-        ms, mb = statistics.median(times), path.stat().st_size / 2**20
-        rows.append({"name": f"encode/{name}@{size}", "metric": "ms_per_image", "value": round(ms, 1), "unit": "ms"})
-        rows.append({"name": f"encode/{name}@{size}", "metric": "file_mb", "value": round(mb, 2), "unit": "MB"})
-        log(f"    encode {name} {size}: {ms:.0f} ms, {mb:.2f} MB")
     return rows
