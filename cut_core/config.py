@@ -32,6 +32,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
+from cut_core.d_balance import parse_policy
 from cut_core.errors import ConfigError
 
 Preset = Literal["cut", "fastcut", "sincut", "sincut-paper"]
@@ -118,9 +119,24 @@ class LossConfig:
     flip_equivariance: bool = False  # FastCUT
     lambda_identity: float = 0.0  # SinCUT: L1(G(real_B), real_B)
     lambda_R1: float = 0.0  # SinCUT: R1 gradient penalty on D(real_B)
+    # What D sees is augmented, reals and fakes alike (cut_core.d_balance): ops from
+    # color,translation,cutout ("" = off), each applied per image with probability
+    # d_augment_p, or, when d_augment_target > 0, with ADA's adaptive probability that
+    # follows D's overfitting signal r_t towards that target (0.6 in the ADA paper).
+    d_augment: str = ""
+    d_augment_p: float = 1.0
+    d_augment_target: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GanMode)
+        try:
+            parse_policy(self.d_augment)
+        except ValueError as e:
+            raise ConfigError(f"d_augment={self.d_augment!r}: {e}") from None
+        _check(0 <= self.d_augment_p <= 1, f"d_augment_p={self.d_augment_p} must lie in [0, 1]")
+        _check(0 <= self.d_augment_target < 1, f"d_augment_target={self.d_augment_target} must lie in [0, 1) (0: fixed p)")
+        _check(not self.d_augment_target or self.d_augment,
+               "d_augment_target adapts the probability of d_augment's ops; name them too, e.g. d_augment=color,translation,cutout")
         _check(len(self.nce_layers) > 0, "nce_layers is empty; give at least one layer id, e.g. 0,4,8,12,16")
         _check(
             list(self.nce_layers) == sorted(set(self.nce_layers)),
@@ -166,9 +182,13 @@ class OptimConfig:
     n_epochs: int = 200
     n_epochs_decay: int = 200
     batch_size: int = 1  # per worker
+    # An exponential moving average of G's weights (cut_core.ema), 0 = off: the G that is
+    # evaluated, shown and registered when on. 0.999 averages about the last 1000 steps.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr={self.lr} must be > 0")
+        _check(0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must lie in [0, 1) (0 turns the average off)")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must lie in [0, 1)")
         _check(self.n_epochs >= 0 and self.n_epochs_decay >= 0, "n_epochs and n_epochs_decay must be >= 0")
         _check(self.n_epochs + self.n_epochs_decay >= 1, "n_epochs + n_epochs_decay must be >= 1")

@@ -38,6 +38,12 @@ class CheckpointError(RaycutError):
     """A training checkpoint that cannot be used for this run."""
 
 
+# Parts of the state that a run may turn on when it resumes (--set ema_decay=0.999 or
+# d_augment_target=0.6 on a run saved without them): absent from the checkpoint, they
+# start fresh instead of failing the load.
+ADDABLE_MODULES = ("G_ema", "ADA")
+
+
 def rng_name(rank: int) -> str:
     return f"rng_rank{rank}.safetensors"
 
@@ -104,9 +110,14 @@ def load_train_state(state: TrainState, path: str | Path, *, rank: int = 0) -> d
         raise CheckpointError(f"checkpoint {root} holds a different architecture ({saved_model}) than this run "
                               f"({state.config.model}); start a new run instead of resuming")
     nets = load_file(str(root / NETWORKS_NAME))
+    saved_modules = {k.split(".", 1)[0] for k in nets}
     for name, module in state.modules().items():
+        if name in ADDABLE_MODULES and name not in saved_modules:
+            continue  # turned on at this resume: starts fresh (the EMA from the loaded G, below)
         prefix = f"{name}."
         module.load_state_dict({k[len(prefix):]: v for k, v in nets.items() if k.startswith(prefix)}, strict=True)
+    if state.G_ema is not None and "G_ema" not in saved_modules:
+        state.G_ema.average.load_state_dict(state.G.state_dict())
     moments = load_file(str(root / OPTIMIZERS_NAME))
     for name, opt in state.optimizers().items():
         saved = meta["optimizers"][name]

@@ -5,9 +5,12 @@ One iteration (Park et al. 2020, Sec. 3; the official ``optimize_parameters``):
 1. ``generator_pass``: G translates real_A (and real_B for the identity branch) in
    one batch; the same pass yields the PatchNCE keys, so the source images are not
    encoded a second time (the keys are detached in the loss anyway).
-2. ``d_step``: D learns real_B against the detached fake_B (+ R1 for SinCUT).
-3. ``g_step``: G and F learn: GAN loss through the updated D, plus PatchNCE between
-   the encodings of fake_B (queries) and real_A (keys), at the same patch ids.
+2. ``d_step``: D learns real_B against the detached fake_B (+ R1 for SinCUT), both
+   seen through the same random augmentation when ``d_augment`` is on.
+3. ``g_step``: G and F learn: GAN loss through the updated D (on augmented fakes
+   likewise), plus PatchNCE between the encodings of fake_B (queries) and real_A
+   (keys), at the same patch ids.
+4. the moving average of G takes the new weights (``ema_decay`` > 0).
 
 Every phase returns a dict of detached scalar tensors. Randomness (patch ids, the
 flip of FastCUT) comes from ``state.rng``, a ``torch.Generator`` the caller seeds.
@@ -24,6 +27,8 @@ from torch import nn
 
 from cut_core import losses
 from cut_core.config import CUTConfig, OptimConfig, PerfConfig
+from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
+from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
@@ -62,13 +67,33 @@ class TrainState:
     # External negatives (loss.nce_bank_size > 0): momentum copies of G and F, and the bank.
     key_encoder: MomentumKeyEncoder | None = None
     bank: PatchMemoryBank | None = None
+    G_ema: GeneratorEMA | None = None  # optim.ema_decay > 0
+    d_aug_p: AdaptiveP | None = None  # loss.d_augment_target > 0: ADA's probability
+    d_ops: tuple[str, ...] = ()  # loss.d_augment, parsed
 
     def modules(self) -> dict[str, nn.Module]:
-        """Everything a checkpoint holds: G, D, F (+ the key encoder and bank when used)."""
+        """Everything a checkpoint holds: G, D, F (+ the key encoder and bank, the EMA
+        of G and ADA's probability, when used)."""
         out: dict[str, nn.Module] = {"G": self.G, "D": self.D, "F": self.F}
         if self.key_encoder is not None and self.bank is not None:
             out.update(K=self.key_encoder, bank=self.bank)
+        if self.G_ema is not None:
+            out["G_ema"] = self.G_ema
+        if self.d_aug_p is not None:
+            out["ADA"] = self.d_aug_p
         return out
+
+    @property
+    def inference_G(self) -> nn.Module:
+        """The generator to evaluate, show and register: the EMA of G when kept, else G."""
+        return self.G_ema.average if self.G_ema is not None else self.G
+
+    @property
+    def d_augment_p(self) -> float:
+        """This step's probability of each D augmentation op (0 when off)."""
+        if not self.d_ops:
+            return 0.0
+        return self.d_aug_p.value if self.d_aug_p is not None else self.config.loss.d_augment_p
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_G, "D": self.opt_D, "F": self.opt_F}
@@ -111,6 +136,11 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
         state.key_encoder = MomentumKeyEncoder(G, Fm, cfg.loss.nce_bank_momentum).to(device)
         state.bank = PatchMemoryBank(len(cfg.loss.nce_layers), cfg.model.netF_nc, cfg.loss.nce_bank_size,
                                      seed=cfg.seed).to(device)
+    if o.ema_decay:
+        state.G_ema = GeneratorEMA(G, o.ema_decay)
+    state.d_ops = parse_policy(cfg.loss.d_augment)
+    if cfg.loss.d_augment_target:
+        state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target)
     state.run = {
         "G_forward_and_encode": maybe_compile(perf, G.forward_and_encode),
         "G_encode": maybe_compile(perf, G.encode),
@@ -189,8 +219,17 @@ def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor
     return GeneratorPass(fake=fake, with_idt=with_idt, keys=keys, flipped=flipped, batch=real_A.shape[0], src=src)
 
 
+def _seen_by_D(state: TrainState, x: torch.Tensor) -> torch.Tensor:
+    """x as D sees it: through ``d_augment``'s ops (each image its own draw), else as is."""
+    p = state.d_augment_p
+    if not p:
+        return x
+    return to_memory_format(state.perf, augment(x, state.d_ops, p, state.rng))
+
+
 def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Phase 2: one Adam step of D on real_B vs the detached fake_B."""
+    """Phase 2: one Adam step of D on real_B vs the detached fake_B. Reports D's
+    balance as ``D_rt`` (ADA's r_t: 1 when D calls every real patch real with margin)."""
     cfg = state.config
     r1_on = cfg.loss.lambda_R1 > 0
     real = real_B.detach().requires_grad_(r1_on)
@@ -198,13 +237,19 @@ def d_step(state: TrainState, fake_B: torch.Tensor, real_B: torch.Tensor) -> dic
     b = fake_B.shape[0]
     with autocast(state.perf, state.device):
         # One D call on [fake; real]: instance norm is per image, so this equals two
-        # calls, at half the kernel launches.
-        pred = state.run["D"](torch.cat([fake_B.detach(), real]))
+        # calls, at half the kernel launches. One augmentation call too: the same ops,
+        # each image with its own parameters, so neither side is treated differently.
+        pred = state.run["D"](_seen_by_D(state, torch.cat([fake_B.detach(), real])))
     pred_fake, pred_real = pred[:b], pred[b:]
+    rt = overfit_sign(pred_real, cfg.loss.gan_mode)
     loss_D_real = losses.gan_loss(cfg.loss.gan_mode, pred_real, target_is_real=True).mean()
     loss_D_fake = losses.gan_loss(cfg.loss.gan_mode, pred_fake, target_is_real=False).mean()
     loss_D = 0.5 * (loss_D_real + loss_D_fake)
-    out = {"D_real": loss_D_real.detach(), "D_fake": loss_D_fake.detach()}
+    out = {"D_real": loss_D_real.detach(), "D_fake": loss_D_fake.detach(), "D_rt": rt}
+    if state.d_ops:
+        out["D_aug_p"] = torch.tensor(state.d_augment_p)
+    if state.d_aug_p is not None:
+        state.d_aug_p.observe(rt, b)  # p for the next steps
     if r1_on:
         loss_R1 = losses.r1_penalty(pred_real, real).mean() * (0.5 * cfg.loss.lambda_R1)
         loss_D = loss_D + loss_R1
@@ -226,7 +271,8 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     out: dict[str, torch.Tensor] = {}
     b = real_A.shape[0]
     with autocast(state.perf, state.device):
-        loss_G_GAN = losses.gan_loss(L.gan_mode, state.run["D_for_G"](fwd.fake_B), target_is_real=True).mean() * L.lambda_GAN
+        pred = state.run["D_for_G"](_seen_by_D(state, fwd.fake_B))
+        loss_G_GAN = losses.gan_loss(L.gan_mode, pred, target_is_real=True).mean() * L.lambda_GAN
         loss_G = loss_G_GAN
         out["G_GAN"] = loss_G_GAN.detach()
         if L.lambda_NCE > 0:
@@ -298,7 +344,8 @@ def _patch_nce_per_image(
 
 def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
     """One CUT iteration. real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
-    Returns detached scalar losses: D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt, D_R1)."""
+    Returns detached scalars: the losses D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt,
+    D_R1), D's balance D_rt (+ D_aug_p, the augmentation probability, when on)."""
     _check_batch(real_A, real_B)
     perf = state.perf
     real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)
@@ -306,6 +353,8 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     out = d_step(state, fwd.fake_B, real_B)
     out.update(g_step(state, fwd, real_A, real_B))
     state.step += 1
+    if state.G_ema is not None:
+        state.G_ema.update(state.G, state.step)
     return out
 
 

@@ -177,7 +177,7 @@ EXAMPLES = {
     "config": "raycut config show --preset fastcut --config toy --set crop_size=128 > run.yaml",
     "submit": "RAY_ADDRESS=http://127.0.0.1:8265 raycut submit -- raycut train --dataroot s3://bucket/toy --workers 4",
     "jobs": "raycut jobs list; raycut jobs logs JOB_ID --follow",
-    "bench": "raycut bench train --out bench-train.json\nraycut bench translate --out bench-translate.json",
+    "bench": "raycut bench train --out bench-train.json\nraycut bench translate --out bench-translate.json\nraycut bench quality --presets fastcut --out bench-quality.json",
 }
 
 
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     jb.set_defaults(func=_cmd_jobs)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
-    b.add_argument("which", choices=["train", "ingest", "translate"], help="what to measure")
+    b.add_argument("which", choices=["train", "ingest", "translate", "quality"], help="what to measure")
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crop", type=int, default=256)
@@ -320,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "translate: frames per size (default 4)")
     b.add_argument("--precisions-translate", nargs="+", default=["auto"], choices=list(TRANSLATE_PRECISIONS),
                    help="translate: the precisions of the job rows")
+    b.add_argument("--config", default="toy", help="quality: the config file the variants start from")
+    b.add_argument("--size", type=int, default=32, help="quality: toy image size")
+    b.add_argument("--steps", type=int, default=300, help="quality: training steps per run")
+    b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
+    b.add_argument("--quality-variants", nargs="+", default=None,
+                   help="quality: plain, diffaugment, ada, ema, diffaugment+ema (default: all)")
     b.set_defaults(func=_cmd_bench)
     _with_examples(sub)
     return p

@@ -23,7 +23,7 @@ from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
 from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
-from pipelines.sources import Source, list_source_files, parse_source, read_bytes
+from pipelines.sources import Listing, Source, list_source, read_bytes
 
 READ_CPUS = 0.25  # logical CPUs per read task
 MAX_LISTED = 1000  # paths kept per category in the report; the counts are always exact
@@ -137,18 +137,19 @@ class IngestOptions:
     name: str = ""
 
 
-def read_domain(spec: str | Source, data: DataConfig, *, options: IngestOptions = IngestOptions(),
+def read_domain(spec: str | Source | Listing, data: DataConfig, *, options: IngestOptions = IngestOptions(),
                 report: Any = None) -> ray.data.Dataset:
     """A lazy, streaming Dataset of {image, path} crops for one domain.
 
-    Files are listed now (an empty or missing source stops here with one line);
-    nothing is read until the Dataset is iterated. ``report`` (an ``IngestReport``
-    actor) collects the skipped, upscaled and converted files.
+    Files are listed now unless ``spec`` is a Listing already (an empty or missing
+    source stops here with one line); nothing is read until the Dataset is iterated.
+    ``report`` (an ``IngestReport`` actor) collects the skipped, upscaled and converted
+    files.
     """
-    source = spec if isinstance(spec, Source) else parse_source(spec)
-    fs, files = list_source_files(source)
-    column = source.column if source.layout == "parquet" else None
-    return read_files(files, data, filesystem=fs, parquet_column=column, options=options, report=report)
+    listing = list_source(spec)
+    column = listing.source.column if listing.source.layout == "parquet" else None
+    return read_files(list(listing.files), data, filesystem=listing.fs, parquet_column=column, options=options,
+                      report=report)
 
 
 def read_files(files: list[str], data: DataConfig, *, filesystem: Any = None, parquet_column: str | None = None,
@@ -209,7 +210,7 @@ def _read_parquet(files: list[str], fs: Any, column: str, shuffle: str | None) -
     return ds.rename_columns({column: "bytes"}) if column != "bytes" else ds
 
 
-def decode_head(spec: str | Source, data: DataConfig, n: int, *, seed: int = 0) -> np.ndarray:
+def decode_head(spec: str | Source | Listing, data: DataConfig, n: int, *, seed: int = 0) -> np.ndarray:
     """The first ``n`` readable images of a source (files in listed order, or the first
     Parquet file's rows), decoded and preprocessed as for training, in this process:
     (n', crop, crop, 3) uint8, n' <= n (unreadable files are left out).
@@ -217,8 +218,8 @@ def decode_head(spec: str | Source, data: DataConfig, n: int, *, seed: int = 0) 
     For the handful of images a sample grid shows; a Ray Data pass would start a decode
     actor (a process importing torch: ~4 s) to read eight files.
     """
-    source = spec if isinstance(spec, Source) else parse_source(spec)
-    fs, files = list_source_files(source)
+    listing = list_source(spec)
+    source, fs, files = listing.source, listing.fs, listing.files
     decode = DecodeAugment(asdict(data), seed=seed, filesystem=fs)
     if source.layout == "parquet":
         import pyarrow.parquet as pq
@@ -235,16 +236,10 @@ def decode_head(spec: str | Source, data: DataConfig, n: int, *, seed: int = 0) 
     return np.ascontiguousarray(images)
 
 
-def domain_size(spec: str | Source) -> int:
+def domain_size(spec: str | Source | Listing) -> int:
     """Number of images a source holds (files, or Parquet rows): the epoch arithmetic
     needs it before anything is read."""
-    source = spec if isinstance(spec, Source) else parse_source(spec)
-    fs, files = list_source_files(source)
-    if source.layout != "parquet":
-        return len(files)
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files)
+    return list_source(spec).size
 
 
 def steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: int = 1) -> int:

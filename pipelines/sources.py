@@ -125,6 +125,36 @@ def list_source_files(source: Source) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A source listed once: its filesystem, its files (sorted) and how many images it
+    holds (files, or Parquet rows). Listing an s3 prefix of 100k frames takes many
+    requests; a run lists each domain once and passes this on."""
+
+    source: Source
+    fs: pafs.FileSystem
+    files: tuple[str, ...]
+    size: int
+
+
+def list_source(spec: str | Source | Listing) -> Listing:
+    """``spec`` listed (a Listing is returned as is); the Parquet row counts come from
+    the files' footers, no data is read. Stops with one line if there is nothing."""
+    if isinstance(spec, Listing):
+        return spec
+    source = spec if isinstance(spec, Source) else parse_source(spec)
+    fs, files = list_source_files(source)
+    size = len(files)
+    if source.layout == "parquet":
+        import pyarrow.parquet as pq
+
+        size = 0
+        for f in files:
+            with fs.open_input_file(f) as fh:
+                size += pq.ParquetFile(fh).metadata.num_rows
+    return Listing(source, fs, tuple(files), size)
+
+
 def _find(fs: pafs.FileSystem, path: str, extensions: tuple[str, ...]) -> list[str]:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:

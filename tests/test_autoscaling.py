@@ -4,7 +4,9 @@ cluster starts with no workers, as the shipped cluster configs do: the trainers 
 their nodes from the autoscaler, and each domain's decode pool (--data-actors 2-3)
 holds more than one actor, on the CPU nodes the autoscaler adds, although none of
 them existed when the run started (nothing is sized from the cluster at launch: it
-had no CPUs then)."""
+had no CPUs then). The two trainers are spread over two of those nodes (gloo DDP) and
+end with equal replicas; the registered model comes back from MLflow by
+``models:/NAME@latest`` and translates as the trained generator did."""
 
 from __future__ import annotations
 
@@ -12,13 +14,20 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import AutoscalingCluster
+from safetensors.numpy import load_file
 
+from cut_core import load_generator
+from cut_core.images import to_model_input, to_uint8_images
+from jobs.tracking import resolve_model_dir
 from jobs.train.driver import run_train
 from jobs.train.spec import Schedule, TrainOptions
+from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS
 
@@ -45,6 +54,12 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         }
         config.update(config_kwargs)
         return config
+
+
+def _assert_same_up_to_rounding(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal uint8 images, but for at most 0.1% of values off by one level."""
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
 @pytest.fixture
@@ -74,10 +89,28 @@ def test_train_grows_with_the_cluster_and_registers(autoscaling_cluster, tmp_pat
     result = run_train(TrainOptions(
         preset="fastcut", data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB", sets=TINY_SETS,
         workers=2, cpus_per_worker=1, data_actors="2-3", steps=40, storage_path=str(tmp_path / "runs"), name="auto",
-        register="toy-autoscaled", schedule=Schedule(log_every=10, checkpoint_every=40, sample_every=40),
+        placement="strict-spread", register="toy-autoscaled",
+        schedule=Schedule(log_every=10, checkpoint_every=20, sample_every=40),
     ))
-    assert result.metrics["step"] == 40 and result.model_version == "1"
+    m = result.metrics
+    assert m["step"] == 40 and result.model_version == "1"
     assert MlflowClient().get_model_version("toy-autoscaled", "1").status == "READY"
+    # One rank per node (strict-spread over nodes the autoscaler added), gloo DDP
+    # between them: after the steps the two replicas of G, D and F are identical.
+    assert m["nodes"] == 2 and m["replica_divergence"] == 0.0
+    assert result.job.global_batch == 4 and result.job.steps_per_epoch == 4  # 16 images / (2 per worker x 2)
+    # The registered model, fetched by alias, translates as the trained in-memory
+    # generator did on rank 0 (its outputs were saved with the last checkpoint). Up to
+    # a rare rounding flip: that worker ran torch with 1 thread and this process with
+    # 2, oneDNN's kernels follow the thread count, and a last-bit difference in fp32
+    # can cross a uint8 boundary (seen once: 1 pixel of 12288, by 1 level).
+    saved = load_file(str(result.checkpoint_dir / FINAL_SAMPLES))
+    model_dir = resolve_model_dir("models:/toy-autoscaled@latest", cache=tmp_path / "fetched")
+    G = load_generator(model_dir)
+    _assert_same_up_to_rounding(to_uint8_images(G(to_model_input(saved["input"]))), saved["output"])
+    pyfunc = mlflow.pyfunc.load_model("models:/toy-autoscaled@latest")
+    _assert_same_up_to_rounding(pyfunc.predict(saved["input"]), saved["output"])
+    assert saved["output"].shape == (4, 32, 32, 3) and saved["output"].std() > 0
 
     head = ray.get_runtime_context().get_node_id()  # the driver runs on the head
     decoders = {d: [a for a in list_actors(detail=True, limit=1000) if f"MapBatches(Decode{d})" in a.class_name]

@@ -12,7 +12,7 @@ from PIL import Image
 from cut_core.config import DataConfig
 from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
-from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
+from pipelines.ingest import IngestOptions, IngestReport, decode_head, domain_size, format_report, read_domain
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.test_decode_sources import bad_file_corpus
 
@@ -148,3 +148,22 @@ def test_unpaired_batches_cycle_the_smaller_domain(local_ray, toy, tmp_path):
     b_it = read_domain(b_spec, CROP).iterator()
     pairs = list(unpaired_batches(a_it, b_it, batch_size=1, steps=7))
     assert len(pairs) == 7 and all(a.shape == b.shape == (1, 32, 32, 3) for a, b in pairs)
+
+
+def test_a_listing_is_read_as_listed(local_ray, toy, tmp_path):
+    """A run lists each domain once (an s3 listing costs requests): the sizes, the
+    dataset and the sample crops all come from that one listing, so a file that
+    appears afterwards is not half-seen by some of them."""
+    import shutil
+
+    from pipelines.sources import list_source
+
+    folder = tmp_path / "dom"
+    shutil.copytree(toy / "trainA", folder)
+    listing = list_source(str(folder))
+    n = listing.size
+    shutil.copy(folder / sorted(p.name for p in folder.iterdir())[0], folder / "zzz_added_later.png")
+    assert domain_size(listing) == n and domain_size(str(folder)) == n + 1
+    rows = read_domain(listing, CROP, options=IngestOptions(shuffle_files=False)).take_all()
+    assert len(rows) == n and not any("zzz_added_later" in r["path"] for r in rows)
+    assert decode_head(listing, CROP, n + 1).shape[0] == n

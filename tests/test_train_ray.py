@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
 from cut_core.errors import RaycutError
 from jobs.train.driver import run_train
@@ -101,7 +103,10 @@ def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray
     uri = f"sqlite:///{tmp_path / 'track.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     storage = tmp_path / "runs"
-    result = run_train(_options(toy, storage, workers=1, steps=10, eval_every=5, keep_checkpoints=1, register="toy-best"))
+    # With an EMA of G and D's augmentation on: the average is what gets evaluated and registered.
+    sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout")
+    result = run_train(_options(toy, storage, workers=1, steps=10, eval_every=5, keep_checkpoints=1, register="toy-best",
+                                sets=sets))
     client = MlflowClient(tracking_uri=uri)
     history = {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, "eval_colour_err")}
     assert sorted(history) == [5, 10]  # every eval_every steps, on the toy testA vs its truth
@@ -111,6 +116,14 @@ def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray
     assert result.best["step"] == best_step
     # The best checkpoint survives retention (keep 1 by score, plus the newest) and holds the model.
     assert Path(marked["checkpoint"], "model", "generator.safetensors").is_file()
+    saved = load_file(str(Path(marked["checkpoint"], "model", "generator.safetensors")))
+    nets = load_file(str(Path(marked["checkpoint"], "networks.safetensors")))
+    for k, v in saved.items():  # the model directory holds the moving average, not the raw G
+        assert torch.equal(v, nets[f"G_ema.average.{k}"]), k
+    assert any(not torch.equal(v, nets[f"G.{k}"]) for k, v in saved.items())
+    assert "EMA" in json.loads(Path(marked["checkpoint"], "model", "config.json").read_text())["weights"]
+    # D's balance and the augmentation probability are tracked.
+    assert {"D_rt", "D_aug_p", "D_won_steps"} <= set(client.get_run(result.mlflow_run_id).data.metrics)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.metrics["best_eval_colour_err"] == pytest.approx(history[best_step])
     version = client.get_model_version_by_alias("toy-best", "latest")

@@ -30,6 +30,23 @@ def run_bench(args: argparse.Namespace) -> int:
         print(benchmark.format_table(rows))
         print(f"wrote {out}")
         return 0
+    if args.which == "quality":
+        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality
+
+        variants = tuple(args.quality_variants or QUALITY_VARIANTS)
+        unknown = [v for v in variants if v not in QUALITY_VARIANTS]
+        if unknown:
+            raise RaycutError(f"unknown quality variant {unknown[0]!r}; choose from {', '.join(QUALITY_VARIANTS)}")
+        rows = []
+        for preset in args.presets:
+            log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px, seeds "
+                f"{', '.join(map(str, args.seeds))}: {', '.join(variants)}")
+            rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
+                                  variants=variants, log=log)
+        out = benchmark.write_record(args.out, "quality", rows, "cpu")
+        print(format_quality(rows))
+        print(f"wrote {out}")
+        return 0
     if args.ray:
         log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px bf16, Ray Train 1 and 2 workers "
             "against the bare cut_core step")

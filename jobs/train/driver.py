@@ -30,7 +30,8 @@ from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
-from pipelines.ingest import IngestOptions, decode_head, domain_size, read_domain, steps_per_epoch
+from pipelines.ingest import IngestOptions, decode_head, read_domain, steps_per_epoch
+from pipelines.sources import Listing, list_source
 from pipelines.sources import filesystem_for
 
 LATEST_NAME = "LATEST"  # <storage_path>/LATEST holds the name of the newest run
@@ -63,6 +64,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
     TuneReportCallback, when the run is a trial)."""
     _check_options(opts)
     storage = _absolute_storage(opts.storage_path)
+    listings: dict[str, Listing] = {}  # each domain listed once per run (it costs requests on s3)
     if opts.resume:
         job = _load_job(storage, opts.name)
         job = replace(job, register=opts.register or job.register)
@@ -71,7 +73,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
         tracking.reopen_run(uri, job.mlflow_run_id)
         _drop_unregistered_checkpoints(job.storage_path, job.name)
     else:
-        job = _plan_job(opts, storage)  # config and data sources checked first
+        job, listings = _plan_job(opts, storage)  # config and data sources checked first
         uri = tracking.tracking_uri()
         tracking.check_reachable(uri)  # before anything slow
         job = _start_tracking(job, opts, uri)
@@ -80,7 +82,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
     print(f"[train] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
           flush=True)
     try:
-        result = _fit(job, opts, callbacks)
+        result = _fit(job, opts, callbacks, listings)
     except BaseException:
         tracking.end_run(uri, job.mlflow_run_id, "FAILED")
         raise
@@ -102,8 +104,10 @@ def _check_options(opts: TrainOptions) -> None:
         raise RaycutError(f"--placement must be one of {', '.join(PLACEMENTS)}")
 
 
-def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
+def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Listing]]:
+    """The run's spec from the options, and the domains' listings it was sized from."""
     cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets))
+    listings: dict[str, Listing] = {}
     if cfg.data.single_image:
         from pipelines import single_image
 
@@ -112,7 +116,8 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
         size_a = size_b = 1
         spe = single_image.steps_per_epoch(batch_size=cfg.optim.batch_size, workers=opts.workers)
     else:
-        size_a, size_b = domain_size(opts.data_a), domain_size(opts.data_b)
+        listings = {"A": list_source(opts.data_a), "B": list_source(opts.data_b)}
+        size_a, size_b = listings["A"].size, listings["B"].size
         spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
     epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
     steps = opts.steps or epochs * spe
@@ -123,6 +128,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
         config=cfg.to_dict(), data_a=opts.data_a, data_b=opts.data_b, name=name, storage_path=storage, steps=steps,
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
         cpus_per_worker=default_cpus_per_worker(opts), schedule=opts.schedule, register=opts.register,
+        register_raw_g=opts.register_raw_g,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
     if opts.eval_every:
@@ -133,7 +139,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> TrainJob:
                             "inception_weights": v.inception_weights, "feature_extractor": v.feature_extractor})
         plan = _eval_plan(job)  # the validation data is checked now, before anything starts
         job = replace(job, eval={**job.eval, "metric": plan.key})
-    return job
+    return job, listings
 
 
 def default_cpus_per_worker(opts: TrainOptions) -> float:
@@ -198,7 +204,7 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
     return replace(job, tracking_uri=uri, mlflow_run_id=run_id)
 
 
-def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> Any:
+def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listings: dict[str, Listing] | None = None) -> Any:
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -220,10 +226,10 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = ()) -> An
                     for i, (k, spec) in enumerate((("A", job.data_a), ("B", job.data_b)))}
         samples = preview(load_single_image(job.data_a))  # the whole painting, not a crop
     else:
-        datasets = {"A": read_domain(job.data_a, cfg.data, options=replace(ingest, name="A")),
-                    "B": read_domain(job.data_b, cfg.data, options=replace(ingest, name="B"))}
+        listed = {k: (listings or {}).get(k) or list_source(spec) for k, spec in (("A", job.data_a), ("B", job.data_b))}
+        datasets = {k: read_domain(listed[k], cfg.data, options=replace(ingest, name=k)) for k in ("A", "B")}
         # The inputs of every sample grid of the run: the first crops of domain A.
-        samples = decode_head(job.data_a, cfg.data, job.samples, seed=cfg.seed)
+        samples = decode_head(listed["A"], cfg.data, job.samples, seed=cfg.seed)
     plan = _eval_plan(job)
     score = {}
     if plan is not None:

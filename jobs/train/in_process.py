@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import numpy as np
 
 from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
-from jobs.progress import Progress
+from cut_core.d_balance import WinWatch
 from cut_core.images import to_model_input
 from cut_core.translate import translate_uint8
+from jobs.progress import Progress
 from pipelines.local_images import unpaired_array_batches
 
 
@@ -34,6 +36,7 @@ def train_in_process(
     bar = Progress("train", steps, every=log_every) if progress else None
     history: list[dict[str, float]] = []
     acc: dict[str, float] = {}
+    watch = WinWatch(cfg.loss.gan_mode)
     for step in range(steps):
         if step % steps_per_epoch == 0:
             set_epoch(state, step // steps_per_epoch)
@@ -44,6 +47,8 @@ def train_in_process(
         if (step + 1) % log_every == 0 or step + 1 == steps:
             n = (step % log_every) + 1
             row = {"step": step + 1, **{k: v / n for k, v in acc.items()}}
+            if watch.observe(row["D"], n):
+                print(f"[train] warning: {watch.message(step + 1)}", file=sys.stderr, flush=True)
             history.append(row)
             acc = {}
             if on_log:
@@ -54,7 +59,7 @@ def train_in_process(
 
 
 def translate_array(state_or_G, images: np.ndarray, *, batch_size: int = 8, device: str = "cpu") -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 through G (eval mode, fp32; int8 for an
-    Int8ResnetGenerator)."""
-    G = state_or_G.G if isinstance(state_or_G, TrainState) else state_or_G
+    """(N, H, W, 3) uint8 -> (N, H, W, 3) uint8 through G (a state's EMA of G when it
+    keeps one; eval mode, fp32; int8 for an Int8ResnetGenerator)."""
+    G = state_or_G.inference_G if isinstance(state_or_G, TrainState) else state_or_G
     return translate_uint8(G, images, batch_size=batch_size, device=device)

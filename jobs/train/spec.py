@@ -53,6 +53,7 @@ class TrainJob:
     tracking_uri: str = ""
     mlflow_run_id: str = ""
     register: str = ""
+    register_raw_g: bool = False  # the model directory holds the raw G even when its EMA is kept
     samples: int = 4  # images in each sample grid
     # Evaluation during training (jobs/train/evaluation.py): every eval_every steps, 0 = off;
     # eval holds where the validation subset comes from, so --resume rebuilds it.
@@ -104,6 +105,8 @@ class TrainOptions:
     steps: int | None = opt(None, "total training steps", group="length")
     epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config)", group="length")
     register: str = opt("", "register the final model in the MLflow Model Registry under this name")
+    register_raw_g: bool = opt(False, "with --set ema_decay=...: save and register the raw G, not its moving average "
+                               "(evaluation and samples still use the average)")
     resume: bool = opt(False, "continue the latest run (or --name) from its last checkpoint")
     name: str | None = opt(None, "run name (default: <preset>-<date>-<time>)")
     storage_path: str = opt("raycut-runs", "checkpoint storage: folder, NFS path or s3://bucket/prefix "

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from safetensors.numpy import save_file as save_numpy
 
 from cut_core import build_train_state, save_generator, set_epoch, train_step
+from cut_core.d_balance import WinWatch
 from cut_core.distributed import replica_divergence, wrap_data_parallel
 from cut_core.images import to_model_input
 from cut_core.translate import translate_uint8
@@ -87,6 +88,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if lead:
         _report_fast_paths(state, job, fresh=not resumed_from)
 
+    watch = WinWatch(cfg.loss.gan_mode) if lead else None  # warns when D's loss stays near zero
     shards = ray.train.get_dataset_shard("A"), ray.train.get_dataset_shard("B")
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
@@ -119,11 +121,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
         new_best = False
         if save and evaluator is not None:
-            metrics.update(evaluator(state.G, device))
+            metrics.update(evaluator(state.inference_G, device))
             new_best = plan.better(metrics[plan.key], best.get("value"))
             if new_best:
                 best = {"step": step, "metric": plan.key, "value": metrics[plan.key]}
             metrics[f"best_{plan.key}"] = best["value"]
+        if watch is not None and "D" in metrics:
+            if watch.observe(metrics["D"], window_steps):
+                _warn_d_won(job, watch.message(step))
+            metrics["D_won_steps"] = watch.run  # a plot of it shows when and how long D won
         if lead:
             _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         if save:
@@ -161,6 +167,16 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
         tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.{k}": v for k, v in params.items()})
 
 
+def _warn_d_won(job: TrainJob, message: str) -> None:
+    """One console line, and the same words as an MLflow tag on the run."""
+    from jobs import tracking
+
+    sys.stdout.write(f"\n[train] warning: {message}\n")
+    sys.stdout.flush()
+    if job.mlflow_run_id:
+        tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {"raycut.warning.d_won": message})
+
+
 def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],
                        final_samples: np.ndarray | None, *, best: dict[str, Any] | None = None,
                        with_model: bool = False) -> None:
@@ -173,8 +189,10 @@ def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dic
             (Path(tmp) / BEST_NAME).write_text(json.dumps(best) + "\n")
         if rank == 0 and (final_samples is not None or with_model):
             cfg = state.config
-            save_generator(state.G, Path(tmp) / MODEL_SUBDIR, model_config=cfg.model, training_config=cfg,
-                           extra={"trained_steps": state.step, "run": job.name})
+            raw = job.register_raw_g or state.G_ema is None
+            save_generator(state.G if raw else state.inference_G, Path(tmp) / MODEL_SUBDIR, model_config=cfg.model,
+                           training_config=cfg, extra={"trained_steps": state.step, "run": job.name,
+                                                       "weights": "raw G" if raw else f"EMA of G ({cfg.optim.ema_decay})"})
         if rank == 0 and final_samples is not None:
             # safetensors.numpy writes the raw buffer, ignoring strides: contiguous copies only.
             pair = {"input": final_samples, "output": _translate(state, final_samples)}
@@ -202,8 +220,8 @@ def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: 
 
 
 def _translate(state: TrainState, images: np.ndarray) -> np.ndarray:
-    """(S, H, W, 3) uint8 through the plain (unwrapped) G, in fp32 eval mode."""
-    return translate_uint8(state.G, images, batch_size=len(images), device=state.device)
+    """(S, H, W, 3) uint8 through the plain (unwrapped) G, or its EMA, in fp32 eval mode."""
+    return translate_uint8(state.inference_G, images, batch_size=len(images), device=state.device)
 
 
 def _quiet_ray_train() -> None:

@@ -1,0 +1,178 @@
+"""Keeping D in the game: differentiable augmentation of what D sees, ADA's adaptive
+probability, and the signals that say D has won.
+
+On a few thousand images a patch discriminator learns the training set by heart and
+wins outright (its loss near zero), and G then learns from PatchNCE alone. Zhao et
+al. (DiffAugment, 2020) and Karras et al. (StyleGAN2-ADA, 2020) showed the fix: show D
+randomly transformed images, reals and fakes alike, in D's step *and* in G's GAN
+term, through transforms that gradients pass through. Then D never sees a
+training image twice the same way, and G is not pushed to reproduce the transforms
+(they are applied to both sides of the comparison).
+
+Ops (``policy``, comma-separated), on (B, 3, H, W) images in [-1, 1], each image drawing
+its own parameters:
+
+- ``color``: brightness + U(-0.5, 0.5); saturation: deviation from the pixel's channel
+  mean x U(0, 2); contrast: deviation from the image mean x U(0.5, 1.5);
+- ``translation``: an integer shift of up to 1/8 of each side, zeros shifted in;
+- ``cutout``: a zeroed square of half each side at a random place.
+
+Each op is applied to each image with probability ``p``. Fixed ``p = 1`` is DiffAugment;
+ADA's adaptive ``p`` is :class:`AdaptiveP`: it rises while D is too sure of the reals
+(its overfitting signal r_t = E[sign(D(real) - midpoint)] above a target) and falls
+otherwise. :class:`WinWatch` tells a training loop when D's loss has stayed near zero
+for long enough that G is learning from PatchNCE alone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPS = ("color", "translation", "cutout")
+
+
+def parse_policy(policy: str) -> tuple[str, ...]:
+    """'color,translation' -> ('color', 'translation'); '' -> () (off)."""
+    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise ValueError(f"unknown D augmentation {bad[0]!r}; choose from {', '.join(OPS)}, comma-separated")
+    return ops
+
+
+def _uniform(b: int, lo: float, hi: float, rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """(b, 1, 1, 1) draws of U(lo, hi), on ``like``'s device and dtype."""
+    return (torch.rand(b, 1, 1, 1, generator=rng) * (hi - lo) + lo).to(like.device, like.dtype)
+
+
+def _color(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    b = x.shape[0]
+    x = x + _uniform(b, -0.5, 0.5, rng, x)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * _uniform(b, 0.0, 2.0, rng, x) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * _uniform(b, 0.5, 1.5, rng, x) + mean
+
+
+def _translation(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
+    b, _, h, w = x.shape
+    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    dy = torch.randint(-sy, sy + 1, (b, 1), generator=rng).to(x.device)
+    dx = torch.randint(-sx, sx + 1, (b, 1), generator=rng).to(x.device)
+    # Source row/column of each output pixel in a copy padded by one zero on each side:
+    # an index that falls outside the image lands on the padding (0 or size + 1).
+    rows = (torch.arange(h, device=x.device)[None] - dy + 1).clamp(0, h + 1)  # (B, H)
+    cols = (torch.arange(w, device=x.device)[None] - dx + 1).clamp(0, w + 1)  # (B, W)
+    padded = F.pad(x, [1, 1, 1, 1])
+    c = x.shape[1]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def _cutout(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
+    b, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    cy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), generator=rng).to(x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), generator=rng).to(x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((ys - cy + ch // 2) >= 0) & ((ys - cy + ch // 2) < ch) & ((xs - cx + cw // 2) >= 0) & ((xs - cx + cw // 2) < cw)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+_APPLY: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "color": _color,
+    "translation": _translation,
+    "cutout": _cutout,
+}
+
+
+def augment(x: torch.Tensor, ops: tuple[str, ...], p: float, rng: torch.Generator) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W): each op in ``ops`` applied to each image with
+    probability ``p``, with parameters of its own; differentiable in ``x``. Draws from
+    ``rng`` (a CPU generator) in a fixed order, so a seeded run repeats exactly."""
+    if not ops or p <= 0:
+        return x
+    for op in ops:
+        out = _APPLY[op](x, rng)
+        if p >= 1:
+            x = out
+            continue
+        keep = (torch.rand(x.shape[0], 1, 1, 1, generator=rng) < p).to(x.device)
+        x = torch.where(keep, out, x)
+    return x
+
+
+def overfit_sign(pred_real: torch.Tensor, gan_mode: str) -> torch.Tensor:
+    """ADA's r_t for one batch: E[sign(D(real) - m)] over every patch score, where m is
+    the score halfway between 'fake' and 'real' (0.5 for lsgan's 0/1 targets, 0 for
+    logits). 1: D calls every real patch real, with margin (it has memorised them);
+    0: it is guessing."""
+    mid = 0.5 if gan_mode == "lsgan" else 0.0
+    return torch.sign(pred_real.detach().float() - mid).mean()
+
+
+class AdaptiveP(nn.Module):
+    """ADA's probability controller, as a module so checkpoints keep ``p``.
+
+    Every ``interval`` D steps, p moves by sign(mean r_t - target) * images / (speed
+    images): with ADA's constants, p can go from 0 to 1 in 500k images; raycut's runs
+    are shorter, so ``speed_images`` defaults to 20k (0 -> 1 in 20k images seen by D).
+    """
+
+    def __init__(self, target: float, *, interval: int = 4, speed_images: int = 20_000) -> None:
+        super().__init__()
+        self.target, self.interval, self.speed_images = target, interval, speed_images
+        self.register_buffer("p", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("rt_sum", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("rt_count", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def value(self) -> float:
+        return float(self.p)
+
+    def observe(self, rt: torch.Tensor, batch: int) -> None:
+        """Add one D step's r_t (batch images); adjust p every ``interval`` steps."""
+        self.rt_sum += rt.detach().double().cpu()
+        self.rt_count += 1
+        if int(self.rt_count) >= self.interval:
+            mean = float(self.rt_sum / self.rt_count)
+            step = (1 if mean > self.target else -1) * batch * self.interval / self.speed_images
+            self.p.fill_(min(1.0, max(0.0, float(self.p) + step)))
+            self.rt_sum.zero_()
+            self.rt_count.zero_()
+
+
+# D's loss (0.5 * (real term + fake term)) under which D is taken to have won: every
+# patch scored within ~0.1 of its target (lsgan), or with odds above ~50:1 (logistic).
+D_WON_LOSS = {"lsgan": 0.01, "nonsaturating": 0.02, "vanilla": 0.02}
+D_WON_STEPS = 200  # ... for this many steps in a row
+
+
+class WinWatch:
+    """Counts the steps in a row for which D's (window-mean) loss stayed under
+    ``D_WON_LOSS``; ``observe`` returns True once, when the run reaches ``steps``."""
+
+    def __init__(self, gan_mode: str, steps: int = D_WON_STEPS) -> None:
+        self.threshold, self.steps = D_WON_LOSS[gan_mode], steps
+        self.run = 0  # steps in a row with D below the threshold
+        self.longest = 0
+        self.warned = False
+
+    def observe(self, loss_D: float, steps: int = 1) -> bool:
+        self.run = self.run + steps if loss_D < self.threshold else 0
+        self.longest = max(self.longest, self.run)
+        if self.run >= self.steps and not self.warned:
+            self.warned = True
+            return True
+        if self.run == 0:
+            self.warned = False  # D lost its grip: warn again if it wins again
+        return False
+
+    def message(self, step: int) -> str:
+        return (f"D has won: its loss stayed under {self.threshold} for {self.run} steps (to step {step}), so G "
+                f"learns from PatchNCE alone; try --set d_augment=color,translation,cutout (or d_augment_target=0.6)")

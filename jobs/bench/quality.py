@@ -1,0 +1,100 @@
+"""`raycut bench quality`: what the GAN-balance options do to the translation, on the
+toy benchmark (whose paired truth gives a colour error) at a budget these CPUs run.
+
+Each variant is a set of config overrides; each (variant, seed) trains in its own
+process, one torch thread each, as many at a time as there are cores. Rows per
+variant: the median colour error over the seeds and its spread, the worst seed, the
+longest run of steps for which D had won (cut_core.d_balance.WinWatch), and the
+baselines (identity, histogram matching) of the same held-out images.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# variant -> --set overrides over the config under test
+QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
+    "plain": ("d_augment=",),
+    "diffaugment": ("d_augment=color,translation,cutout",),
+    "ada": ("d_augment=color,translation,cutout", "d_augment_target=0.6"),
+    "ema": ("d_augment=", "ema_decay=0.99"),
+    "diffaugment+ema": ("d_augment=color,translation,cutout", "ema_decay=0.99"),
+}
+
+
+def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
+                     data: str) -> dict[str, Any]:
+    """One run, in a fresh process: train in process, score the (EMA) G on testA."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cut_core.d_balance import WinWatch
+    from jobs.config_file import resolve_config
+    from jobs.train.in_process import train_in_process, translate_array
+    from pipelines.local_images import load_folder
+    from pipelines.toy_eval import evaluate_toy
+
+    cfg = resolve_config(preset, config, [f"crop_size={size}", f"load_size={size}", f"seed={seed}",
+                                          "precision=fp32", "channels_last=false", *sets])
+    root = Path(data)
+    t = time.perf_counter()
+    state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
+                                      progress=False, log_every=10)
+    watch = WinWatch(cfg.loss.gan_mode)
+    for row in history:
+        watch.observe(row["D"], 10)
+    rows = evaluate_toy(root, {"model": lambda x: translate_array(state, x)}, label_preservation=False)
+    return {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
+            "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
+            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
+            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+
+
+def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
+                  seeds: tuple[int, ...] = (0, 1, 2), variants: tuple[str, ...] = tuple(QUALITY_VARIANTS),
+                  n_train: int = 64, log: Callable[[str], None] = print) -> list[dict[str, object]]:
+    import tempfile
+
+    from pipelines.toy_data import ToySpec, write_toy_dataset
+
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_toy_dataset(Path(tmp) / "toy", ToySpec(size=size, n_train=n_train, n_test=16, seed=0))
+        runs = [(v, s) for s in seeds for v in variants]
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx) as pool:
+            futures = {(v, s): pool.submit(_train_and_score, preset, config, QUALITY_VARIANTS[v], s, size, steps, str(data))
+                       for v, s in runs}
+            results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for (v, s), fut in futures.items():
+                r = fut.result()
+                results[v].append(r)
+                log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
+                    f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
+    base = results[variants[0]][0]
+    rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": ""})
+    rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": ""})
+    for v, rs in results.items():
+        errs = [r["colour_err"] for r in rs]
+        rows.append({"name": f"{preset}/{v}", "metric": "colour_err", "value": round(statistics.median(errs), 2),
+                     "unit": "", "per_seed": [round(e, 2) for e in errs], "worst": round(max(errs), 2),
+                     "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(QUALITY_VARIANTS[v]),
+                     "histories": [r["history"] for r in rs]})
+    return rows
+
+
+def format_quality(rows: list[dict[str, object]]) -> str:
+    hist = next(float(r["value"]) for r in rows if r["name"] == "baseline/histogram")  # type: ignore[arg-type]
+    lines = [f"{'row':34s} {'colour err':>10s} {'worst seed':>10s} {'/ histogram':>11s} {'D won (steps)':>13s}"]
+    for r in rows:
+        worst = r.get("worst", "")
+        won = r.get("d_won_longest", "")
+        ratio = f"{float(r['value']) / hist:.2f}"  # type: ignore[arg-type]
+        lines.append(f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {won!s:>13s}")  # type: ignore[arg-type]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""What keeps the GAN balanced and the generator smooth: D's input augmentation,
+ADA's adaptive probability, the EMA of G, and how they ride through training,
+checkpoints and registration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cut_core import CUTConfig
+from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign, parse_policy
+from cut_core.ema import GeneratorEMA, ema_decay_at
+from cut_core.train_checkpoint import load_train_state, save_train_state
+from cut_core.training import build_train_state, train_step
+
+
+def _images(b: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("op", ["color", "translation", "cutout"])
+def test_each_op_changes_images_and_passes_gradients(op):
+    x = _images().requires_grad_(True)
+    y = augment(x, (op,), 1.0, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # The gradient is the transform's own Jacobian: for translation and cutout every
+    # output pixel is an input pixel or zero, so the gradient is a moved copy of w.
+    if op != "color":
+        assert torch.isclose(x.grad.abs().sum(), (w * (y != 0)).abs().sum(), rtol=1e-4)
+
+
+def test_translation_moves_content_by_whole_pixels():
+    x = torch.zeros(1, 3, 16, 16)
+    x[0, :, 8, 8] = 1.0
+    y = augment(x, ("translation",), 1.0, torch.Generator().manual_seed(3))
+    (yy, xx) = torch.nonzero(y[0, 0]).tolist()[0]
+    assert abs(yy - 8) <= 2 and abs(xx - 8) <= 2  # 1/8 of 16 px
+    assert y.sum() == x.sum()  # moved, not blurred
+
+
+def test_cutout_zeroes_at_most_a_quarter_of_the_image():
+    x = torch.ones(8, 3, 32, 32)
+    y = augment(x, ("cutout",), 1.0, torch.Generator().manual_seed(0))
+    zero_frac = (y[:, 0] == 0).float().flatten(1).mean(1)
+    assert torch.all(zero_frac > 0.05) and torch.all(zero_frac <= 0.25 + 1e-6)
+
+
+def test_reals_and_fakes_get_the_same_distribution_of_transforms():
+    """D sees [fake; real] through one call: a constant image pair augmented together
+    shows the same statistics in both halves (no side is favoured)."""
+    fake, real = torch.full((256, 3, 16, 16), 0.3), torch.full((256, 3, 16, 16), 0.3)
+    y = augment(torch.cat([fake, real]), ("color", "translation", "cutout"), 1.0, torch.Generator().manual_seed(0))
+    a, b = y[:256], y[256:]
+    assert abs(float(a.mean() - b.mean())) < 0.05 and abs(float(a.std() - b.std())) < 0.05
+    # ... and each image its own draw
+    assert not torch.allclose(a[0], a[1])
+
+
+def test_probability_zero_is_identity_and_seeded_runs_repeat():
+    x = _images()
+    assert torch.equal(augment(x, ("color", "cutout"), 0.0, torch.Generator().manual_seed(0)), x)
+    y1 = augment(x, ("color", "translation", "cutout"), 0.5, torch.Generator().manual_seed(5))
+    y2 = augment(x, ("color", "translation", "cutout"), 0.5, torch.Generator().manual_seed(5))
+    assert torch.equal(y1, y2)
+
+
+def test_policy_parsing_names_bad_ops():
+    assert parse_policy("color, translation") == ("color", "translation")
+    assert parse_policy("") == ()
+    with pytest.raises(ValueError, match="unknown D augmentation 'rotate'"):
+        parse_policy("color,rotate")
+    with pytest.raises(Exception, match="d_augment"):
+        CUTConfig.tiny("fastcut", d_augment="blur")
+
+
+def test_overfit_sign_and_adaptive_p_move_the_right_way():
+    assert overfit_sign(torch.full((2, 1, 4, 4), 0.9), "lsgan") == 1.0
+    assert overfit_sign(torch.full((2, 1, 4, 4), -2.0), "vanilla") == -1.0
+    ada = AdaptiveP(target=0.6, interval=2, speed_images=100)
+    for _ in range(4):
+        ada.observe(torch.tensor(1.0), batch=5)  # D sure of every real: raise p
+    assert math.isclose(ada.value, 2 * 5 * 2 / 100)
+    for _ in range(20):
+        ada.observe(torch.tensor(0.0), batch=5)  # D guessing: lower p, never below 0
+    assert ada.value == 0.0
+
+
+def test_ema_follows_the_formula():
+    torch.manual_seed(0)
+    G = torch.nn.Linear(3, 2)
+    ema = GeneratorEMA(G, decay=0.99)
+    expected = [p.detach().clone() for p in G.parameters()]
+    for step in range(1, 30):
+        with torch.no_grad():
+            for p in G.parameters():
+                p.add_(torch.randn_like(p))
+        d = ema.update(G, step)
+        assert d == ema_decay_at(0.99, step) == min(0.99, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, G.parameters())]
+    for e, p in zip(expected, ema.average.parameters()):
+        torch.testing.assert_close(p, e)
+    assert not any(p.requires_grad for p in ema.average.parameters())
+    with pytest.raises(ValueError, match="ema_decay"):
+        GeneratorEMA(G, decay=1.0)
+
+
+def test_training_with_augmentation_ema_and_ada_resumes_exactly(tmp_path):
+    """A step with every new option trains to finite losses, reports D's balance, and
+    a checkpoint restores the EMA weights and ADA's p: the resumed run equals the
+    uninterrupted one."""
+    cfg = CUTConfig.tiny("fastcut", d_augment="color,translation,cutout", d_augment_target=0.6, ema_decay=0.9)
+    a, b = _images(1, 32, 1), _images(1, 32, 2)
+    run = build_train_state(cfg)
+    for _ in range(3):
+        out = train_step(run, a, b)
+    assert {"D_rt", "D_aug_p"} <= set(out) and all(torch.isfinite(v) for v in out.values())
+    assert run.G_ema is not None
+    assert not torch.equal(next(run.G_ema.average.parameters()), next(run.G.parameters()))
+    save_train_state(run, tmp_path / "ckpt")
+    after = [train_step(run, a, b)["G"] for _ in range(2)]
+
+    resumed = build_train_state(cfg)
+    load_train_state(resumed, tmp_path / "ckpt")
+    assert resumed.d_aug_p is not None and run.d_aug_p is not None
+    again = [train_step(resumed, a, b)["G"] for _ in range(2)]
+    torch.testing.assert_close(torch.stack(again), torch.stack(after))
+    for p, q in zip(resumed.G_ema.average.parameters(), run.G_ema.average.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_win_watch_warns_once_per_win():
+    w = WinWatch("lsgan", steps=100)
+    assert not w.observe(0.2, 50)
+    assert not w.observe(0.001, 50) and not w.observe(0.001, 40)
+    assert w.observe(0.001, 10) and w.run == 100  # the 100th step in a row
+    assert not w.observe(0.001, 50)  # said once
+    assert not w.observe(0.3, 10) and w.run == 0 and w.longest == 150
+    assert not w.observe(0.001, 60) and w.observe(0.001, 60)  # a second win is said again
+    assert "d_augment" in w.message(400)
