@@ -10,14 +10,16 @@ PY := $(VENV)/bin/python
 # Only grep's "no lines left" status is ignored; with pipefail a pip failure still stops make.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# requirements.lock pins every package of the resolved set (a constraints file: it pins
+# versions, raycut itself comes from this checkout).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, torchvision, ray, mlflow, safetensors; print('installed torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
 	touch $@
 
@@ -29,6 +31,16 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/raycut bench train --out bench-train.json
+
+# Re-resolve from the top-level pins (constraints.txt) in a scratch venv and write the lock.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	.lock-venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
+	{ echo "# The whole resolved set that CI and the Makefile install (pip freeze of a fresh"; \
+	  echo "# install from constraints.txt; regenerate with 'make lock')."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^raycut'; } > requirements.lock
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) raycut-demo mlruns mlflow.db .pytest_cache

@@ -9,6 +9,7 @@ the experiment and the run; training rank 0 logs into that run by id through an
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -130,6 +131,13 @@ class RunLogger:
     def artifact(self, path: str | Path, folder: str) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
 
+    def image(self, path: str | Path, key: str, step: int) -> None:
+        """A picture in MLflow's image view under ``key``, with a step slider."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            self.client.log_image(self.run_id, im.convert("RGB"), key=key, step=step)
+
 
 def log_metrics_now(uri: str, run_id: str, values: Mapping[str, float], *, step: int = 0,
                     artifact: str | Path | None = None, artifact_dir: str | None = None) -> None:
@@ -150,12 +158,44 @@ def log_metrics_now(uri: str, run_id: str, values: Mapping[str, float], *, step:
         client.log_artifact(run_id, str(artifact), artifact_path=artifact_dir)
 
 
-def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = MODEL_ARTIFACT) -> str:
+# What a logged model needs to load and run: the versions of this environment, so a
+# model served in a year installs the torch it was trained with.
+MODEL_REQUIREMENTS = ("torch", "safetensors", "numpy")
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of MODEL_REQUIREMENTS as installed here (torch without a local
+    build tag such as +cpu, which a package index does not serve)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
+def model_signature():
+    """uint8 RGB images in, uint8 RGB images of the same size out: (N, H, W, 3), any N, H, W."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    images = Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))])
+    return ModelSignature(inputs=images, outputs=images)
+
+
+def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = MODEL_ARTIFACT,
+                  metrics: Mapping[str, float] | None = None) -> str:
     """Log a raycut model directory as an MLflow pyfunc model ("models from code": the
-    class is read from jobs/mlflow_model.py, nothing is pickled). Returns the model URI."""
+    class is read from jobs/mlflow_model.py, nothing is pickled), with its signature,
+    an input example, pinned requirements, and the generator's config and the run's
+    key ``metrics`` as model metadata. Returns the model URI."""
     import mlflow
+    import numpy as np
+
     import cut_core
 
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    metadata = {"raycut_model": {k: config.get(k) for k in ("architecture", "model", "normalization", "weights",
+                                                            "trained_steps") if config.get(k) is not None},
+                "raycut_metrics": dict(metrics or {})}
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pyfunc.log_model(
@@ -164,7 +204,10 @@ def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = M
             artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
             # cut_core travels with the model, so it loads without raycut installed.
             code_paths=[str(Path(cut_core.__file__).parent)],
-            pip_requirements=["torch", "safetensors", "numpy"],
+            pip_requirements=pinned_requirements(),
+            signature=model_signature(),
+            input_example=np.full((1, 8, 8, 3), 128, dtype=np.uint8),
+            metadata=metadata,
         )
     return info.model_uri
 

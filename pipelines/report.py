@@ -34,27 +34,66 @@ def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, *, titles:
 
 def save_loss_plot(history: Sequence[Mapping[str, float]], path: str | Path, *, keys: Sequence[str] | None = None) -> Path:
     """Loss curves (one panel per loss, smoothed) from a list of per-step dicts with a 'step' key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = list(keys or [k for k in history[0] if k != "step"])
     steps = np.array([h["step"] for h in history])
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    for ax, k in zip(axes[0], keys):
+    fig, axes = _panels(len(keys), 3.2, 2.8)
+    for ax, k in zip(axes, keys):
         y = np.array([h.get(k, np.nan) for h in history], dtype=float)
         ax.plot(steps, y, lw=0.6, alpha=0.35, color="C0")
         win = max(1, len(y) // 20)
         if win > 1:
             smooth = np.convolve(y, np.ones(win) / win, mode="valid")
             ax.plot(steps[win - 1 :], smooth, lw=1.5, color="C0")
-        ax.set_title(k)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        _label(ax, k)
+    return _save(fig, path)
+
+
+def _panels(n: int, width: float, height: float):
+    """A row of n matplotlib panels (headless backend): (figure, list of axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _label(ax, title: str) -> None:  # noqa: ANN001 - a matplotlib Axes
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def save_variant_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], path: str | Path, *,
+                        keys: Sequence[str] = ("D", "D_rt", "G_GAN", "NCE")) -> Path:
+    """Training curves of several variants side by side: one panel per key, one line
+    per variant (the mean over its seeds, smoothed), from ``{variant: [history per
+    seed]}`` where a history is a list of dicts with 'step'."""
+    fig, axes = _panels(len(keys), 3.4, 3.0)
+    for ax, k in zip(axes, keys):
+        for i, (variant, runs) in enumerate(curves.items()):
+            usable = [r for r in runs if r and k in r[0]]
+            if not usable:
+                continue
+            n = min(len(r) for r in usable)
+            steps = np.array([h["step"] for h in usable[0][:n]])
+            y = np.mean([[h[k] for h in r[:n]] for r in usable], axis=0)
+            win = max(1, n // 15)
+            if win > 1:
+                y, steps = np.convolve(y, np.ones(win) / win, mode="valid"), steps[win - 1 :]
+            ax.plot(steps, y, lw=1.4, color=f"C{i}", ls=("-", "--", ":", "-.")[i % 4], label=variant)
+        _label(ax, k)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)

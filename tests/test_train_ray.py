@@ -58,6 +58,9 @@ def test_crashed_worker_restarts_from_checkpoint(local_ray, toy, tmp_path, monke
     assert {5, 20} <= steps
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
     assert {"samples/step_0000010.png", "samples/step_0000020.png"} <= artifacts
+    # ... and in MLflow's image view, by key and step
+    images = {f.path.split("/")[-1].split("+timestamp")[0] for f in client.list_artifacts(run.info.run_id, "images")}
+    assert {"samples+step+10", "samples+step+20"} <= images
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database
     # Only the newest checkpoints are kept (keep_checkpoints 3), each a complete state.
     kept = sorted(json.loads(f.read_text())["step"] for f in (tmp_path / "runs" / "run").glob("checkpoint_*/train_state.json"))

@@ -31,7 +31,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.which == "quality":
-        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality
+        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality, quality_plot
 
         variants = tuple(args.quality_variants or QUALITY_VARIANTS)
         unknown = [v for v in variants if v not in QUALITY_VARIANTS]
@@ -44,8 +44,9 @@ def run_bench(args: argparse.Namespace) -> int:
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
                                   variants=variants, log=log)
         out = benchmark.write_record(args.out, "quality", rows, "cpu")
+        plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))
-        print(f"wrote {out}")
+        print(f"wrote {out} and {plot}")
         return 0
     if args.ray:
         log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px bf16, Ray Train 1 and 2 workers "

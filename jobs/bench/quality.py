@@ -98,3 +98,10 @@ def format_quality(rows: list[dict[str, object]]) -> str:
         ratio = f"{float(r['value']) / hist:.2f}"  # type: ignore[arg-type]
         lines.append(f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {won!s:>13s}")  # type: ignore[arg-type]
     return "\n".join(lines)
+
+
+def quality_plot(rows: list[dict[str, object]], path: Path) -> Path:
+    """The variants' mean training curves (D, D_rt, G_GAN, NCE) in one picture."""
+    from pipelines.report import save_variant_curves
+
+    return save_variant_curves({str(r["name"]): r["histories"] for r in rows if "histories" in r}, path)  # type: ignore[misc]

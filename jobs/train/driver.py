@@ -275,7 +275,7 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
         raise RaycutError(f"the last checkpoint of {job.name} holds no model directory; resume it to finish training")
     t = time.perf_counter()
     _log_loss_plot(uri, job.mlflow_run_id, local)
-    model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, model_dir)
+    model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, model_dir, metrics=_key_metrics(result.metrics))
     best = _mark_best(job, result, uri, final_model_uri=model_uri) if job.eval_every else None
     version = None
     if job.register:
@@ -292,6 +292,13 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
     return TrainResult(job=job, metrics=metrics, checkpoint_dir=local, model_dir=model_dir, mlflow_run_id=job.mlflow_run_id,
                        model_uri=model_uri, model_version=version, timings={"log_model_s": time.perf_counter() - t},
                        best=best)
+
+
+def _key_metrics(metrics: Any) -> dict[str, float]:
+    """The numbers a registered model carries as metadata: its step and losses, and its
+    evaluation score when there is one."""
+    keep = ("step", "G", "D", "NCE", "D_rt", "eval_colour_err", "eval_kid")
+    return {k: float(v) for k, v in (metrics or {}).items() if k in keep}
 
 
 def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) -> dict[str, Any]:
@@ -311,7 +318,8 @@ def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) ->
     else:
         local = Path(tempfile.mkdtemp(prefix=f"raycut-{job.name}-best-"))
         checkpoint.to_directory(str(local))
-        model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, local / MODEL_SUBDIR, name="best_model")
+        model_uri = tracking.log_model_dir(uri, job.mlflow_run_id, local / MODEL_SUBDIR, name="best_model",
+                                           metrics=_key_metrics(metrics))
     best = {"step": int(metrics["step"]), "metric": key, "value": float(metrics[key]), "checkpoint": checkpoint.path,
             "model_uri": model_uri}
     tracking.log_metrics_now(uri, job.mlflow_run_id, {f"best_{key}": best["value"], "best_step": best["step"]},

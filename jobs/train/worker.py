@@ -216,7 +216,8 @@ def _lead_logs(job: TrainJob, state: TrainState, logger: RunLogger | None, bar: 
             fake = _translate(state, samples)
             grid = save_grid([[samples[i], fake[i]] for i in range(len(samples))], Path(tmp) / f"step_{step:07d}.png",
                              titles=("input A", f"translation, step {step}"), scale=max(1, 128 // samples.shape[1]))
-            logger.artifact(grid, "samples")
+            logger.artifact(grid, "samples")  # the PNG as a file, and in the image view by step
+            logger.image(grid, "samples", step)
 
 
 def _translate(state: TrainState, images: np.ndarray) -> np.ndarray:
