@@ -14,6 +14,7 @@ preset      nce_idt  lambda_NCE  flip eq  epochs  notes
 cut         on       1           off      200+200
 fastcut     off      10          on       150+50
 sincut      on       4           off      8+8    R1, identity L1, all-batch negatives
+cyclegan    -        0           off      100+100  two Gs and Ds, cycle L1 10, identity 0.5, pool 50
 ==========  =======  ==========  =======  =====  ===================
 
 SinCUT (one image per domain) also swaps the networks for StyleGAN2-style ones
@@ -35,7 +36,7 @@ from typing import Any, Literal, Mapping
 from cut_core.d_balance import parse_policy
 from cut_core.errors import ConfigError
 
-Preset = Literal["cut", "fastcut", "sincut", "sincut-paper"]
+Preset = Literal["cut", "fastcut", "sincut", "sincut-paper", "cyclegan"]
 GanMode = Literal["lsgan", "nonsaturating", "vanilla"]
 Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none", "zoom_and_patch",
                      "random_width_and_patch"]
@@ -126,6 +127,12 @@ class LossConfig:
     d_augment: str = ""
     d_augment_p: float = 1.0
     d_augment_target: float = 0.0
+    # CycleGAN (preset cyclegan, cut_core.cyclegan): cycle-consistency weights of
+    # A -> B -> A and B -> A -> B, and the buffer of past fakes each D also sees (0: off).
+    # Its identity loss is lambda_identity x lambda_A (or lambda_B), as in the official code.
+    lambda_A: float = 10.0
+    lambda_B: float = 10.0
+    pool_size: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GanMode)
@@ -151,7 +158,8 @@ class LossConfig:
             not (self.nce_bank_size and self.nce_includes_all_negatives_from_minibatch),
             "nce_bank_size and nce_includes_all_negatives_from_minibatch are two negative sources; choose one",
         )
-        for name in ("lambda_GAN", "lambda_NCE", "lambda_identity", "lambda_R1"):
+        _check(self.pool_size >= 0, f"pool_size={self.pool_size} must be >= 0 (0: no image pool)")
+        for name in ("lambda_GAN", "lambda_NCE", "lambda_identity", "lambda_R1", "lambda_A", "lambda_B"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
 
 
@@ -330,6 +338,21 @@ class CUTConfig:
         )
 
     @classmethod
+    def cyclegan(cls) -> CUTConfig:
+        """CycleGAN (Zhu et al. 2017), the baseline CUT is compared with: two ResNet Gs
+        and two PatchGAN Ds (the same networks as CUT's), cycle and identity L1, a pool
+        of 50 past fakes for each D; the official defaults (models/cycle_gan_model.py)."""
+        return cls(
+            preset="cyclegan",
+            loss=LossConfig(gan_mode="lsgan", lambda_NCE=0.0, nce_idt=False, lambda_identity=0.5, pool_size=50),
+            optim=OptimConfig(n_epochs=100, n_epochs_decay=100),
+        )
+
+    @property
+    def is_cyclegan(self) -> bool:
+        return self.preset == "cyclegan"
+
+    @classmethod
     def tiny(cls, preset: str = "cut", **overrides: Any) -> CUTConfig:
         """The preset at check size (tests, device checks): TINY_OVERRIDES, fp32 NCHW
         so it computes the same on every CPU kind, then ``overrides``."""
@@ -338,7 +361,8 @@ class CUTConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> CUTConfig:
-        makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut, "sincut-paper": cls.sincut_paper}
+        makers = {"cut": cls.cut, "fastcut": cls.fastcut, "sincut": cls.sincut, "sincut-paper": cls.sincut_paper,
+                  "cyclegan": cls.cyclegan}
         if name not in makers:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(makers)}")
         return makers[name]()
@@ -408,7 +432,6 @@ OFFICIAL_FIXED: dict[str, tuple[str, str]] = {
     "no_dropout": ("true", "no dropout (as the official CUT default)"),
     "dataset_mode": ("unaligned", "unaligned A and B, drawn independently"),
     "direction": ("atob", "A -> B (swap --data-a and --data-b for B -> A)"),
-    "pool_size": ("0", "no image pool for D (CUT's default; CycleGAN's is 50)"),
     "serial_batches": ("false", "shuffled batches"),
 }
 OFFICIAL_FLAGS: dict[str, str] = {  # official option -> the raycut flag that does it

@@ -177,7 +177,7 @@ def sync(device: torch.device | str) -> None:
 
 def timed_ms(fn: Callable[[], object], device: torch.device | str) -> float:
     """Wall milliseconds of one call of ``fn``, the work it queued on the device included:
-    the timing primitive of the probe here and of the benchmarks (cut_core.benchmark)."""
+    the timing primitive of the probe here and of the benchmarks (cut_core.timing, jobs/bench)."""
     t0 = time.perf_counter()
     fn()
     sync(device)

@@ -108,6 +108,10 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     """Fresh G, D, F and Adam optimizers. Weights depend on ``cfg.seed`` only (so all
     data-parallel ranks start equal); the patch/flip RNG is seeded with seed + rank.
     ``auto`` fast paths are settled here, for ``device`` (cut_core.hardware)."""
+    if cfg.is_cyclegan:
+        from cut_core.cyclegan import build_cyclegan_state  # it builds on TrainState
+
+        return build_cyclegan_state(cfg, device=device, rank=rank)
     device = torch.device(device)
     fast = resolve_perf(cfg.perf, device)
     perf = fast.perf
@@ -343,12 +347,17 @@ def _patch_nce_per_image(
 
 
 def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One CUT iteration. real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
+    """One CUT iteration (a CycleGAN one for the cyclegan preset: cut_core.cyclegan).
+    real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
     Returns detached scalars: the losses D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt,
     D_R1), D's balance D_rt (+ D_aug_p, the augmentation probability, when on)."""
     _check_batch(real_A, real_B)
     perf = state.perf
     real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)
+    if state.config.is_cyclegan:
+        from cut_core.cyclegan import cyclegan_step
+
+        return cyclegan_step(state, real_A, real_B)  # type: ignore[arg-type]
     fwd = generator_pass(state, real_A, real_B)
     out = d_step(state, fwd.fake_B, real_B)
     out.update(g_step(state, fwd, real_A, real_B))

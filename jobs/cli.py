@@ -231,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_toy_data)
 
-    i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth into a model directory")
-    i.add_argument("--generator", required=True, help="path to latest_net_G.pth (read with weights_only=True)")
-    i.add_argument("--preset", default="cut", choices=["cut", "fastcut"], help="the official ResNet G's training preset")
+    i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth (or the CUT code's CycleGAN "
+                       "latest_net_G_A.pth) into a model directory")
+    i.add_argument("--generator", required=True, help="path to latest_net_G.pth or latest_net_G_A.pth (read with "
+                   "weights_only=True)")
+    i.add_argument("--preset", default="cut", choices=["cut", "fastcut", "cyclegan"],
+                   help="the official ResNet G's training preset")
     i.add_argument("--out", required=True, help="model directory to write")
     i.set_defaults(func=_cmd_import_official)
 

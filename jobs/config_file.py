@@ -18,14 +18,15 @@ from cut_core.errors import ConfigError
 
 DEFAULT_PRESET = "cut"
 # The official --CUT_mode values, and raycut's preset names, to a preset.
-CUT_MODES = {"cut": "cut", "fastcut": "fastcut", "sincut": "sincut", "sincut-paper": "sincut-paper"}
+CUT_MODES = {"cut": "cut", "fastcut": "fastcut", "sincut": "sincut", "sincut-paper": "sincut-paper",
+             "cyclegan": "cyclegan", "cycle_gan": "cyclegan"}
 
 
 def preset_name(value: str) -> str:
     """``CUT``, ``FastCUT``, ``fastcut`` ... -> a raycut preset; one line otherwise."""
     name = CUT_MODES.get(str(value).lower())
     if name is None:
-        raise ConfigError(f"unknown preset or CUT_mode {value!r}; choose one of CUT, FastCUT, SinCUT, sincut-paper")
+        raise ConfigError(f"unknown preset or CUT_mode {value!r}; choose one of CUT, FastCUT, SinCUT, sincut-paper, cyclegan")
     return name
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -197,7 +198,10 @@ def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = M
                                                             "trained_steps") if config.get(k) is not None},
                 "raycut_metrics": dict(metrics or {})}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False), warnings.catch_warnings():
+        # MLflow suggests type hints on predict to infer a signature; the signature is
+        # given explicitly here, so the suggestion is only noise on the console.
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_CODE),

@@ -118,7 +118,7 @@ def _read(path: str, fs: Any) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     # Imported here: pipelines.sources needs pyarrow, which a bare GPU box timing
-    # the UDFs (pipelines.translate_speed) does not have.
+    # the UDFs (jobs.bench.translate_speed) does not have.
     from pipelines.sources import read_bytes
 
     return read_bytes(path, fs)

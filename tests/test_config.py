@@ -67,7 +67,7 @@ def test_bad_set_syntax():
 
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
-        CUTConfig.from_preset("cyclegan")
+        CUTConfig.from_preset("pix2pix")
 
 
 def test_yaml_config_file_then_set_overrides(tmp_path):

@@ -47,6 +47,20 @@ def test_import_official_checkpoint(tmp_path):
         assert torch.equal(load_generator(out)(x), g(x))
 
 
+def test_import_a_cyclegan_generator_trained_by_the_cut_code(tmp_path):
+    """The CUT repository's cycle_gan model saves latest_net_G_A.pth (A -> B) with the
+    same anti-aliased ResNet G: it imports as the cyclegan preset's G."""
+    g = _seeded_generator()
+    pth = tmp_path / "latest_net_G_A.pth"
+    torch.save(OrderedDict((k, v.clone()) for k, v in g.state_dict().items()), pth)
+    out = import_official_generator(pth, tmp_path / "cyclegan", preset="cyclegan")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["preset"] == "cyclegan" and meta["imported_from"] == "latest_net_G_A.pth"
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(load_generator(out)(x), g(x))
+
+
 def test_import_strips_dataparallel_prefix(tmp_path):
     g = _seeded_generator()
     pth = tmp_path / "dp.pth"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cut_core import build_train_state, set_epoch, train_step
-from cut_core.benchmark import channels_last_agreement
+from jobs.bench.device import channels_last_agreement
 from cut_core.config import OptimConfig
 from cut_core.training import lr_factor
 from tests.conftest import tiny
@@ -17,7 +17,7 @@ def test_one_step_changes_G_D_and_F_and_returns_finite_scalars(preset, images):
     state = build_train_state(tiny(preset))
     before = {name: _snapshot(m) for name, m in state.modules().items()}
     out = train_step(state, *images)
-    expected = {"D", "D_real", "D_fake", "G", "G_GAN", "NCE"}
+    expected = {"D", "D_real", "D_fake", "D_rt", "G", "G_GAN", "NCE"}
     expected |= {"NCE_Y"} if preset in ("cut", "sincut") else set()
     expected |= {"idt", "D_R1"} if preset == "sincut" else set()
     assert set(out) == expected

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from cut_core import benchmark
+from jobs.bench import device as benchmark
 from cut_core.errors import RaycutError
 
 
@@ -284,7 +284,7 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     from cut_core import load_generator
     from jobs.translate.driver import run_translate
     from jobs.translate.spec import TranslateOptions
-    from pipelines.translate_speed import bench_output_formats, full_size_model, load_generator_output, reference_loop, write_frames
+    from jobs.bench.translate_speed import bench_output_formats, full_size_model, load_generator_output, reference_loop, write_frames
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ what each output format costs to encode, against the reference test loop (batch 
 serial, fp32, PIL save in the main thread). Needs torch and Pillow only, so it also
 runs on a GPU box that has no Ray:
 
-    python -m pipelines.translate_speed --device cuda --sizes 1024x2048 --staged 14 --out translate_gpu.json
+    python -m jobs.bench.translate_speed --device cuda --sizes 1024x2048 --staged 14 --out translate_gpu.json
 
 The staged rows answer the question the Ray job's design rests on: with G alone on
 the accelerator and the PNG work spread over the host's cores, is G the bottleneck
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from cut_core import CUTConfig, save_generator
-from cut_core.benchmark import format_table, machine_info, write_record
+from jobs.bench.device import format_table, machine_info, write_record
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.model_dir import load_generator
 from cut_core.translate import translate_uint8
@@ -172,7 +172,7 @@ def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.translate_speed", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench.translate_speed", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"], help="HxW")
     p.add_argument("--frames", type=int, default=8)

@@ -1,10 +1,13 @@
 """Timing of cut_core on any machine with torch (CPU or GPU): the training step per
 fast path, an in-run baseline with the official implementation's schedule of
-work, and full-resolution translation.
+work, full-resolution translation, and the correctness checks to run on a new device
+first. Also the benchmark record every `raycut bench` writes (machine_info,
+format_table, write_record).
 
-Runs without Ray or MLflow, so the same numbers come from a bare GPU box:
+Imports neither Ray nor MLflow, so the same numbers come from a bare GPU box that
+has only torch and a copy of this repository:
 
-    python -m cut_core.benchmark --device cuda --crops 256 512 --translate 2048x1024 --out gpu.json
+    python -m jobs.bench.device --device cuda --crops 256 512 --translate 2048x1024 --out gpu.json
 
 ``raycut bench train`` calls the same functions. Output rows follow the project's
 benchmark record: ``{"name", "metric", "value", "unit"}``.
@@ -19,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,6 +32,7 @@ from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
 from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, sync, timed_ms
 from cut_core.networks import build_generator
+from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import TrainState, build_train_state, train_step
 
 # variant name -> PerfConfig overrides
@@ -47,13 +50,6 @@ TRAIN_VARIANTS: dict[str, dict[str, object]] = {
     "bf16-bank-negatives": {"precision": "bf16", "nce_bank_size": 16384},
 }
 DEFAULT_VARIANTS = ("auto", "fp32-eager", "channels_last", "bf16", "bf16-channels_last")
-
-
-@dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    times_ms: tuple[float, ...]
-    peak_mem_mb: float
 
 
 def machine_info(device: str) -> dict[str, object]:
@@ -75,49 +71,6 @@ def machine_info(device: str) -> dict[str, object]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _memory_baseline(device: str) -> float:
-    """Memory in use now (MB): the start of a peak-memory window."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    return _proc_status_mb("VmRSS")
-
-
-def _memory_peak(device: str, baseline: float) -> float:
-    """Peak memory (MB) above ``baseline`` since :func:`_memory_baseline`. On the CPU
-    this is the process's resident high-water mark, so it is only meaningful in a
-    fresh process: ``bench_train`` runs every variant in its own."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20 - baseline
-    return _proc_status_mb("VmHWM") - baseline
-
-
-def _proc_status_mb(field: str) -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def time_calls(fn: Callable[[], object], *, device: str, warmup: int, iters: int) -> Timing:
-    """Median wall time of ``fn`` after ``warmup`` untimed calls, and the peak memory
-    of all calls above what was in use before the first."""
-    # CPU: count from before the warm-up (the process is fresh, and the resident
-    # high-water mark cannot be lowered). CUDA: count from after it, so cuDNN's
-    # autotuning workspaces during the warm-up do not count as the step's memory.
-    base = _memory_baseline(device) if not device.startswith("cuda") else 0.0
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    if device.startswith("cuda"):
-        base = _memory_baseline(device)
-    times = [timed_ms(fn, device) for _ in range(iters)]
-    return Timing(statistics.median(times), tuple(times), _memory_peak(device, base))
 
 
 def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
@@ -204,14 +157,6 @@ def skipped_as_emulated(overrides: dict[str, object], paths: FastPaths) -> str |
     if overrides.get("precision") == "bf16" and ("bf16" in paths.gave_up or not paths.capabilities.bf16):
         return f"skipped: bf16 is emulated here, {paths.slowdown('bf16'):.1f}x fp32's time in the probe"
     return None
-
-
-def spread(times: Sequence[float]) -> float:
-    """Half the interquartile range (ms): the noise band a median moves in."""
-    if len(times) < 4:
-        return (max(times) - min(times)) / 2
-    q = statistics.quantiles(times, n=4)
-    return (q[2] - q[0]) / 2
 
 
 def bench_train(
@@ -501,7 +446,7 @@ def write_record(path: str | Path, bench: str, rows: list[dict[str, object]], de
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cut_core.benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.bench.device", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", nargs="+", default=["cut", "fastcut"])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(TRAIN_VARIANTS))
