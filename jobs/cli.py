@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=300, help="quality: training steps per run")
     b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
     b.add_argument("--quality-variants", nargs="+", default=None,
-                   help="quality: plain, diffaugment, ada, ema, diffaugment+ema (default: all)")
+                   help="quality: plain, diffaugment, ada, ema, diffaugment+ema, cyclegan (at the first variant's "
+                   "wall-clock time; default: all)")
     b.set_defaults(func=_cmd_bench)
     _with_examples(sub)
     return p

@@ -25,6 +25,9 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
     "ada": ("d_augment=color,translation,cutout", "d_augment_target=0.6"),
     "ema": ("d_augment=", "ema_decay=0.99"),
     "diffaugment+ema": ("d_augment=color,translation,cutout", "ema_decay=0.99"),
+    # The baseline CUT is compared with: the same networks and data, CycleGAN's losses.
+    # It trains for the steps that fit in the first variant's time (a step costs more).
+    "cyclegan": ("preset=cyclegan", "d_augment="),
 }
 
 
@@ -40,8 +43,10 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy
 
-    cfg = resolve_config(preset, config, [f"crop_size={size}", f"load_size={size}", f"seed={seed}",
-                                          "precision=fp32", "channels_last=false", *sets])
+    chosen = next((v.split("=", 1)[1] for v in sets if v.startswith("preset=")), preset)
+    cfg = resolve_config(chosen, config, [f"crop_size={size}", f"load_size={size}", f"seed={seed}",
+                                          "precision=fp32", "channels_last=false",
+                                          *(v for v in sets if not v.startswith("preset="))])
     root = Path(data)
     t = time.perf_counter()
     state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
@@ -54,6 +59,25 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
             "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
             "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
             "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+
+
+def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, data: str, steps: int = 6) -> float:
+    """Seconds per training step of a variant (one thread, after 2 warm-up steps)."""
+    import torch
+
+    from jobs.config_file import resolve_config
+    from jobs.train.in_process import train_in_process
+    from pipelines.local_images import load_folder
+
+    torch.set_num_threads(1)
+    chosen = next((v.split("=", 1)[1] for v in sets if v.startswith("preset=")), preset)
+    cfg = resolve_config(chosen, config, [f"crop_size={size}", f"load_size={size}", "precision=fp32",
+                                          "channels_last=false", *(v for v in sets if not v.startswith("preset="))])
+    a, b = load_folder(Path(data) / "trainA")[:8], load_folder(Path(data) / "trainB")[:8]
+    train_in_process(cfg, a, b, steps=2, progress=False)
+    t = time.perf_counter()
+    train_in_process(cfg, a, b, steps=steps, progress=False)
+    return (time.perf_counter() - t) / steps
 
 
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
@@ -69,8 +93,14 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         runs = [(v, s) for s in seeds for v in variants]
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx) as pool:
-            futures = {(v, s): pool.submit(_train_and_score, preset, config, QUALITY_VARIANTS[v], s, size, steps, str(data))
-                       for v, s in runs}
+            budget = {v: steps for v in variants}
+            if "cyclegan" in variants:  # the same wall-clock time as the first variant
+                ref, cyc = (pool.submit(step_seconds, preset, config, QUALITY_VARIANTS[v], size, str(data)).result()
+                            for v in (variants[0], "cyclegan"))
+                budget["cyclegan"] = max(1, round(steps * ref / cyc))
+                log(f"  a cyclegan step takes {cyc / ref:.2f}x a {variants[0]} step: {budget['cyclegan']} steps")
+            futures = {(v, s): pool.submit(_train_and_score, preset, config, QUALITY_VARIANTS[v], s, size, budget[v],
+                                           str(data)) for v, s in runs}
             results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for (v, s), fut in futures.items():
                 r = fut.result()
@@ -82,9 +112,11 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
     rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": ""})
     for v, rs in results.items():
         errs = [r["colour_err"] for r in rs]
-        rows.append({"name": f"{preset}/{v}", "metric": "colour_err", "value": round(statistics.median(errs), 2),
+        name = "cyclegan" if v == "cyclegan" else f"{preset}/{v}"
+        rows.append({"name": name, "metric": "colour_err", "value": round(statistics.median(errs), 2),
                      "unit": "", "per_seed": [round(e, 2) for e in errs], "worst": round(max(errs), 2),
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(QUALITY_VARIANTS[v]),
+                     "steps": budget[v], "seconds": [round(r["seconds"], 1) for r in rs],
                      "histories": [r["history"] for r in rs]})
     return rows
 
