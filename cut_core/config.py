@@ -279,6 +279,9 @@ class CUTConfig:
             f"nce_layers id {bad[0] if bad else ''} is out of range: G ({self.model.netG}) with "
             f"n_blocks={self.model.n_blocks} has layers 0..{last}",
         )
+        _check(not (self.preset == "cyclegan" and self.loss.d_augment),
+               f"d_augment={self.loss.d_augment!r} is not used by the cyclegan preset (its Ds see plain images); "
+               "drop it, or --set d_augment= when the config file sets it")
         if self.model.netD == "stylegan2":
             tile = self.d_tile_size
             _check(tile >= 8 and tile & (tile - 1) == 0,

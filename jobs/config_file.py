@@ -60,9 +60,13 @@ def resolve_with_sources(preset: str | None, config_file: str | Path | None = No
     cfg = CUTConfig.from_preset(chosen)
     sources: dict[str, str] = {}
     for where, values in (("config file", from_file), ("--set", from_sets)):
-        if values:
-            cfg = cfg.with_overrides(values)
-            sources.update({key.rpartition(".")[2]: where for key in official_names(values)})
+        sources.update({key.rpartition(".")[2]: where for key in official_names(values)})
+    # One application of file then --set values (a --set key replaces the file's, in either
+    # spelling), so checks across fields see the final values, not a half-applied file.
+    overridden = {key.rpartition(".")[2] for key in from_sets}
+    merged = {k: v for k, v in from_file.items() if k.rpartition(".")[2] not in overridden} | from_sets
+    if merged:
+        cfg = cfg.with_overrides(merged)
     return ResolvedConfig(cfg, chosen_from, sources)
 
 

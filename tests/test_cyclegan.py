@@ -123,3 +123,12 @@ def test_raycut_train_cyclegan_registers_a_model_that_translates(local_ray, tmp_
     x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     y = translate_uint8(G, x)
     assert y.shape == x.shape and y.std() > 0
+
+
+def test_options_cyclegan_does_not_use_are_refused_in_one_line():
+    from cut_core.errors import ConfigError
+    from jobs.config_file import resolve_config
+
+    with pytest.raises(ConfigError, match="not used by the cyclegan preset"):
+        resolve_config("cyclegan", "toy", [])  # the toy config turns d_augment on
+    assert resolve_config("CycleGAN", "toy", ["d_augment="]).loss.pool_size == 50
