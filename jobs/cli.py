@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
     )
     _add_config_options(r, "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix "
-                        "recipe); default: the config file's preset:, else cut")
+                        "recipe) | cyclegan (the baseline, one worker); default: the config file's preset:, else cut")
     add_options(r, TrainOptions, defaults={"storage_path": os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs")})
     add_options(r, Schedule)
     add_options(r, Validation)
