@@ -46,7 +46,15 @@ class ImagePool(nn.Module):
         super().__init__()
         self.size = size
         self.register_buffer("images", torch.zeros((size, *shape)))
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # How many slots hold a fake: a host int (reading a GPU counter per image would
+        # wait for the device), saved with the images as the module's extra state.
+        self.count = 0
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.tensor(self.count)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.count = int(state)
 
     @torch.no_grad()
     def query(self, images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -54,9 +62,8 @@ class ImagePool(nn.Module):
             return images
         out = []
         for image in images.detach():
-            n = int(self.count)
-            if n < self.size:
-                self.images[n] = image.float()
+            if self.count < self.size:
+                self.images[self.count] = image.float()
                 self.count += 1
                 out.append(image)
             elif float(torch.rand((), generator=rng)) > 0.5:

@@ -136,8 +136,11 @@ class AdaptiveP(nn.Module):
         return float(self.p)
 
     def observe(self, rt: torch.Tensor, batch: int) -> None:
-        """Add one D step's r_t (batch images); adjust p every ``interval`` steps."""
-        self.rt_sum += rt.detach().double().cpu()
+        """Add one D step's r_t (batch images); adjust p every ``interval`` steps. The
+        sum stays on r_t's device, so only every ``interval``-th step waits for it."""
+        if self.rt_sum.device != rt.device:
+            self.rt_sum = self.rt_sum.to(rt.device)
+        self.rt_sum += rt.detach().double()
         self.rt_count += 1
         if int(self.rt_count) >= self.interval:
             mean = float(self.rt_sum / self.rt_count)

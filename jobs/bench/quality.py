@@ -31,6 +31,16 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, seed: int = 0):
+    """The config a variant trains: ``config`` over ``preset`` (or the variant's own
+    ``preset=``), at ``size`` px, fp32 NCHW (the same arithmetic on every CPU kind)."""
+    from jobs.config_file import resolve_config
+
+    chosen = next((v.split("=", 1)[1] for v in sets if v.startswith("preset=")), preset)
+    return resolve_config(chosen, config, [f"crop_size={size}", f"load_size={size}", f"seed={seed}", "precision=fp32",
+                                           "channels_last=false", *(v for v in sets if not v.startswith("preset="))])
+
+
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
                      data: str) -> dict[str, Any]:
     """One run, in a fresh process: train in process, score the (EMA) G on testA."""
@@ -38,15 +48,11 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     torch.set_num_threads(1)
     from cut_core.d_balance import WinWatch
-    from jobs.config_file import resolve_config
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy
 
-    chosen = next((v.split("=", 1)[1] for v in sets if v.startswith("preset=")), preset)
-    cfg = resolve_config(chosen, config, [f"crop_size={size}", f"load_size={size}", f"seed={seed}",
-                                          "precision=fp32", "channels_last=false",
-                                          *(v for v in sets if not v.startswith("preset="))])
+    cfg = _variant_config(preset, config, sets, size, seed)
     root = Path(data)
     t = time.perf_counter()
     state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
@@ -65,14 +71,11 @@ def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, dat
     """Seconds per training step of a variant (one thread, after 2 warm-up steps)."""
     import torch
 
-    from jobs.config_file import resolve_config
     from jobs.train.in_process import train_in_process
     from pipelines.local_images import load_folder
 
     torch.set_num_threads(1)
-    chosen = next((v.split("=", 1)[1] for v in sets if v.startswith("preset=")), preset)
-    cfg = resolve_config(chosen, config, [f"crop_size={size}", f"load_size={size}", "precision=fp32",
-                                          "channels_last=false", *(v for v in sets if not v.startswith("preset="))])
+    cfg = _variant_config(preset, config, sets, size)
     a, b = load_folder(Path(data) / "trainA")[:8], load_folder(Path(data) / "trainB")[:8]
     train_in_process(cfg, a, b, steps=2, progress=False)
     t = time.perf_counter()
