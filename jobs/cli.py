@@ -240,30 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="model directory to write")
     i.set_defaults(func=_cmd_import_official)
 
-    r = sub.add_parser(
-        "train",
-        help="train CUT / FastCUT with Ray Train (local Ray, or the cluster at RAY_ADDRESS), tracked in MLflow",
-        description="Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
-        "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
-    )
-    _add_config_options(r, "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix "
-                        "recipe) | cyclegan (the baseline, one worker); default: the config file's preset:, else cut")
-    add_options(r, TrainOptions, defaults={"storage_path": os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs")})
-    add_options(r, Schedule)
-    add_options(r, Validation)
-    r.set_defaults(func=_cmd_train)
-
-    u = sub.add_parser(
-        "tune", help="search CUT's layer/negative settings with Ray Tune (ASHA), each trial a Ray Train run",
-        description="Each trial is a `raycut train` run that reports an evaluation metric every --eval-every steps; "
-        "ASHA stops the weak ones. MLflow: one parent run per search, one child run per trial. At the end: a results "
-        "table (CSV + Parquet), the best config as YAML for `raycut train --config`, and with --register the best "
-        "model under the alias champion.",
-    )
-    _add_config_options(u, "cut | fastcut (default: the config file's preset:, else cut); every trial starts from it")
-    add_options(u, TuneOptions)
-    add_options(u, Validation, defaults={"eval_images": TUNE_EVAL_IMAGES})
-    u.set_defaults(func=_cmd_tune)
+    # The run commands: a configuration (preset, --config, --set) and their specs' fields.
+    for name, func, help, description, preset_help, specs in (
+        ("train", _cmd_train,
+         "train CUT / FastCUT with Ray Train (local Ray, or the cluster at RAY_ADDRESS), tracked in MLflow",
+         "Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
+         "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
+         "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix recipe) | "
+         "cyclegan (the baseline, one worker); default: the config file's preset:, else cut",
+         ((TrainOptions, {"storage_path": os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs")}), (Schedule, None),
+          (Validation, None))),
+        ("tune", _cmd_tune,
+         "search CUT's layer/negative settings with Ray Tune (ASHA), each trial a Ray Train run",
+         "Each trial is a `raycut train` run that reports an evaluation metric every --eval-every steps; ASHA stops "
+         "the weak ones. MLflow: one parent run per search, one child run per trial. At the end: a results table "
+         "(CSV + Parquet), the best config as YAML for `raycut train --config`, and with --register the best model "
+         "under the alias champion.",
+         "cut | fastcut (default: the config file's preset:, else cut); every trial starts from it",
+         ((TuneOptions, None), (Validation, {"eval_images": TUNE_EVAL_IMAGES}))),
+    ):
+        command = sub.add_parser(name, help=help, description=description)
+        _add_config_options(command, preset_help)
+        for spec, defaults in specs:
+            add_options(command, spec, defaults=defaults)
+        command.set_defaults(func=func)
 
     # Commands whose options are exactly their spec's fields.
     for name, func, spec, help, description in (
@@ -336,7 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``raycut`` command. Run as the command (``argv`` from ``sys.argv``) it also
+    keeps Ray's noise off the console (jobs.console); a caller that passes ``argv``
+    keeps its own streams."""
     args = build_parser().parse_args(argv)
+    if argv is None:
+        from jobs.console import filter_stderr
+
+        filter_stderr()
     try:
         return args.func(args)
     except RaycutError as e:

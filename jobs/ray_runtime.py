@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
+
+from jobs.console import filter_worker_logs
 
 # Keep the console to raycut's progress lines and real warnings: Ray Data logs every
 # execution start at INFO, once per epoch per domain.
@@ -55,6 +58,7 @@ def start_ray(train_cpus: float) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
+        filter_worker_logs()
         return
     for k, v in {**QUIET_ENV, **LOCAL_RAY_ENV}.items():  # local workers inherit the driver's environment
         os.environ.setdefault(k, v)
@@ -63,5 +67,10 @@ def start_ray(train_cpus: float) -> None:
     # address="local": always a new in-process Ray here. Without it ray.init joins the
     # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
     # a crash), which is what RAY_ADDRESS is for.
+    # A local Ray turns token authentication on by default and says so at WARNING on
+    # every start; the default is what raycut wants, so the notice is only noise.
+    # (Setting RAY_AUTH_MODE here instead is too late: Ray reads it at import.)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address="local", num_cpus=cpus, logging_level="warning")
+    filter_worker_logs()
 

@@ -14,14 +14,14 @@ import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from cut_core.errors import RaycutError
 
-# MLflow announces every schema set-up of a new SQLite store at INFO; not news to a user.
-for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+# MLflow announces every schema set-up of a new SQLite store at INFO, and its check of
+# the input example of every model logged; not news to a user.
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.pyfunc"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 MODEL_ARTIFACT = "model"  # the logged MLflow model's name in the run
@@ -198,10 +198,7 @@ def log_model_dir(uri: str, run_id: str, model_dir: str | Path, *, name: str = M
                                                             "trained_steps") if config.get(k) is not None},
                 "raycut_metrics": dict(metrics or {})}
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False), warnings.catch_warnings():
-        # MLflow suggests type hints on predict to infer a signature; the signature is
-        # given explicitly here, so the suggestion is only noise on the console.
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PYFUNC_CODE),

@@ -11,7 +11,10 @@ counts, reasons and paths for the summary printed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -266,6 +269,44 @@ def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
             if got == 0:
                 raise RaycutError(f"domain {name} gave no full batch of {batch_size}; it has fewer images than the batch size")
 
-    it_a, it_b = endless(shard_a, "A"), endless(shard_b, "B")
-    for _ in range(steps):
-        yield next(it_a), next(it_b)
+    # Each domain is drawn on its own thread: both pipelines start at once (each starts
+    # Ray Data actors, seconds apart when started one after the other), and the next
+    # batches decode while this one trains.
+    with _in_background(endless(shard_a, "A")) as it_a, _in_background(endless(shard_b, "B")) as it_b:
+        for _ in range(steps):
+            yield next(it_a), next(it_b)
+
+
+@contextlib.contextmanager
+def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Iterator[Any]]:
+    """``items`` drawn ``depth`` ahead on a daemon thread; its exception is raised on
+    the reader's side. On exit the thread stops at its next item."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the reader
+            q.put((None, e))
+
+    def read() -> Iterator[Any]:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            yield item
+
+    threading.Thread(target=fill, name="raycut-prefetch", daemon=True).start()
+    try:
+        yield read()
+    finally:
+        stop.set()

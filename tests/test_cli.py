@@ -1,11 +1,16 @@
 """The `raycut` command as a user runs it: real subprocesses, real files."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from PIL import Image
+
+
+# An ERROR-level line of Python's logging or of Ray's C++ log, or a deprecation warning.
+CONSOLE_PROBLEM = re.compile(r"\bERROR\b|,\d{3} E \d+ \d+\]|[Dd]eprecat")
 
 
 def raycut(*args, cwd=None):
@@ -74,6 +79,33 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     assert "fp32's time" in run.data.params["fast_paths_reason"]
     assert f"precision auto -> {resolved}" in text
     assert f"fast paths on cpu: precision auto -> {resolved}" in r.stdout
+    # A run that works prints no ERROR-level line and no deprecation warning.
+    problems = [line for line in (r.stdout + r.stderr).splitlines() if CONSOLE_PROBLEM.search(line)]
+    assert not problems, problems[:5]
+
+
+def test_the_console_filter_drops_rays_noise_and_keeps_everything_else():
+    """fd 2 of a `raycut` process goes through jobs.console: Ray's C++ ERROR line about
+    actor arguments is dropped, another C++ ERROR line and a traceback are kept, and a
+    progress line redrawn with \\r (no newline) is shown too."""
+    noise = ("[2026-11-30 02:55:58,434 E 21617 21688] core_worker.cc:2465: Actor with class name: 'MapWorker' and ID: "
+             "'e6bd' has constructor arguments in the object store and max_restarts > 0. If the arguments ...")
+    real = "[2026-11-30 02:55:58,435 E 21617 21688] core_worker.cc:812: Failed to register worker to Raylet"
+    script = f"""
+import os, sys
+from jobs.console import filter_stderr
+filter_stderr()
+os.write(2, {noise!r}.encode() + b"\\n" + {real!r}.encode() + b"\\n")
+os.write(2, b"[train] 1/4 25%\\r")
+print("python's own stderr", file=sys.stderr)
+os.write(2, b"[2026-11-30 02:55:58,436 E 1 1] core_")
+os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store and max_restarts > 0\\nTraceback (most recent call last)\\n")
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "constructor arguments" not in r.stderr
+    assert real in r.stderr and "Traceback (most recent call last)" in r.stderr
+    assert "[train] 1/4 25%" in r.stderr and "python's own stderr" in r.stderr
 
 
 def test_bench_train_writes_the_record(tmp_path):

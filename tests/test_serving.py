@@ -69,6 +69,23 @@ def test_pyfunc_takes_any_integer_dtype_and_refuses_bad_pixels(registered):
         model.unwrap_python_model().predict(None, x.astype(np.int64) + 300)
 
 
+def test_pyfunc_translates_a_ragged_batch_each_image_at_its_own_size(registered):
+    _, G, _ = registered
+    model = mlflow.pyfunc.load_model("models:/toy-served@latest")
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((32, 48), (40, 24), (32, 48))]
+    want = [translate_uint8(G, im[None])[0] for im in images]
+    ragged = np.empty(len(images), dtype=object)  # MLflow's form of a ragged batch
+    ragged[:] = images
+    for given in (ragged, [im.astype(np.int32) for im in images]):
+        got = model.predict(given) if given is ragged else model.unwrap_python_model().predict(None, given)
+        assert [g.shape for g in got] == [im.shape for im in images]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    with pytest.raises(ValueError, match="image 1: expected an RGB image"):
+        model.unwrap_python_model().predict(None, [images[0], images[1][..., :2]])
+
+
 def test_mlflow_models_serve_answers_a_rest_request(registered, tmp_path):
     uri, G, _ = registered
     port = _free_port()

@@ -1,0 +1,109 @@
+"""A clean console: raycut's own lines and every real problem, without the lines Ray
+prints during every run that works.
+
+Ray 2.60 logs at ERROR level, once per actor, that an actor's constructor arguments
+sit in the object store (ray-project/ray#53727). Ray Data passes every actor pool its
+map function that way and Ray Train its controller's state, so a healthy run of any
+raycut command printed several ERROR lines. Ray Train's DatasetManager also sets a
+Ray Data option that Ray itself deprecates. Those lines are dropped; anything else
+(another ERROR, a traceback, a warning of ours) is printed as before.
+
+Two routes reach the console: the C++ log of this process's own core worker writes
+to file descriptor 2 directly, and the logs of Ray's worker processes arrive through
+Ray's log monitor. Both are filtered, line by line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+
+NOISE = (
+    re.compile(r"core_worker\.cc:\d+: Actor .* has constructor arguments in the object store and max_restarts > 0"),
+    re.compile(r"RayDeprecationWarning: `ExecutionOptions\.exclude_resources` is deprecated"),
+    re.compile(r"^\s*self\.exclude_resources = exclude_resources\s*$"),  # the second line of that warning
+    # raycut turns Ray Data's bars off on purpose: its own progress line has the ETA.
+    re.compile(r"Progress bars disabled\. To enable, set `ray\.data\.DataContext"),
+)
+
+
+def is_noise(line: str) -> bool:
+    """True for a line Ray prints in a run that works (see the module docstring)."""
+    return any(p.search(line) for p in NOISE)
+
+
+_installed = False
+
+
+def filter_stderr() -> None:
+    """Route file descriptor 2 of this process through a line filter (once per process,
+    from the ``raycut`` command only: a library caller keeps its own streams).
+
+    C++ logging writes to the descriptor, not to ``sys.stderr``, so only a pipe in front
+    of it sees those lines. Python's ``sys.stderr`` moves to a copy of the console's
+    descriptor: progress lines still redraw on a terminal, unfiltered and unbuffered.
+    Set RAYCUT_RAW_CONSOLE=1 to see every line."""
+    global _installed
+    if _installed or os.environ.get("RAYCUT_RAW_CONSOLE"):
+        return
+    _installed = True
+    sys.stderr.flush()
+    console = os.dup(2)
+    sys.stderr = os.fdopen(os.dup(console), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            # A line ends at \n, or at \r (a progress line redrawn in place).
+            *lines, pending = LINE_END.split(pending + chunk)
+            out = b"".join(line for line in lines if not is_noise(line.decode(errors="replace")))
+            if pending and not CPP_LOG_START.match(pending):  # not a log line in the making: show it now
+                out, pending = out + pending, b""
+            if out:
+                os.write(console, out)
+        if pending:
+            os.write(console, pending)
+
+    thread = threading.Thread(target=pump, name="raycut-console", daemon=True)
+    thread.start()
+
+    def drain() -> None:  # at exit (after Ray's own shutdown, registered later): the last lines
+        os.dup2(console, 2)  # closes the pipe's last write end here: the pump reads its end
+        thread.join(timeout=5)  # a child that still holds the pipe open must not hang the exit
+
+    atexit.register(drain)
+
+
+LINE_END = re.compile(rb"(?<=[\r\n])")
+# The start of a line of Ray's C++ log ("[2026-11-30 02:55:44,898 E ...") or a prefix of it.
+CPP_LOG_START = re.compile(rb"^\[(\d{1,4}(-\d{0,2})?)?$|^\[\d{4}-")
+
+
+def filter_worker_logs() -> None:
+    """Drop :data:`NOISE` from the worker logs Ray forwards to this driver (call after
+    ``ray.init``, which installs Ray's printer). Without Ray's printer (``log_to_driver``
+    off, or a Ray whose internals moved) this does nothing: the logs print as Ray prints them."""
+    try:
+        from ray._private import worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    with dispatcher._lock:
+        names = [name for name, _ in dispatcher.handlers]
+    if "ray_print_logs" not in names or not hasattr(worker, "print_to_stdstream"):
+        return
+    ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
+
+    def print_without_noise(data: dict) -> None:
+        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        if lines:
+            worker.print_to_stdstream({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", print_without_noise)
