@@ -49,30 +49,34 @@ def local_ray():
 TINY_SETS = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_OVERRIDES.items())
 
 
-def kill_one_train_worker_when(ready, *, timeout: float = 180.0) -> threading.Thread:
-    """In the background: wait until ``ready()`` is true, then SIGKILL one Ray Train
-    worker process (a real crash, not an exception) of this process's own Ray: one of
-    its descendants, never a worker of another Ray on the machine. The thread's
-    ``killed`` attribute holds the pid."""
+def kill_train_workers_when(*ready, timeout: float = 240.0) -> threading.Thread:
+    """In the background: for each predicate in ``ready`` in turn, wait until it is
+    true, then SIGKILL one Ray Train worker process (a real crash, not an exception) of
+    this process's own Ray: one of its descendants, never a worker of another Ray on
+    the machine. The thread's ``killed`` attribute lists the pids, one per kill."""
     import psutil
+
+    def kill_one() -> int | None:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                continue  # exited meanwhile
+            if cmd and cmd[0].startswith("ray::RayTrainWorker"):
+                proc.kill()
+                return proc.pid
+        return None
 
     def run() -> None:
         deadline = time.monotonic() + timeout
-        me = psutil.Process()
-        while time.monotonic() < deadline:
-            if ready():
-                for proc in me.children(recursive=True):
-                    try:
-                        cmd = proc.cmdline()
-                    except psutil.Error:
-                        continue  # exited meanwhile
-                    if cmd and cmd[0].startswith("ray::RayTrainWorker"):
-                        proc.kill()
-                        thread.killed = proc.pid
-                        return
-            time.sleep(0.1)
+        for predicate in ready:
+            while time.monotonic() < deadline:
+                if predicate() and (pid := kill_one()) is not None:
+                    thread.killed.append(pid)
+                    break
+                time.sleep(0.1)
 
     thread = threading.Thread(target=run, daemon=True)
-    thread.killed = None
+    thread.killed = []
     thread.start()
     return thread

@@ -1,5 +1,5 @@
 """`raycut train` on a real local Ray with a real SQLite MLflow: a crashed worker is
-restarted from its checkpoint, an interrupted run resumes, bad setups fail early."""
+restarted from its checkpoint, a failed run resumes, bad setups fail early."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cut_core.errors import RaycutError
 from jobs.train.driver import run_train
 from jobs.train.spec import Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, kill_one_train_worker_when
+from tests.conftest import TINY_SETS, kill_train_workers_when
 
 pytestmark = pytest.mark.slow
 
@@ -34,26 +34,45 @@ def _options(toy: Path, storage: Path, **kw) -> TrainOptions:
     return TrainOptions(**base)
 
 
-def _has_checkpoint(run_dir: Path):
-    # Ray Train writes its snapshot once a checkpoint is registered (all ranks reported).
-    return lambda: (run_dir / "checkpoint_manager_snapshot.json").is_file()
+def _checkpoints(run_dir: Path, n: int):
+    """True once Ray Train has registered ``n`` checkpoints of the run (all ranks
+    reported): its snapshot lists them."""
+    def ready() -> bool:
+        try:
+            snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        except (OSError, ValueError):  # not written yet, or being written
+            return False
+        return len(snapshot["checkpoint_results"]) >= n
+    return ready
 
 
-def test_crashed_worker_restarts_from_checkpoint(local_ray, toy, tmp_path, monkeypatch) -> None:
+def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch) -> None:
+    """One run's whole failure story: a worker killed after the first checkpoint is
+    restarted from it (max_failures 1); a second kill, after the next checkpoint, ends
+    the run with a pointer to --resume; the resume finishes the same MLflow run."""
     monkeypatch.chdir(tmp_path)  # the embedded default: ./mlflow.db and ./mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    killer = kill_one_train_worker_when(_has_checkpoint(tmp_path / "runs" / "run"))
-    result = run_train(_options(toy, tmp_path / "runs", max_failures=3))
+    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
+    killer = kill_train_workers_when(_checkpoints(run_dir, 1), _checkpoints(run_dir, 2))
+    with pytest.raises(RaycutError, match="--resume"):
+        run_train(_options(toy, storage, max_failures=1))
     killer.join(timeout=1)
-    assert killer.killed is not None, "the run ended before a worker could be killed"
-    m = result.metrics
-    assert m["step"] == 20 and m["resumed_from_step"] >= 5
-    assert m["replica_divergence"] == 0.0
+    assert len(killer.killed) == 2, f"the run ended after {len(killer.killed)} kill(s)"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = client.get_run(result.mlflow_run_id)
+    (first,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
+    assert first.info.status == "FAILED"
+    restarts = [h.value for h in client.get_metric_history(first.info.run_id, "resumed_from_step")]
+    assert restarts and restarts[-1] >= 5  # the restart after the first kill resumed from a checkpoint
+
+    with pytest.raises(RaycutError, match="already exists"):
+        run_train(_options(toy, storage))  # the same name again without --resume
+    result = run_train(TrainOptions(resume=True, storage_path=str(storage), register="toy-resumed"))
+    m = result.metrics
+    assert m["step"] == 20 and m["resumed_from_step"] >= 10 and m["replica_divergence"] == 0.0
+    assert result.mlflow_run_id == first.info.run_id
+    run = client.get_run(first.info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["crop_size"] == "32" and run.data.params["global_batch"] == "4"
-    assert [h.value for h in client.get_metric_history(run.info.run_id, "resumed_from_step")] != []
     steps = {h.step for h in client.get_metric_history(run.info.run_id, "NCE")}
     assert {5, 20} <= steps
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
@@ -62,35 +81,15 @@ def test_crashed_worker_restarts_from_checkpoint(local_ray, toy, tmp_path, monke
     images = {f.path.split("/")[-1].split("+timestamp")[0] for f in client.list_artifacts(run.info.run_id, "images")}
     assert {"samples+step+10", "samples+step+20"} <= images
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database
-    # Only the newest checkpoints are kept (keep_checkpoints 3), each a complete state.
-    kept = sorted(json.loads(f.read_text())["step"] for f in (tmp_path / "runs" / "run").glob("checkpoint_*/train_state.json"))
-    assert kept == [10, 15, 20]
-
-
-def test_resume_after_interrupted_run(local_ray, toy, tmp_path, monkeypatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'track.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    storage = tmp_path / "runs"
-    killer = kill_one_train_worker_when(_has_checkpoint(storage / "run"))
-    with pytest.raises(RaycutError, match="--resume"):
-        run_train(_options(toy, storage, max_failures=0, workers=1))
-    killer.join(timeout=1)
-    client = MlflowClient(tracking_uri=uri)
-    (first,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
-    assert first.info.status == "FAILED"
-
-    with pytest.raises(RaycutError, match="already exists"):
-        run_train(_options(toy, storage))  # the same name again without --resume
-    result = run_train(TrainOptions(resume=True, storage_path=str(storage), register="toy-resumed"))
-    assert result.metrics["step"] == 20 and result.metrics["resumed_from_step"] >= 5
-    # A crash between a checkpoint's upload and its registration leaves a folder Ray Train
-    # never lists; the resume removes such folders, so only registered ones remain.
-    snapshot = json.loads((storage / "run" / "checkpoint_manager_snapshot.json").read_text())
-    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
-    assert {p.name for p in (storage / "run").glob("checkpoint_*") if p.is_dir()} == registered
-    assert result.mlflow_run_id == first.info.run_id
-    assert client.get_run(first.info.run_id).info.status == "FINISHED"
     assert str(client.get_model_version_by_alias("toy-resumed", "latest").version) == result.model_version
+    # Only the newest checkpoints are kept (keep_checkpoints 3), each a complete state; a
+    # crash between a checkpoint's upload and its registration leaves a folder Ray Train
+    # never lists: the resume removes such folders, so only registered ones remain.
+    kept = sorted(json.loads(f.read_text())["step"] for f in run_dir.glob("checkpoint_*/train_state.json"))
+    assert kept == [10, 15, 20]
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    assert {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()} == registered
     with pytest.raises(RaycutError, match="already finished"):
         run_train(TrainOptions(resume=True, storage_path=str(storage)))
 
