@@ -153,21 +153,32 @@ class AdaptiveP(nn.Module):
 # D's loss (0.5 * (real term + fake term)) under which D is taken to have won: every
 # patch scored within ~0.1 of its target (lsgan), or with odds above ~50:1 (logistic).
 D_WON_LOSS = {"lsgan": 0.01, "nonsaturating": 0.02, "vanilla": 0.02}
+# ... or under D_WON_LOSS_SURE_RT times that while r_t says D calls every real patch
+# real with margin: a CI demo run had D's loss at ~0.02 with r_t ~1.0 for its last
+# hundreds of steps (G no better than histogram matching), which the loss alone missed.
+D_WON_RT = 0.95
+D_WON_LOSS_SURE_RT = 5.0
 D_WON_STEPS = 200  # ... for this many steps in a row
 
 
 class WinWatch:
-    """Counts the steps in a row for which D's (window-mean) loss stayed under
-    ``D_WON_LOSS``; ``observe`` returns True once, when the run reaches ``steps``."""
+    """Counts the steps in a row for which D had won: its (window-mean) loss under
+    ``D_WON_LOSS``, or under ``D_WON_LOSS_SURE_RT`` times that with r_t (ADA's overfit
+    sign, see :func:`overfit_sign`) at ``D_WON_RT`` or more. ``observe`` returns True
+    once, when the run reaches ``steps``."""
 
     def __init__(self, gan_mode: str, steps: int = D_WON_STEPS) -> None:
         self.threshold, self.steps = D_WON_LOSS[gan_mode], steps
-        self.run = 0  # steps in a row with D below the threshold
+        self.run = 0  # steps in a row in which D had won
         self.longest = 0
         self.warned = False
 
-    def observe(self, loss_D: float, steps: int = 1) -> bool:
-        self.run = self.run + steps if loss_D < self.threshold else 0
+    def won(self, loss_D: float, r_t: float | None = None) -> bool:
+        sure = r_t is not None and r_t >= D_WON_RT
+        return loss_D < self.threshold * (D_WON_LOSS_SURE_RT if sure else 1.0)
+
+    def observe(self, loss_D: float, steps: int = 1, r_t: float | None = None) -> bool:
+        self.run = self.run + steps if self.won(loss_D, r_t) else 0
         self.longest = max(self.longest, self.run)
         if self.run >= self.steps and not self.warned:
             self.warned = True
@@ -177,5 +188,6 @@ class WinWatch:
         return False
 
     def message(self, step: int) -> str:
-        return (f"D has won: its loss stayed under {self.threshold} for {self.run} steps (to step {step}), so G "
+        return (f"D has won: its loss stayed near zero (under {self.threshold}, or {self.threshold * D_WON_LOSS_SURE_RT:g} "
+                f"with r_t >= {D_WON_RT}) for {self.run} steps (to step {step}), so G "
                 f"learns from PatchNCE alone; try --set d_augment=color,translation,cutout (or d_augment_target=0.6)")

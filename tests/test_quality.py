@@ -143,3 +143,8 @@ def test_win_watch_warns_once_per_win():
     assert not w.observe(0.3, 10) and w.run == 0 and w.longest == 150
     assert not w.observe(0.001, 60) and w.observe(0.001, 60)  # a second win is said again
     assert "d_augment" in w.message(400)
+    # D's loss a little above the bar, but r_t says D calls every real patch real: won.
+    w = WinWatch("lsgan", steps=100)
+    assert not w.observe(0.02, 60) and not w.observe(0.02, 60, r_t=0.5) and w.run == 0
+    assert not w.observe(0.02, 60, r_t=1.0) and w.observe(0.02, 60, r_t=0.97)
+    assert not w.observe(0.2, 10, r_t=1.0) and w.run == 0  # r_t alone is not a win: D may call everything real

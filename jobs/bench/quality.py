@@ -59,7 +59,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
                                       progress=False, log_every=10)
     watch = WinWatch(cfg.loss.gan_mode)
     for row in history:
-        watch.observe(row["D"], 10)
+        watch.observe(row["D"], 10, row.get("D_rt"))
     rows = evaluate_toy(root, {"model": lambda x: translate_array(state, x)}, label_preservation=False)
     return {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
             "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,

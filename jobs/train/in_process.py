@@ -47,7 +47,7 @@ def train_in_process(
         if (step + 1) % log_every == 0 or step + 1 == steps:
             n = (step % log_every) + 1
             row = {"step": step + 1, **{k: v / n for k, v in acc.items()}}
-            if watch.observe(row["D"], n):
+            if watch.observe(row["D"], n, row.get("D_rt")):
                 print(f"[train] warning: {watch.message(step + 1)}", file=sys.stderr, flush=True)
             history.append(row)
             acc = {}

@@ -127,7 +127,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 best = {"step": step, "metric": plan.key, "value": metrics[plan.key]}
             metrics[f"best_{plan.key}"] = best["value"]
         if watch is not None and "D" in metrics:
-            if watch.observe(metrics["D"], window_steps):
+            if watch.observe(metrics["D"], window_steps, metrics.get("D_rt")):
                 _warn_d_won(job, watch.message(step))
             metrics["D_won_steps"] = watch.run  # a plot of it shows when and how long D won
         if lead:
