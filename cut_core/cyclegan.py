@@ -31,7 +31,7 @@ from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast, prepare_module, to_memory_format
 from cut_core.hardware import resolve_perf
 from cut_core.networks import Discriminator, Generator, build_discriminator, build_generator
-from cut_core.training import TrainState
+from cut_core.training import TrainState, adam
 
 
 class ImagePool(nn.Module):
@@ -110,12 +110,11 @@ def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", 
     for m in (G, G_B, D, D_A):
         prepare_module(fast.perf, m.to(device))
     o = cfg.optim
-    betas = (o.beta1, o.beta2)
     shape = (cfg.model.output_nc, cfg.data.crop_size, cfg.data.crop_size)
     state = CycleGANState(
         config=cfg, fast=fast, G=G, D=D, F=None,  # type: ignore[arg-type]
-        opt_G=torch.optim.Adam([*G.parameters(), *G_B.parameters()], lr=o.lr, betas=betas),
-        opt_D=torch.optim.Adam([*D.parameters(), *D_A.parameters()], lr=o.lr, betas=betas),
+        opt_G=adam([*G.parameters(), *G_B.parameters()], o, device),
+        opt_D=adam([*D.parameters(), *D_A.parameters()], o, device),
         opt_F=None,  # type: ignore[arg-type]
         rng=torch.Generator().manual_seed(cfg.seed + rank), device=device,
         G_B=G_B, D_A=D_A, pool_A=ImagePool(cfg.loss.pool_size, shape).to(device),

@@ -126,12 +126,24 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
         p.requires_grad_(True)
 
 
+def state_for(kind: str, cfg: CUTConfig, device: str) -> TrainState:
+    """A fresh state for a row; the baseline's optimizers are the reference's (Adam as
+    torch defaults it, a loop of small ops on a CPU), not raycut's fused one."""
+    state = build_train_state(cfg, device=device)
+    if kind == "official":
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        for name in ("opt_G", "opt_D", "opt_F"):
+            params = [p for group in getattr(state, name).param_groups for p in group["params"]]
+            setattr(state, name, torch.optim.Adam(params, lr=cfg.optim.lr, betas=betas))
+    return state
+
+
 def time_train_variant(preset: str, kind: str, overrides: dict[str, object], device: str, warmup: int, iters: int) -> Timing:
     """Build a fresh state and time its step (runs inside a fresh process)."""
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     cfg = CUTConfig.from_preset(preset).with_overrides(overrides)
-    state = build_train_state(cfg, device=device)
+    state = state_for(kind, cfg, device)
     g = torch.Generator().manual_seed(0)
     shape = (cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
     a = (torch.rand(shape, generator=g) * 2 - 1).to(device)
@@ -201,7 +213,7 @@ def bench_train(
                 log(f"  {name}: {why}")
                 continue
             cfg = base.with_overrides({**shape, **perf})
-            state = build_train_state(cfg, device=device)
+            state = state_for(kind, cfg, device)
             g = torch.Generator().manual_seed(0)
             size = (batch_size, 3, crop, crop)
             a = (torch.rand(size, generator=g) * 2 - 1).to(device)
@@ -210,8 +222,14 @@ def bench_train(
             timed.append((name, functools.partial(step, state, a, b), {"resolved": state.fast.summary} if v_is_auto(perf) else {}))
         times = _interleaved([fn for _, fn, _ in timed], device=device, warmup=warmup, rounds=iters, log=log,
                              names=[n for n, _, _ in timed])
+        base_ts = next((ts for (name, _, _), ts in zip(timed, times) if name.startswith("baseline/")), None)
         for (name, _, extra), ts in zip(timed, times):
             med = statistics.median(ts)
+            if base_ts is not None and not name.startswith("baseline/"):
+                # Round by round: the baseline ran next to this row, so a slow minute of a
+                # shared machine slows both; the median of these ratios ranks more surely
+                # than a ratio of two medians.
+                extra = {**extra, "paired_vs_baseline": round(statistics.median(b / t for b, t in zip(base_ts, ts)), 3)}
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
                          "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts], **extra})
             log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra else ""))
@@ -388,13 +406,14 @@ def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> f
 
 def format_table(rows: list[dict[str, object]]) -> str:
     """One line per row name: ms/iter (median +- half the IQR) or images/s, peak memory
-    where measured, and the speed-up over the in-run baseline of the same preset. Rows
+    where measured, and the speed-up over the in-run baseline of the same preset (for
+    rows timed round by round with it: the median of the per-round speed-ups). Rows
     whose medians lie closer than their spreads are marked: they cannot be ranked."""
     by_name: dict[str, dict[str, object]] = {}
     for r in rows:
         entry = by_name.setdefault(str(r["name"]), {})
         entry[str(r["metric"])] = r["value"]
-        for k in ("spread_ms", "skipped", "resolved", "model_busy"):
+        for k in ("spread_ms", "skipped", "resolved", "model_busy", "paired_vs_baseline"):
             if k in r:
                 entry[k] = r[k]
     lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s}"]
@@ -412,6 +431,8 @@ def format_table(rows: list[dict[str, object]]) -> str:
                 base = next((v["ms_per_iter"] for k, v in by_name.items() if k.startswith(f"baseline/{preset}-")
                              and k.endswith(suffix) and v.get("ms_per_iter")), None)
             ratio = f"{float(base) / float(m['ms_per_iter']):.2f}x" if base else ""
+            if "paired_vs_baseline" in m:  # the median of per-round ratios, when rounds were interleaved
+                ratio = f"{float(m['paired_vs_baseline']):.2f}x"
             close = [k.split("/", 1)[1] for k, v in by_name.items() if k != name and k.startswith(name.split("/")[0] + "/")
                      and k.endswith(suffix) and v.get("ms_per_iter") and "spread_ms" in v and "spread_ms" in m
                      and abs(float(v["ms_per_iter"]) - float(m["ms_per_iter"])) < float(v["spread_ms"]) + float(m["spread_ms"])]
