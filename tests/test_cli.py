@@ -2,6 +2,7 @@
 
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -128,6 +129,13 @@ def test_bench_train_writes_the_record(tmp_path):
         assert bf16["value"] is None and "emulated" in bf16["skipped"]
     for name in ("fastcut/auto@32", "fastcut/fp32-eager@32", "baseline/fastcut-official-schedule@32"):
         assert rows[name]["value"] > 0 and len(rows[name]["times_ms"]) == 2 and rows[name]["spread_ms"] >= 0
+    # Each row's speed-up is the median of its per-round ratios to the baseline beside it.
+    base = rows["baseline/fastcut-official-schedule@32"]["times_ms"]
+    for name in ("fastcut/auto@32", "fastcut/fp32-eager@32"):
+        want = statistics.median(b / t for b, t in zip(base, rows[name]["times_ms"]))
+        assert rows[name]["paired_vs_baseline"] == pytest.approx(want, abs=2e-3)
+        assert f"{want:.2f}x" in r.stdout.split(name)[-1].splitlines()[0] or f"{rows[name]['paired_vs_baseline']:.2f}x" \
+            in r.stdout.split(name)[-1].splitlines()[0]
     assert "fastcut/bf16@32" in r.stdout and "fastcut/auto@32" in r.stdout  # the printed table
 
 

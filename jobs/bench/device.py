@@ -232,7 +232,7 @@ def bench_train(
                 extra = {**extra, "paired_vs_baseline": round(statistics.median(b / t for b, t in zip(base_ts, ts)), 3)}
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
                          "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts], **extra})
-            log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra else ""))
+            log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra.get("resolved") else ""))
     return rows
 
 
