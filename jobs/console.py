@@ -57,18 +57,27 @@ def filter_stderr() -> None:
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    def show(data: bytes) -> None:
+        try:
+            os.write(console, data)
+        except OSError:  # the console is gone (a closed terminal): keep draining the pipe
+            pass
+
     def pump() -> None:
         pending = b""
         while chunk := os.read(read_end, 65536):
-            # A line ends at \n, or at \r (a progress line redrawn in place).
-            *lines, pending = LINE_END.split(pending + chunk)
-            out = b"".join(line for line in lines if not is_noise(line.decode(errors="replace")))
-            if pending and not CPP_LOG_START.match(pending):  # not a log line in the making: show it now
-                out, pending = out + pending, b""
+            try:
+                # A line ends at \n, or at \r (a progress line redrawn in place).
+                *lines, pending = LINE_END.split(pending + chunk)
+                out = b"".join(line for line in lines if not is_noise(line.decode(errors="replace")))
+                if pending and not CPP_LOG_START.match(pending):  # not a log line in the making: show it now
+                    out, pending = out + pending, b""
+            except Exception:  # noqa: BLE001 - never stop pumping: a full pipe would block every writer
+                out, pending = pending + chunk, b""
             if out:
-                os.write(console, out)
+                show(out)
         if pending:
-            os.write(console, pending)
+            show(pending)
 
     thread = threading.Thread(target=pump, name="raycut-console", daemon=True)
     thread.start()
