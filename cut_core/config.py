@@ -33,8 +33,20 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
-from cut_core.d_balance import parse_policy
 from cut_core.errors import ConfigError
+
+# D's differentiable augmentations (cut_core.d_balance implements them). Named here so
+# that reading a config needs no torch.
+D_AUGMENT_OPS = ("color", "translation", "cutout")
+
+
+def parse_policy(policy: str) -> tuple[str, ...]:
+    """'color,translation' -> ('color', 'translation'); '' -> () (off)."""
+    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
+    bad = [o for o in ops if o not in D_AUGMENT_OPS]
+    if bad:
+        raise ValueError(f"unknown D augmentation {bad[0]!r}; choose from {', '.join(D_AUGMENT_OPS)}, comma-separated")
+    return ops
 
 Preset = Literal["cut", "fastcut", "sincut", "sincut-paper", "cyclegan"]
 GanMode = Literal["lsgan", "nonsaturating", "vanilla"]
@@ -46,6 +58,9 @@ NetG = Literal["resnet", "stylegan2"]
 NetD = Literal["basic", "stylegan2"]
 # auto: settled per device by cut_core.hardware (bf16 only where it runs natively and fast).
 Precision = Literal["auto", "fp32", "bf16"]
+# What a translation can run in: training's precisions plus int8 (cut_core.quantize).
+TranslatePrecision = Literal["auto", "fp32", "bf16", "int8"]
+TRANSLATE_PRECISIONS: tuple[str, ...] = typing.get_args(TranslatePrecision)
 AUTO = "auto"
 
 FORMAT_VERSION = 1

@@ -32,16 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPS = ("color", "translation", "cutout")
+from cut_core.config import D_AUGMENT_OPS as OPS, parse_policy  # the config's vocabulary (no torch)
 
-
-def parse_policy(policy: str) -> tuple[str, ...]:
-    """'color,translation' -> ('color', 'translation'); '' -> () (off)."""
-    ops = tuple(p.strip() for p in policy.split(",") if p.strip())
-    bad = [o for o in ops if o not in OPS]
-    if bad:
-        raise ValueError(f"unknown D augmentation {bad[0]!r}; choose from {', '.join(OPS)}, comma-separated")
-    return ops
 
 
 def _uniform(b: int, lo: float, hi: float, rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -17,14 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from cut_core.config import PerfConfig
 from cut_core.fast_paths import autocast
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.padding import SIZE_MULTIPLE, pad_to_multiple
 from cut_core.quantize import Int8ResnetGenerator
-
-# What a translation can run in; auto is settled per device (cut_core.hardware.resolve_translation).
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @torch.no_grad()

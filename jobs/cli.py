@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 from cut_core.config import Precision
-from cut_core.translate import PRECISIONS as TRANSLATE_PRECISIONS
+from cut_core.config import TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
 
 

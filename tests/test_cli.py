@@ -25,6 +25,22 @@ def test_help_lists_the_commands():
         assert name in r.stdout
 
 
+def test_the_command_line_and_the_cpu_stages_load_no_torch():
+    """The processes that never run a network never import torch: the CLI parsing
+    options, and Ray Data's decode and encode workers (ingest, translation's CPU stages,
+    the manifest), which unpickle these modules. torch costs each ~2.5 s of CPU and
+    ~300 MB; on a 2-core machine that was most of a decode actor's start."""
+    modules = ("jobs.cli", "jobs.train.spec", "jobs.translate.spec", "pipelines.ingest", "pipelines.translate_io",
+               "pipelines.manifest", "pipelines.single_image", "cut_core.config")
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    # The package's names still resolve (on first use).
+    r = subprocess.run([sys.executable, "-c", "import cut_core; print(cut_core.train_step.__module__, len(dir(cut_core)))"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split()[0] == "cut_core.training", r.stdout + r.stderr
+
+
 def test_toy_data_command(tmp_path):
     r = raycut("toy-data", "--out", str(tmp_path / "toy"), "--size", "32", "--n", "3", "--n-test", "2")
     assert r.returncode == 0, r.stderr

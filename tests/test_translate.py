@@ -22,7 +22,7 @@ from cut_core.networks import build_generator
 from cut_core.translate import translate
 from jobs.translate.driver import run_translate
 from jobs.translate.spec import TranslateOptions
-from pipelines.translate import read_manifest
+from pipelines.manifest import read_manifest
 from tests.conftest import tiny
 
 pytestmark = pytest.mark.slow

@@ -35,8 +35,8 @@ from cut_core.model_dir import load_generator
 from cut_core.translate import translate_uint8
 from cut_core.networks import build_generator
 from pipelines.toy_data import make_layout, render_real
-from pipelines.translate import (GeneratorStage, TranslateFiles, TranslateSpec, calibrate_from_bytes, encode_and_write,
-                                 read_and_decode, write_atomic)
+from pipelines.translate import GeneratorStage, TranslateFiles, calibrate_from_bytes
+from pipelines.translate_io import TranslateSpec, encode_and_write, read_and_decode, write_atomic
 
 
 def full_size_model(folder: Path) -> Path:

@@ -3,9 +3,10 @@
     --model (models:/NAME@ALIAS, models:/NAME/N, runs:/ID/model, or a model dir)
     -> list --input: files, or Parquet rows (pipelines.translate_inputs), minus what
        the manifest marks done -> Ray Data: decode tasks -> G actor pool (autoscaling,
-       --concurrency MIN-MAX) -> encode + write tasks (pipelines.translate)
+       --concurrency MIN-MAX; pipelines.translate) -> encode + write tasks
+       (pipelines.translate_io)
        -> outputs mirroring the input tree
-    -> manifest parts as rows stream in -> labels copied alongside -> summary
+    -> manifest parts (pipelines.manifest) as rows stream in -> labels copied alongside -> summary
 
 Rerunning the same command finishes an interrupted job: done outputs are skipped,
 temporary files of a killed run are removed, failed inputs are tried again.
@@ -20,28 +21,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cut_core.errors import RaycutError
-from cut_core.translate import PRECISIONS
+from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
 from jobs.ray_runtime import on_this_machine, parse_pool, start_ray
 from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, FLUSH_ROWS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
-from pipelines.translate import (
-    OUTPUT_FORMATS,
-    ROW_COLUMNS,
-    TMP_SUFFIX,
-    GeneratorStage,
-    TranslateFiles,
-    TranslateSpec,
-    append_manifest,
-    calibrate_from_bytes,
-    copy_labels,
-    done_inputs,
-    encode_and_write,
-    new_manifest_run,
-    read_and_decode,
-    remove_partial_files,
-)
+from pipelines.manifest import append_manifest, copy_labels, done_inputs, new_manifest_run, remove_partial_files
+from pipelines.translate import GeneratorStage, TranslateFiles, calibrate_from_bytes
+from pipelines.translate_io import OUTPUT_FORMATS, ROW_COLUMNS, TMP_SUFFIX, TranslateSpec, encode_and_write, read_and_decode
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
 
 CLUSTER_CPU_ACTOR_THREADS = 4  # torch threads (and logical CPUs) of one CPU G actor on a cluster

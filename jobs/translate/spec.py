@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cut_core.translate import PRECISIONS
+from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.options import opt
-from pipelines.translate import OUTPUT_FORMATS
+from pipelines.translate_io import OUTPUT_FORMATS
 
 FLUSH_ROWS = 64  # manifest rows per part
 DEFAULT_MAX_GPU_ACTORS = 16  # the G pool's ceiling on GPUs when --concurrency is not given
