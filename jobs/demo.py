@@ -155,13 +155,13 @@ class _Stages:
 def _ingest_report(data: Path, cfg: CUTConfig) -> dict[str, Any]:
     """Stream both training domains through the Ray Data ingest once (decode + crops),
     as training will, and report what it read and skipped."""
-    from jobs.ray_runtime import start_ray
+    from jobs.ray_runtime import start_ray, without_progress_bars
     from pipelines.ingest import IngestOptions, IngestReport, format_report, read_domain
 
     start_ray(2)
     import ray
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    without_progress_bars()
     counts = {}
     for domain in ("trainA", "trainB"):
         report = IngestReport.remote()

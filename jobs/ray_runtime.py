@@ -74,3 +74,13 @@ def start_ray(train_cpus: float) -> None:
     ray.init(address="local", num_cpus=cpus, logging_level="warning")
     filter_worker_logs()
 
+
+
+def without_progress_bars() -> None:
+    """raycut draws its own progress line: Ray Data's bars are turned off in this
+    driver, and so is the notice Ray Data logs on every execution to say that they are
+    (a Python log line in the driver; jobs.console drops the workers' copies)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -34,15 +34,36 @@ def images() -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A real local Ray for one test module (4 logical CPUs on any machine: trainers or
-    translation actors plus their Ray Data feed)."""
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down, at the end of the suite, the local Ray that ``local_ray`` shares."""
+    yield
     import ray
 
-    ray.init(address="local", num_cpus=4, log_to_driver=False)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_session):
+    """A real local Ray (4 logical CPUs on any machine: trainers or translation actors
+    plus their Ray Data feed), started by the first test that asks and shared by the
+    rest: a start and a stop cost ~8 s on 2 cores. A test that needs another Ray (a
+    multi-node cluster) shuts this one down first (``no_local_ray``); the next test
+    that asks starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, log_to_driver=False)
     yield
-    ray.shutdown()
+
+
+def no_local_ray() -> None:
+    """Stop the shared local Ray, if one runs, before a test connects to another."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 # The same tiny model as ``tiny()``, as `raycut train --set` items.

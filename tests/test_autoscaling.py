@@ -29,7 +29,7 @@ from jobs.train.driver import run_train
 from jobs.train.spec import Schedule, TrainOptions
 from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS
+from tests.conftest import TINY_SETS, no_local_ray
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,7 @@ def _assert_same_up_to_rounding(got: np.ndarray, want: np.ndarray) -> None:
 def autoscaling_cluster(monkeypatch):
     # AutoscalingCluster runs the `ray` command: this environment's.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    no_local_ray()
     cluster = FakeAutoscalingCluster(
         head_resources={"CPU": 0},
         worker_node_types={"cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0,

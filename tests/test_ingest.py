@@ -20,13 +20,6 @@ CROP = DataConfig(preprocess="crop", load_size=32, crop_size=32)
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), ToySpec(size=48, n_train=10, n_test=2))
 

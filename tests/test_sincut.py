@@ -5,9 +5,6 @@ translate` path with one image per domain."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,16 +231,19 @@ def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
 
 
 @pytest.mark.slow
-def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_painting(tmp_path, monkeypatch, capsys):
+def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_painting(local_ray, tmp_path, monkeypatch,
+                                                                                       capsys):
     """The same path as CUT: `raycut train --preset sincut --data-a IMAGE --data-b IMAGE`
     on Ray Train with crops from Ray Data, then its model on the whole painting."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(root)}
-    sets = ["--set", "ngf=4", "--set", "netF_nc=32", "--set", "crop_size=32", "--set", "batch_size=4"]
-    r = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--preset", "sincut", "--data-a", str(PAINTING),
-                        "--data-b", str(PHOTO), *sets, "--steps", "6", "--checkpoint-every", "6", "--name", "monet"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    from jobs.train.driver import run_train
+    from jobs.train.spec import Schedule, TrainOptions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sets = ("ngf=4", "netF_nc=32", "crop_size=32", "batch_size=4")
+    result = run_train(TrainOptions(preset="sincut", data_a=str(PAINTING), data_b=str(PHOTO), sets=sets, steps=6,
+                                    schedule=Schedule(checkpoint_every=6), name="monet",
+                                    storage_path=str(tmp_path / "raycut-runs")))
+    assert result.metrics["step"] == 6
     run = tmp_path / "raycut-runs" / "monet"
     spec = json.loads((run / "run.json").read_text())
     assert spec["config"]["model"]["netG"] == "stylegan2" and spec["steps_per_epoch"] == 100_000 // 4

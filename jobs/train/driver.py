@@ -28,7 +28,7 @@ from pyarrow.fs import FileSelector, FileType
 from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.ray_runtime import start_ray
+from jobs.ray_runtime import start_ray, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, decode_head, read_domain, steps_per_epoch
 from pipelines.sources import Listing, list_source
@@ -220,7 +220,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     start_ray(job.workers * job.cpus_per_worker)
     ingest = _ingest_options(job, opts)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # workers print raycut's line instead
+    without_progress_bars()
     if cfg.data.single_image:
         from pipelines.single_image import load_single_image, preview, read_single_image
 

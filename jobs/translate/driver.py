@@ -23,7 +23,7 @@ from pathlib import Path
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
-from jobs.ray_runtime import on_this_machine, parse_pool, start_ray
+from jobs.ray_runtime import on_this_machine, parse_pool, start_ray, without_progress_bars
 from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, FLUSH_ROWS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
@@ -124,7 +124,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     use_gpu = opts.gpus_per_actor > 0
     local = on_this_machine()
     low, high = parse_concurrency(opts.concurrency, use_gpu=use_gpu, local=local)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    without_progress_bars()
     items = inputs.items(todo)
     if inputs.is_parquet:
         # One item per row group: a task reads its image column and emits the rows to do.
