@@ -16,7 +16,12 @@ QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 # driver connects. On a small machine those imports compete with the driver and with
 # the actors that do the work: a 10-step toy `raycut train` took 41-43 s without them
 # against 45-53 s with them (2 cores). Workers still start on demand.
-LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
+#
+# Ray Train's preemption watcher is an actor per run that polls for the notices cloud
+# providers send before they reclaim a spot node. One machine gets no such notice, and
+# on 2 cores its process start was ~2 s of every run's start-up: off on a local Ray
+# (the variable is Ray Train's; a cluster keeps the watcher).
+LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def on_this_machine() -> bool:
