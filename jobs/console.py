@@ -27,6 +27,8 @@ NOISE = (
     re.compile(r"^\s*self\.exclude_resources = exclude_resources\s*$"),  # the second line of that warning
     # raycut turns Ray Data's bars off on purpose: its own progress line has the ETA.
     re.compile(r"Progress bars disabled\. To enable, set `ray\.data\.DataContext"),
+    # Printed by Ray Train's cleaner each time Tune (ASHA) stops a trial, as it should.
+    re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
 )
 
 

@@ -73,6 +73,10 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     assert len(stopped) == 1 and (stopped["steps"] < 10).all(), results[["trial", "best", "steps", "status"]]
     assert (stopped["config/lr"] == 0.5).all() and results.iloc[0]["config/lr"] == 0.0005
     assert "eval_colour_err v" in r.stdout and "stopped early by ASHA" in r.stdout
+    # ASHA's stop reads as the table says, without Ray's internal notices (jobs.console).
+    from jobs.console import is_noise
+
+    assert not [line for line in (r.stdout + r.stderr).splitlines() if is_noise(line)]
     assert done[0].stat().st_mtime == stamp  # the finished trial was not trained again
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
