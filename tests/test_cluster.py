@@ -114,6 +114,42 @@ def test_failed_job_is_reported_with_its_last_lines(head, tmp_path):
     assert "FAILED" in r.stdout and "  | raycut: error:" in r.stdout and "does not exist" in r.stdout
 
 
+def test_a_dropped_log_stream_reconnects_and_prints_each_line_once(head, tmp_path):
+    """`raycut submit` follows a job through the real job server; its first log stream
+    is cut after two chunks (Ray's client raises, as on a closed WebSocket) while the job
+    still prints. The follower reconnects, skips what it printed already, and exits with
+    the job's status."""
+    script = f"""
+import sys
+from ray.job_submission import JobSubmissionClient
+from jobs.submit import follow
+
+class DropsFirstStream(JobSubmissionClient):
+    streams = 0
+
+    async def tail_job_logs(self, job_id):
+        self.streams += 1
+        chunks = 0
+        async for chunk in super().tail_job_logs(job_id):
+            yield chunk
+            chunks += 1
+            if self.streams == 1 and chunks == 2:
+                raise RuntimeError("connection closed unexpectedly")
+
+client = DropsFirstStream({head["address"]!r})
+job = client.submit_job(entrypoint="python -c \\"import time\\nfor i in range(6): print('line', i, flush=True); time.sleep(1)\\"")
+code = follow(client, job)
+print("streams", client.streams, "exit", code)
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**head["env"], "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(6)], r.stdout
+    assert sum("dropped while it is RUNNING; reconnecting" in line for line in lines) == 1, r.stdout
+    assert lines[-1].startswith("streams ") and int(lines[-1].split()[1]) >= 2 and lines[-1].endswith("exit 0"), r.stdout
+
+
 def test_unreachable_or_unauthenticated_server_is_one_line(head, tmp_path):
     r = _raycut(["submit", "--address", "http://127.0.0.1:9", "--no-pip", "--", "raycut", "toy-data", "--out", "x"],
                 cwd=tmp_path, env=head["env"])
