@@ -150,6 +150,20 @@ print("streams", client.streams, "exit", code)
     assert lines[-1].startswith("streams ") and int(lines[-1].split()[1]) >= 2 and lines[-1].endswith("exit 0"), r.stdout
 
 
+def test_no_wait_returns_at_once_and_the_job_runs_on(head, tmp_path):
+    env = {**head["env"], "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "toy"
+    r = _raycut(["submit", "--address", head["address"], "--no-wait", "--no-pip", "--", "raycut", "toy-data", "--out",
+                 str(out), "--size", "32", "--n", "2", "--n-test", "1"], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    job_id = re.search(r"\[submit\] job (\S+) submitted", r.stdout).group(1)
+    assert f"raycut jobs logs {job_id} --follow" in r.stdout and "SUCCEEDED" not in r.stdout  # it did not wait
+    logs = _raycut(["jobs", "logs", job_id, "--follow", "--address", head["address"]], cwd=tmp_path, env=env)
+    status = _raycut(["jobs", "status", job_id, "--address", head["address"]], cwd=tmp_path, env=env)
+    assert status.stdout.startswith(f"{job_id}: SUCCEEDED"), logs.stdout[-2000:] + status.stdout
+    assert (out / "toy.json").is_file()  # the job ran on after submit returned
+
+
 def test_unreachable_or_unauthenticated_server_is_one_line(head, tmp_path):
     r = _raycut(["submit", "--address", "http://127.0.0.1:9", "--no-pip", "--", "raycut", "toy-data", "--out", "x"],
                 cwd=tmp_path, env=head["env"])
