@@ -47,15 +47,19 @@ def _checkpoints(run_dir: Path, n: int):
 
 
 def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch) -> None:
-    """One run's whole failure story: a worker killed after the first checkpoint is
-    restarted from it (max_failures 1); a second kill, after the next checkpoint, ends
-    the run with a pointer to --resume; the resume finishes the same MLflow run."""
+    """One evaluated run's whole failure story: a worker killed after the first
+    checkpoint is restarted from it (max_failures 1); a second kill, after the next
+    checkpoint, ends the run with a pointer to --resume; the resume finishes the same
+    MLflow run. The run is evaluated every checkpoint, with an EMA of G and D's
+    augmentation on: the marks survive the restart and the resume, and the best
+    checkpoint (the moving average) is the one kept and registered."""
     monkeypatch.chdir(tmp_path)  # the embedded default: ./mlflow.db and ./mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
+    sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout")
     killer = kill_train_workers_when(_checkpoints(run_dir, 1), _checkpoints(run_dir, 2))
     with pytest.raises(RaycutError, match="--resume"):
-        run_train(_options(toy, storage, max_failures=1))
+        run_train(_options(toy, storage, max_failures=1, eval_every=5, keep_checkpoints=1, sets=sets))
     killer.join(timeout=1)
     assert len(killer.killed) == 2, f"the run ended after {len(killer.killed)} kill(s)"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -81,12 +85,38 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     images = {f.path.split("/")[-1].split("+timestamp")[0] for f in client.list_artifacts(run.info.run_id, "images")}
     assert {"samples+step+10", "samples+step+20"} <= images
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database
-    assert str(client.get_model_version_by_alias("toy-resumed", "latest").version) == result.model_version
-    # Only the newest checkpoints are kept (keep_checkpoints 3), each a complete state; a
-    # crash between a checkpoint's upload and its registration leaves a folder Ray Train
-    # never lists: the resume removes such folders, so only registered ones remain.
+
+    # Evaluation: a mark at every checkpoint step, across the restart and the resume
+    # (a step evaluated again after a restart logs the same step twice).
+    history = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "eval_colour_err")}
+    assert sorted(history) == [5, 10, 15, 20]
+    best_step = min(history, key=history.get)
+    marked = json.loads((run_dir / "best.json").read_text())
+    assert marked["step"] == best_step == result.best["step"]
+    assert marked["value"] == pytest.approx(history[best_step])
+    assert run.data.metrics["best_eval_colour_err"] == pytest.approx(history[best_step])
+    # The best checkpoint holds the model directory: the moving average, not the raw G.
+    saved = load_file(str(Path(marked["checkpoint"], "model", "generator.safetensors")))
+    nets = load_file(str(Path(marked["checkpoint"], "networks.safetensors")))
+    for k, v in saved.items():
+        assert torch.equal(v, nets[f"G_ema.average.{k}"]), k
+    assert any(not torch.equal(v, nets[f"G.{k}"]) for k, v in saved.items())
+    assert "EMA" in json.loads(Path(marked["checkpoint"], "model", "config.json").read_text())["weights"]
+    # D's balance and the augmentation probability are tracked.
+    assert {"D_rt", "D_aug_p", "D_won_steps"} <= set(run.data.metrics)
+    # The registered version is the best one; it is logged apart from the final model
+    # unless it is the final one.
+    version = client.get_model_version_by_alias("toy-resumed", "latest")
+    assert str(version.version) == result.model_version and version.tags["raycut.steps"] == str(best_step)
+    assert (marked["model_uri"] == result.model_uri) == (best_step == 20)
+    assert version.source == marked["model_uri"] or version.model_id == marked["model_uri"].removeprefix("models:/")
+
+    # Retention: the best checkpoint by score (keep_checkpoints 1) and the newest, each a
+    # complete state. A crash between a checkpoint's upload and its registration leaves
+    # a folder Ray Train never lists: the resume removes such folders, so only
+    # registered ones remain.
     kept = sorted(json.loads(f.read_text())["step"] for f in run_dir.glob("checkpoint_*/train_state.json"))
-    assert kept == [10, 15, 20]
+    assert kept == sorted({best_step, 20}), kept
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     registered = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
     assert {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()} == registered
@@ -99,40 +129,6 @@ def test_unreachable_tracking_server_fails_before_training(toy, tmp_path, monkey
     with pytest.raises(RaycutError, match="unreachable"):
         run_train(_options(toy, tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
-
-
-def test_evaluation_during_training_keeps_marks_and_registers_the_best(local_ray, toy, tmp_path, monkeypatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'track.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    storage = tmp_path / "runs"
-    # With an EMA of G and D's augmentation on: the average is what gets evaluated and registered.
-    sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout")
-    result = run_train(_options(toy, storage, workers=1, steps=10, eval_every=5, keep_checkpoints=1, register="toy-best",
-                                sets=sets))
-    client = MlflowClient(tracking_uri=uri)
-    history = {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, "eval_colour_err")}
-    assert sorted(history) == [5, 10]  # every eval_every steps, on the toy testA vs its truth
-    best_step = min(history, key=history.get)
-    marked = json.loads((storage / "run" / "best.json").read_text())
-    assert marked["step"] == best_step and marked["value"] == pytest.approx(history[best_step])
-    assert result.best["step"] == best_step
-    # The best checkpoint survives retention (keep 1 by score, plus the newest) and holds the model.
-    assert Path(marked["checkpoint"], "model", "generator.safetensors").is_file()
-    saved = load_file(str(Path(marked["checkpoint"], "model", "generator.safetensors")))
-    nets = load_file(str(Path(marked["checkpoint"], "networks.safetensors")))
-    for k, v in saved.items():  # the model directory holds the moving average, not the raw G
-        assert torch.equal(v, nets[f"G_ema.average.{k}"]), k
-    assert any(not torch.equal(v, nets[f"G.{k}"]) for k, v in saved.items())
-    assert "EMA" in json.loads(Path(marked["checkpoint"], "model", "config.json").read_text())["weights"]
-    # D's balance and the augmentation probability are tracked.
-    assert {"D_rt", "D_aug_p", "D_won_steps"} <= set(client.get_run(result.mlflow_run_id).data.metrics)
-    run = client.get_run(result.mlflow_run_id)
-    assert run.data.metrics["best_eval_colour_err"] == pytest.approx(history[best_step])
-    version = client.get_model_version_by_alias("toy-best", "latest")
-    assert version.tags["raycut.steps"] == str(best_step)
-    # The best model is logged apart from the final one, unless it is the final one.
-    assert (marked["model_uri"] == result.model_uri) == (best_step == 10)
-    assert version.source == marked["model_uri"] or version.model_id == marked["model_uri"].removeprefix("models:/")
 
 
 def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, capsys) -> None:
