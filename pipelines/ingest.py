@@ -11,7 +11,6 @@ counts, reasons and paths for the summary printed at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
@@ -256,9 +255,12 @@ def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
     """``steps`` pairs of (B, crop, crop, 3) uint8 batches from two Ray Data iterators
     (a worker's ``get_dataset_shard("A")`` and ``("B")``), drawn independently.
 
-    The smaller domain starts a new pass when it runs out, so every step pairs fresh
-    crops of A with fresh crops of B; each pass reshuffles its files (``read_domain``).
-    ``packed``: each row already holds a whole minibatch (pipelines.single_image)."""
+    Both domains start streaming when this is called, not at the first ``next``: a
+    worker calls it before building its model and tracking, so Ray Data's actors start
+    while the worker sets up. The smaller domain starts a new pass when it runs out, so
+    every step pairs fresh crops of A with fresh crops of B; each pass reshuffles its
+    files (``read_domain``). ``packed``: each row already holds a whole minibatch
+    (pipelines.single_image)."""
     def endless(shard: Any, name: str) -> Iterator[np.ndarray]:
         while True:
             got = 0
@@ -272,41 +274,50 @@ def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
     # Each domain is drawn on its own thread: both pipelines start at once (each starts
     # Ray Data actors, seconds apart when started one after the other), and the next
     # batches decode while this one trains.
-    with _in_background(endless(shard_a, "A")) as it_a, _in_background(endless(shard_b, "B")) as it_b:
+    return _pairs(Prefetch(endless(shard_a, "A")), Prefetch(endless(shard_b, "B")), steps)
+
+
+def _pairs(a: "Prefetch", b: "Prefetch", steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    try:
         for _ in range(steps):
-            yield next(it_a), next(it_b)
+            yield next(a), next(b)
+    finally:
+        a.close()
+        b.close()
 
 
-@contextlib.contextmanager
-def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Iterator[Any]]:
-    """``items`` drawn ``depth`` ahead on a daemon thread; its exception is raised on
-    the reader's side. On exit the thread stops at its next item."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class Prefetch:
+    """``items`` drawn ``depth`` ahead on a daemon thread that starts now; its exception
+    is raised on the reader's side. After ``close`` the thread stops at its next item."""
 
-    def fill() -> None:
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._items = items
+        threading.Thread(target=self._fill, name="raycut-prefetch", daemon=True).start()
+
+    def _fill(self) -> None:
         try:
-            for item in items:
-                while not stop.is_set():
+            for item in self._items:
+                while not self._stop.is_set():
                     try:
-                        q.put((item, None), timeout=0.5)
+                        self._q.put((item, None), timeout=0.5)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self._stop.is_set():
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the reader
-            q.put((None, e))
+            self._q.put((None, e))
 
-    def read() -> Iterator[Any]:
-        while True:
-            item, error = q.get()
-            if error is not None:
-                raise error
-            yield item
+    def __iter__(self) -> "Prefetch":
+        return self
 
-    threading.Thread(target=fill, name="raycut-prefetch", daemon=True).start()
-    try:
-        yield read()
-    finally:
-        stop.set()
+    def __next__(self) -> Any:
+        item, error = self._q.get()
+        if error is not None:
+            raise error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()

@@ -257,6 +257,10 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
             callbacks=list(callbacks),
         ),
         datasets=datasets,
+        # One worker reads each domain whole, from its own process: splitting for one
+        # would only put a coordinator actor per domain between Ray Data and the worker
+        # (a process start on the run's critical path, ~5 s and ~4 s of CPU each on 2 cores).
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if job.workers > 1 else []),
     )
     try:
         return trainer.fit()

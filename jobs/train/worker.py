@@ -68,6 +68,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if (Path(folder) / BEST_NAME).is_file():
                 best = json.loads((Path(folder) / BEST_NAME).read_text())
         resumed_from = state.step
+    # The data streams from here on: Ray Data starts its actors (seconds) while this
+    # worker wraps DDP, loads its evaluation set and connects to MLflow.
+    shards = ray.train.get_dataset_shard("A"), ray.train.get_dataset_shard("B")
+    batches = unpaired_batches(*shards, batch_size=job.batch_per_worker, steps=job.steps - state.step,
+                               packed=cfg.data.single_image)
     if world > 1:
         wrap_data_parallel(state, device_ids=[device.index] if device.type == "cuda" else None)
     nodes = _count_nodes(world)
@@ -89,12 +94,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _report_fast_paths(state, job, fresh=not resumed_from)
 
     watch = WinWatch(cfg.loss.gan_mode) if lead else None  # warns when D's loss stays near zero
-    shards = ray.train.get_dataset_shard("A"), ray.train.get_dataset_shard("B")
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
     lr = state.opt_G.param_groups[0]["lr"]
-    batches = unpaired_batches(*shards, batch_size=job.batch_per_worker, steps=job.steps - state.step,
-                               packed=cfg.data.single_image)
     while True:
         t = time.perf_counter()
         pair = next(batches, None)
