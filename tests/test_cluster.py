@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from ray._private import services as ray_services
 from ray.cluster_utils import AutoscalingCluster
 from safetensors.numpy import load_file
 
@@ -57,6 +58,13 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         }
         config.update(config_kwargs)
         return config
+
+    def shutdown(self):
+        """`ray stop --force` as AutoscalingCluster does, quietly and without its 16 s
+        grace period: nothing of a test cluster needs saving, and the fake nodes'
+        raylets, their parent killed first, were waited on for all of it."""
+        subprocess.run(["ray", "stop", "--force", "--grace-period", "1"], check=True, capture_output=True, timeout=120)
+        ray_services.find_gcs_addresses.cache_clear()
 
 
 @pytest.fixture(scope="module")
