@@ -152,7 +152,9 @@ def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, mo
     assert by_alias.done == len(SIZES) and by_alias.model_version == version == "1"
     # The registered model is the model directory's G: the same pixels as cut_core's.
     G = load_generator(model_dir)
-    for p in (data / "images").rglob("0*.png"):
+    inputs = sorted((data / "images").rglob("0*.png"))  # the readable ones (not empty.png, junk.png)
+    assert len(inputs) == len(SIZES)
+    for p in inputs:
         got = np.asarray(Image.open(tmp_path / "a" / p.relative_to(data)))
         want = to_uint8_images(translate(G, to_model_input(np.asarray(Image.open(p))[None])))[0]
         np.testing.assert_array_equal(got, want)
