@@ -25,6 +25,9 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
     "ada": ("d_augment=color,translation,cutout", "d_augment_target=0.6"),
     "ema": ("d_augment=", "ema_decay=0.99"),
     "diffaugment+ema": ("d_augment=color,translation,cutout", "ema_decay=0.99"),
+    # R1 (Mescheder et al. 2018) on D's reals, the penalty SinCUT uses, at SinCUT's weight.
+    "r1": ("d_augment=", "lambda_R1=1"),
+    "diffaugment+r1": ("d_augment=color,translation,cutout", "lambda_R1=1"),
     # The baseline CUT is compared with: the same networks and data, CycleGAN's losses.
     # It trains for the steps that fit in the first variant's time (a step costs more).
     "cyclegan": ("preset=cyclegan", "d_augment="),
