@@ -29,10 +29,12 @@ def _cmd_toy_data(args: argparse.Namespace) -> int:
 
     if args.size < 16 or args.size % 4:
         raise RaycutError(f"--size {args.size} must be a multiple of 4 and at least 16")
-    if args.n < 1 or args.n_test < 1:
-        raise RaycutError("--n and --n-test must be at least 1")
-    root = write_toy_dataset(args.out, ToySpec(size=args.size, n_train=args.n, n_test=args.n_test, seed=args.seed))
-    print(f"wrote the toy sim->real dataset to {root} ({args.n} train images per domain, {args.n_test} test pairs)")
+    if args.n < 1 or args.n_test < 1 or args.n_val < 0:
+        raise RaycutError("--n and --n-test must be at least 1, --n-val at least 0")
+    root = write_toy_dataset(args.out, ToySpec(size=args.size, n_train=args.n, n_test=args.n_test, n_val=args.n_val,
+                                               seed=args.seed))
+    val = f", {args.n_val} val pairs" if args.n_val else ""
+    print(f"wrote the toy sim->real dataset to {root} ({args.n} train images per domain, {args.n_test} test pairs{val})")
     return 0
 
 
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, default=128)
     t.add_argument("--n", type=int, default=200, help="training images per domain")
     t.add_argument("--n-test", type=int, default=40, help="test pairs")
+    t.add_argument("--n-val", type=int, default=16, help="val pairs (valA/valB): what train --eval-every scores "
+                   "checkpoints on, so that testA only scores the chosen one")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_toy_data)
 

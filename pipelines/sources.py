@@ -6,7 +6,7 @@ or named with a ``layout:`` prefix):
 ==========================================  ============================================
 ``DIR``                                     every image below DIR (recursive)
 ``'DIR/**/*.jpg'``                          a glob
-``cyclegan:ROOT:trainA``                    a CycleGAN folder (trainA, trainB, testA, testB; A = trainA)
+``cyclegan:ROOT:trainA``                    a CycleGAN folder (trainA, trainB, valA, valB, testA, testB; A = trainA)
 ``gta5:ROOT``                               GTA5: ROOT/images/*.png (labels in ROOT/labels)
 ``cityscapes:ROOT[:split]``                 ROOT/leftImg8bit/{split}/{city}/*_leftImg8bit.png (default train)
 ``parquet:PATH[:column]``                   Parquet file(s) with an image-bytes column (default ``image``)
@@ -28,7 +28,7 @@ from cut_core.errors import RaycutError
 Layout = Literal["dir", "glob", "cyclegan", "gta5", "cityscapes", "parquet"]
 LAYOUTS: tuple[str, ...] = ("dir", "glob", "cyclegan", "gta5", "cityscapes", "parquet")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-_CYCLEGAN_SPLITS = {"A": "trainA", "B": "trainB", "trainA": "trainA", "trainB": "trainB", "testA": "testA", "testB": "testB"}
+_CYCLEGAN_SPLITS = {"A": "trainA", "B": "trainB", **{s: s for s in ("trainA", "trainB", "valA", "valB", "testA", "testB")}}
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _with_layout(layout: str, rest: str, spec: str) -> Source:
     if layout == "cyclegan":
         root, _, split = rest.rpartition(":")
         if not root or split not in _CYCLEGAN_SPLITS:
-            raise RaycutError(f"{spec!r}: write cyclegan:ROOT:SPLIT with SPLIT one of trainA, trainB, testA, testB (or A, B)")
+            raise RaycutError(f"{spec!r}: write cyclegan:ROOT:SPLIT with SPLIT one of trainA, trainB, valA, valB, testA, testB (or A, B)")
         return Source("cyclegan", root.rstrip("/"), split=_CYCLEGAN_SPLITS[split])
     if layout == "cityscapes":
         root, split = _split_optional(rest, ("train", "val", "test"))

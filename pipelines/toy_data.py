@@ -9,7 +9,10 @@ vegetation, car, pole). It is rendered twice:
 trainA holds sim renders and trainB real renders of *disjoint* layouts (unpaired
 training data). testA holds sim renders whose real render of the same layout sits
 in testB: the paired truth that no unpaired method sees, so quality can be
-measured without downloads. Everything is deterministic in ``seed``.
+measured without downloads. An optional valA/valB pair, drawn like the test pair
+from other layouts, is for choosing a checkpoint during training, so that the test
+pair is never used to select what it then scores. Everything is deterministic in
+``seed``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ToySpec:
     n_train: int = 200  # per domain
     n_test: int = 40
     seed: int = 0
+    n_val: int = 0  # valA/valB pairs (0: none)
 
 
 def make_layout(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,17 +139,22 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
 
     trainA/ sim renders          trainB/ real renders of other layouts
     testA/  sim renders          testB/  real renders of testA's layouts (paired truth)
-    labels/{trainA,trainB,testA}/ class-id PNGs (testB shares testA's)
+    valA/, valB/ (n_val > 0): a second paired split, for checkpoint selection
+    labels/{trainA,trainB,testA,valA}/ class-id PNGs (testB shares testA's)
     toy.json, README.md
     """
     root = Path(out)
-    for d in ("trainA", "trainB", "testA", "testB", "labels/trainA", "labels/trainB", "labels/testA"):
-        (root / d).mkdir(parents=True, exist_ok=True)
+    paired = ("testA", "valA") if spec.n_val else ("testA",)  # an A split whose truth is its B twin
+    for split in ("trainA", "trainB", *paired):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for split in paired:
+        (root / (split[:-1] + "B")).mkdir(exist_ok=True)
 
     def save(img: np.ndarray, path: Path) -> None:
         Image.fromarray(img).save(path, optimize=False, compress_level=1)
 
-    for split, n in (("trainA", spec.n_train), ("trainB", spec.n_train), ("testA", spec.n_test)):
+    for split, n in (("trainA", spec.n_train), ("trainB", spec.n_train), ("testA", spec.n_test), ("valA", spec.n_val)):
         for i in range(n):
             rng = _rng(spec.seed, split, i)
             lab = make_layout(spec.size, rng)
@@ -155,13 +164,14 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
                 save(render_real(lab, rng), root / split / name)
             else:
                 save(render_sim(lab), root / split / name)
-            if split == "testA":
-                save(render_real(lab, rng), root / "testB" / name)
+            if split in paired:
+                save(render_real(lab, rng), root / (split[:-1] + "B") / name)
     meta = {
         "name": "raycut-toy-sim2real",
         "size": spec.size,
         "n_train": spec.n_train,
         "n_test": spec.n_test,
+        "n_val": spec.n_val,
         "seed": spec.seed,
         "classes": list(CLASSES),
         "sim_palette": SIM_PALETTE.astype(int).tolist(),
@@ -186,7 +196,8 @@ palette, per-class texture, a lighting gradient, blur and noise).
 | trainB/ | {n_train} real renders of *other* layouts (domain B): the training data is unpaired |
 | testA/  | {n_test} sim renders to translate |
 | testB/  | the real render of each testA layout, same file name: the paired truth |
-| labels/trainA, labels/trainB, labels/testA | class ids (0-6) as 8-bit PNGs, same file names |
+| valA/, valB/ | {n_val} more sim renders and their real renders: for choosing a checkpoint (absent when 0) |
+| labels/trainA, labels/trainB, labels/testA, labels/valA | class ids (0-6) as 8-bit PNGs, same file names |
 
 A translation G(testA/x.png) should match testB/x.png in colour per class while
 keeping the layout in labels/testA/x.png. The identity (sim colours) and a

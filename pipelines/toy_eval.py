@@ -63,14 +63,15 @@ def histogram_match(img: np.ndarray, reference_cdfs: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_toy_test(root: str | Path, limit: int | None = None) -> ToyTest:
-    """testA, its paired truth (testB) and labels; the first ``limit`` files only if given."""
+def load_toy_test(root: str | Path, limit: int | None = None, split: str = "test") -> ToyTest:
+    """testA, its paired truth (testB) and labels; the first ``limit`` files only if given.
+    ``split="val"``: valA/valB instead (the checkpoint-selection pair)."""
     root = Path(root)
-    paths = list_images(root / "testA")[:limit]
+    paths = list_images(root / f"{split}A")[:limit]
     a = np.stack([read_rgb(p) for p in paths])
-    b = np.stack([read_rgb(root / "testB" / p.name) for p in paths])
+    b = np.stack([read_rgb(root / f"{split}B" / p.name) for p in paths])
     # Labels are single-channel class ids: read them as they are, not through read_rgb.
-    labels = np.stack([np.asarray(Image.open(root / "labels" / "testA" / p.name)) for p in paths])
+    labels = np.stack([np.asarray(Image.open(root / "labels" / f"{split}A" / p.name)) for p in paths])
     return ToyTest(paths, a, b, labels)
 
 

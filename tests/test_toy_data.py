@@ -53,3 +53,31 @@ def test_metric_and_baselines(tmp_path):
     assert per_class_colour_error(sim, real, lab) > 50
     matched = histogram_match(sim, channel_cdfs([real]))
     assert per_class_colour_error(matched, real, lab) < per_class_colour_error(sim, real, lab)
+
+
+def test_the_val_pair_is_other_layouts_and_chooses_checkpoints_unless_told_testA(tmp_path):
+    """valA/valB: paired like testA/testB, from layouts of their own; evaluation during
+    training scores on it, so the test pair never picks the checkpoint it then scores."""
+    from jobs.train.evaluation import plan_eval
+    from pipelines.toy_eval import load_toy_test
+
+    root = write_toy_dataset(tmp_path / "t", ToySpec(size=32, n_train=4, n_test=3, n_val=5))
+    val, test = load_toy_test(root, split="val"), load_toy_test(root)
+    assert len(val.a) == 5 and len(test.a) == 3 and len(list((root / "labels/valA").glob("*.png"))) == 5
+    assert not any((v == t).all() for v in val.labels for t in test.labels)
+    assert per_class_colour_error(val.truth[0], val.truth[0], val.labels[0]) == 0.0
+    assert (val.a[0] == SIM_PALETTE[val.labels[0]]).all()  # A is the sim render of its own label map
+    assert json.loads((root / "toy.json").read_text())["n_val"] == 5
+
+    def chosen(**where):
+        plan = plan_eval(10, f"cyclegan:{root}:trainA", eval_real=None, n_images=8, crop_size=32, **where)
+        return plan.images["a"]
+
+    assert np.array_equal(chosen(eval_data=None), val.a)
+    assert np.array_equal(chosen(eval_data=f"cyclegan:{root}:valA"), val.a)
+    assert np.array_equal(chosen(eval_data=str(root / "testA")), test.a)
+    # A dataset without a val pair (written before it existed) still scores on testA.
+    old = write_toy_dataset(tmp_path / "old", ToySpec(size=32, n_train=4, n_test=3))
+    assert not (old / "valA").exists()
+    plan = plan_eval(10, f"cyclegan:{old}:trainA", eval_data=None, eval_real=None, n_images=8, crop_size=32)
+    assert np.array_equal(plan.images["a"], load_toy_test(old).a)

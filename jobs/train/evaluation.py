@@ -6,7 +6,9 @@ checkpoint (checkpoints then come every N steps), reports the score with the
 checkpoint (Ray Train keeps the best ones by it) and logs it to MLflow.
 
     toy data (a ``toy.json`` beside --data-a): per-class colour error of the first
-        ``eval_images`` testA translations against their paired truth (lower is better)
+        ``eval_images`` translations of valA against their paired truth valB (lower is
+        better), or of testA where the dataset has no val split or --eval-data names
+        testA (then the test pair also chooses the checkpoint it scores)
     other data: KID between translations of --eval-data (held-out A images) and the
         held-out B images of --eval-real, with the Inception (or TorchScript) features
 """
@@ -56,15 +58,32 @@ def score_order(metric: str) -> str:
 
 def toy_root_of(source: str) -> Path | None:
     """The toy dataset a training source belongs to (``ROOT/trainA``, ``cyclegan:ROOT:trainA``)."""
+    found = _toy_split_of(source)
+    return found[0] if found else None
+
+
+def _toy_split_of(source: str) -> tuple[Path, str] | None:
+    """(toy root, split folder) of a source inside a toy dataset: ("ROOT", "valA") for
+    ``cyclegan:ROOT:valA`` or ``ROOT/valA``; the folder is "" for the root itself."""
     from pipelines.sources import parse_source
 
     s = parse_source(source)
     if "://" in s.root:
         return None
-    for candidate in (Path(s.root), Path(s.root).parent):
-        if (candidate / "toy.json").is_file():
-            return candidate
+    if (Path(s.root) / "toy.json").is_file():
+        return Path(s.root), s.split
+    if (Path(s.root).parent / "toy.json").is_file():
+        return Path(s.root).parent, Path(s.root).name
     return None
+
+
+def toy_selection_split(source: str) -> str:
+    """The paired split that scores checkpoints of a toy run: "val" unless ``source``
+    names testA, or the dataset has no valA (datasets written before it existed)."""
+    root, folder = _toy_split_of(source) or (Path(source), "")
+    if folder == "testA" or not (root / "valA").is_dir():
+        return "test"
+    return "val"
 
 
 def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str | None, n_images: int,
@@ -76,7 +95,7 @@ def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str 
     if toy is not None:
         from pipelines.toy_eval import load_toy_test
 
-        test = load_toy_test(toy, limit=n_images)
+        test = load_toy_test(toy, limit=n_images, split=toy_selection_split(eval_data or str(toy)))
         return EvalPlan(every=every, metric="colour_err",
                         images={"a": test.a, "truth": test.truth, "labels": test.labels})
     if not (eval_data and eval_real):
