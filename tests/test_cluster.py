@@ -8,6 +8,7 @@ configuration files are checked for the keys and the safety settings they need."
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -345,9 +346,21 @@ def _schema_strict(node):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _crd_validator(kind: str):
+    """A validator of the strict v1 schema of a KubeRay CRD, built once per kind: the
+    CRDs are 1-1.4 MB of YAML (libyaml's loader: 0.4 s against 2.4 s), and
+    ``jsonschema.validate`` checks so large a schema against its metaschema on every
+    call (2.3 s)."""
+    import jsonschema
+
+    schema = _crd_schema(kind)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
 def _crd_schema(kind: str) -> dict:
     crds = ROOT.parent / "shared" / "data" / "kuberay-crds"
-    crd = yaml.safe_load((crds / f"ray.io_{kind.lower()}s.yaml").read_text())
+    crd = yaml.load((crds / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = _schema_strict(version["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server itself
@@ -361,7 +374,7 @@ def test_kuberay_manifests_validate_strictly_against_the_real_crds():
 
     for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
         for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
-            jsonschema.validate(doc, _crd_schema(doc["kind"]))  # raises on an unknown or mistyped field
+            _crd_validator(doc["kind"]).validate(doc)  # raises on an unknown or mistyped field
             spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
             # /dev/shm on every group that runs Ray Data or training (all but the CPU-0 head).
             for group in spec["workerGroupSpecs"]:
@@ -373,7 +386,7 @@ def test_kuberay_manifests_validate_strictly_against_the_real_crds():
     bad = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
     bad["spec"]["authOptions"]["tokenFile"] = "/x"  # a field KubeRay does not have
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, _crd_schema("RayCluster"))
+        _crd_validator("RayCluster").validate(bad)
 
 
 def test_launcher_configs_validate_against_rays_schema_and_start_gpus_only_where_they_are():
