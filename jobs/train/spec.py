@@ -30,7 +30,7 @@ class Schedule:
 class Validation:
     """Where evaluation during training (train --eval-every, every tune trial) gets its data."""
 
-    eval_data: str | None = opt(None, "held-out A images (default: the toy testA beside --data-a)")
+    eval_data: str | None = opt(None, "held-out A images (default: the toy valA beside --data-a, else its testA)")
     eval_real: str | None = opt(None, "held-out B images: KID's reference set (non-toy data)")
     eval_images: int = opt(32, "validation images per evaluation")
     inception_weights: str | None = opt(None, "pt_inception-2015-12-05-6726825d.pth for KID (see raycut evaluate --help)")
