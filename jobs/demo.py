@@ -95,12 +95,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                               sample_every=max(1, opts.steps // 2), max_failures=1),
             experiment="raycut-demo",
         ))
-    chosen = result.best or {}
+    chosen = result.best  # an evaluated run always has one
     uri = tracking.tracking_uri()
     model_uri = f"models:/{opts.model_name}@{opts.alias}"
     with clock(4, f"register the best checkpoint's model as {model_uri}"):
-        version = tracking.register(uri, chosen.get("model_uri", result.model_uri), opts.model_name,
-                                    {"raycut.run": result.job.name, "raycut.steps": str(chosen.get("step", opts.steps))})
+        version = tracking.register(uri, chosen["model_uri"], opts.model_name,
+                                    {"raycut.run": result.job.name, "raycut.steps": str(chosen["step"])})
         tracking.set_alias(uri, opts.model_name, opts.alias, version)
     with clock(5, f"batch-translate testA by {model_uri}"):
         translated = run_translate(TranslateOptions(model=model_uri, input=f"cyclegan:{data}:testA",
@@ -126,8 +126,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "metrics": rows,
         "improvement_over_baselines": gains,
         # The registered checkpoint, chosen by its colour error on the val pair.
-        "selected": {"step": chosen.get("step"), "of_steps": opts.steps, "every": result.job.eval_every,
-                     "val_colour_err": chosen.get("value")},
+        "selected": {"step": chosen["step"], "of_steps": opts.steps, "every": result.job.eval_every,
+                     "val_colour_err": chosen["value"]},
         "timings_s": timings,
         "mlflow": {"tracking_uri": uri, "run_id": result.mlflow_run_id, "model": model_uri, "version": version},
         "ingest": ingest,

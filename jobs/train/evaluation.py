@@ -77,13 +77,10 @@ def _toy_split_of(source: str) -> tuple[Path, str] | None:
     return None
 
 
-def toy_selection_split(source: str) -> str:
-    """The paired split that scores checkpoints of a toy run: "val" unless ``source``
+def _selection_split(root: Path, folder: str) -> str:
+    """The paired split that scores checkpoints of a toy run: "val" unless the source
     names testA, or the dataset has no valA (datasets written before it existed)."""
-    root, folder = _toy_split_of(source) or (Path(source), "")
-    if folder == "testA" or not (root / "valA").is_dir():
-        return "test"
-    return "val"
+    return "test" if folder == "testA" or not (root / "valA").is_dir() else "val"
 
 
 def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str | None, n_images: int,
@@ -91,11 +88,11 @@ def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str 
     """Load the validation subset on the driver (once for the whole run)."""
     if every < 1:
         raise RaycutError("--eval-every must be at least 1")
-    toy = toy_root_of(eval_data or data_a) if not eval_real else None
+    toy = _toy_split_of(eval_data or data_a) if not eval_real else None
     if toy is not None:
         from pipelines.toy_eval import load_toy_test
 
-        test = load_toy_test(toy, limit=n_images, split=toy_selection_split(eval_data or str(toy)))
+        test = load_toy_test(toy[0], limit=n_images, split=_selection_split(*toy))
         return EvalPlan(every=every, metric="colour_err",
                         images={"a": test.a, "truth": test.truth, "labels": test.labels})
     if not (eval_data and eval_real):
