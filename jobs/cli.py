@@ -12,6 +12,7 @@ from pathlib import Path
 from cut_core.config import Precision
 from cut_core.config import TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
+from pipelines.toy_data import SCENES
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -32,9 +33,10 @@ def _cmd_toy_data(args: argparse.Namespace) -> int:
     if args.n < 1 or args.n_test < 1 or args.n_val < 0:
         raise RaycutError("--n and --n-test must be at least 1, --n-val at least 0")
     root = write_toy_dataset(args.out, ToySpec(size=args.size, n_train=args.n, n_test=args.n_test, n_val=args.n_val,
-                                               seed=args.seed))
+                                               seed=args.seed, scene=args.scene))
     val = f", {args.n_val} val pairs" if args.n_val else ""
-    print(f"wrote the toy sim->real dataset to {root} ({args.n} train images per domain, {args.n_test} test pairs{val})")
+    print(f"wrote the toy sim->real dataset ({args.scene}) to {root} ({args.n} train images per domain, "
+          f"{args.n_test} test pairs{val})")
     return 0
 
 
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-val", type=int, default=16, help="val pairs (valA/valB): what train --eval-every scores "
                    "checkpoints on, so that testA only scores the chosen one")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--scene", default="street", choices=tuple(SCENES),
+                   help="street (what raycut is developed on) or coast (held out: no test trains on it)")
     t.set_defaults(func=_cmd_toy_data)
 
     i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth (or the CUT code's CycleGAN "
@@ -331,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=32, help="quality: toy image size")
     b.add_argument("--steps", type=int, default=300, help="quality: training steps per run")
     b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
+    b.add_argument("--scene", default="street", choices=tuple(SCENES), help="quality: the toy pair to train and score on "
+                   "(coast: the held-out pair)")
     b.add_argument("--quality-variants", nargs="+", default=None,
                    help="quality: plain, diffaugment, ada, ema, diffaugment+ema, cyclegan (at the first variant's "
                    "wall-clock time; default: all)")

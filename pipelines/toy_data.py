@@ -1,10 +1,17 @@
-"""The toy sim->real dataset: street scenes whose right translation is known.
+"""The toy sim->real datasets: scenes whose right translation is known.
 
-Each layout is a label map with 7 classes (sky, building, road, sidewalk,
-vegetation, car, pole). It is rendered twice:
+Each layout is a label map with 7 classes, rendered twice:
 
 - "sim": flat, saturated colours with hard edges, as a game engine's raw buffers;
 - "real": another palette, per-class texture, a lighting gradient, blur and noise.
+
+Two scenes (``SCENES``): "street" (sky, building, road, sidewalk, vegetation, car,
+pole) is the one raycut's tests, demo and defaults were developed on. "coast" (sky,
+sea, sand, cliff, grass, boat, cloud) is held out: no test trains on it, so a setting
+chosen on the street pair can be checked there for what it is worth elsewhere. Its
+translation differs in kind too: the sim render is a cartoon with dark outlines that
+the real render has not, and the real render's light changes colour with height
+(dusk) and falls off at the corners, which no global colour map undoes.
 
 trainA holds sim renders and trainB real renders of *disjoint* layouts (unpaired
 training data). testA holds sim renders whose real render of the same layout sits
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -38,7 +46,6 @@ REAL_PALETTE = np.array(
 # Texture amplitude per class in the real style (grey levels).
 _TEXTURE = np.array([4, 14, 10, 8, 22, 6, 3], dtype=np.float32)
 
-
 @dataclass(frozen=True)
 class ToySpec:
     size: int = 128
@@ -46,6 +53,7 @@ class ToySpec:
     n_test: int = 40
     seed: int = 0
     n_val: int = 0  # valA/valB pairs (0: none)
+    scene: str = "street"  # a key of SCENES; "coast" is the held-out pair
 
 
 def make_layout(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,6 +128,113 @@ def _box_blur(img: np.ndarray) -> np.ndarray:
     return sum(p[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
 
 
+# The held-out "coast" scene. Sim: a cartoon, saturated fills with dark outlines.
+# Real: a photo at dusk, warm light above and cool below, darker corners.
+COAST_CLASSES = ("sky", "sea", "sand", "cliff", "grass", "boat", "cloud")
+COAST_SIM_PALETTE = np.array(
+    [(90, 200, 255), (0, 90, 255), (255, 230, 120), (170, 90, 40), (60, 220, 60), (230, 40, 40), (250, 250, 250)],
+    dtype=np.float32,
+)
+COAST_REAL_PALETTE = np.array(
+    [(200, 165, 155), (45, 75, 95), (190, 170, 140), (110, 95, 80), (70, 95, 50), (150, 60, 50), (215, 200, 200)],
+    dtype=np.float32,
+)
+_COAST_TEXTURE = np.array([3, 12, 10, 16, 14, 4, 5], dtype=np.float32)
+OUTLINE = 25.0  # the sim render's outline grey level
+
+
+def make_coast_layout(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A coast label map, (size, size) uint8 ids of COAST_CLASSES: sky over sea, a
+    beach below a wavy shoreline, a cliff with grass on top at one side, boats on
+    the sea, clouds in the sky."""
+    s = size
+    lab = np.zeros((s, s), np.uint8)  # sky
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    horizon = rng.uniform(0.35, 0.5)
+    lab[yy >= horizon] = 1  # sea
+    shore = (rng.uniform(0.65, 0.85) + rng.uniform(-0.3, 0.3) * (xx - 0.5)
+             + rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * rng.uniform(2, 5) * xx + rng.uniform(0, 2 * np.pi)))
+    lab[(yy >= horizon) & (yy >= shore)] = 2  # sand
+    # The cliff: from one side, its top sloping down towards the sea, wider below.
+    d = xx if rng.uniform() < 0.5 else 1 - xx
+    width, top = rng.uniform(0.18, 0.38), horizon - rng.uniform(0.08, 0.25)
+    top_at = top + 0.15 * d / width
+    cliff = (yy >= top_at) & (d < width + 0.12 * (yy - top))
+    lab[cliff] = 3
+    lab[cliff & (yy < top_at + 0.035)] = 4  # grass on its top
+    for _ in range(rng.integers(1, 4)):  # boats on open sea, larger when nearer
+        depth = rng.uniform(0.1, 0.8)
+        cy = horizon + 0.03 + depth * (0.6 - horizon) * 0.6
+        cw, ch = 0.04 + 0.08 * depth, 0.015 + 0.03 * depth
+        cx = rng.uniform(0.1, 0.9)
+        lab[(np.abs(xx - cx) < cw / 2) & (np.abs(yy - cy) < ch / 2) & (lab == 1)] = 5
+    for _ in range(rng.integers(1, 4)):  # clouds in the open sky
+        cx, cy = rng.uniform(0, 1), rng.uniform(0.05, max(0.06, horizon - 0.12))
+        rx, ry = rng.uniform(0.08, 0.2), rng.uniform(0.03, 0.07)
+        lab[(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1) & (lab == 0)] = 6
+    return lab
+
+
+def render_coast_sim(labels: np.ndarray) -> np.ndarray:
+    """Cartoon fills with a one-pixel dark outline where the class changes: (H, W) -> (H, W, 3) uint8."""
+    img = COAST_SIM_PALETTE[labels].copy()
+    edge = np.zeros(labels.shape, bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    img[edge] = OUTLINE
+    return img.astype(np.uint8)
+
+
+def render_coast_real(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photo at dusk: palette + per-class texture (waves, sand grain, rock streaks),
+    light warmer at the top and cooler at the bottom, a vignette, blur and noise."""
+    h, w = labels.shape
+    img = COAST_REAL_PALETTE[labels].copy()
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    grain = rng.normal(0, 1, (h, w)).astype(np.float32)
+    waves = np.sin(2 * np.pi * yy / max(h / 10, 2) + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+    streaks = np.broadcast_to(rng.normal(0, 1, (1, w)).astype(np.float32), (h, w))
+    tex = np.where(labels == 1, waves, np.where(labels == 3, streaks, grain)) * _COAST_TEXTURE[labels]
+    img += tex[..., None]
+    warmth = rng.uniform(0.6, 1.2) * (0.5 - yy / h)  # +0.5 at the top, -0.5 at the bottom
+    img *= 1.0 + warmth[..., None] * np.array([0.15, 0.02, -0.15], np.float32)
+    r2 = ((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) * 2  # 1 at the corners
+    img *= (1.0 - 0.25 * r2)[..., None]
+    img = _box_blur(img)
+    img += rng.normal(0, 3.0, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a toy dataset draws: its classes, their two palettes, the layouts and the
+    two renders (sim: labels -> image; real: labels, rng -> image)."""
+
+    name: str
+    classes: tuple[str, ...]
+    sim_palette: np.ndarray
+    real_palette: np.ndarray
+    layout: Callable[[int, np.random.Generator], np.ndarray]
+    render_sim: Callable[[np.ndarray], np.ndarray]
+    render_real: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    what: str  # a sentence for the dataset's README
+
+
+# Every scene has 7 classes: the toy segmenter (label preservation) is sized by CLASSES.
+SCENES = {
+    "street": Scene("street", CLASSES, SIM_PALETTE, REAL_PALETTE, make_layout, render_sim, render_real,
+                    "Street-like layouts with 7 classes ({classes}), each rendered in two styles: a \"sim\" style "
+                    "(flat saturated colours, hard edges) and a \"real\" style (another palette, per-class texture, "
+                    "a lighting gradient, blur and noise)."),
+    "coast": Scene("coast", COAST_CLASSES, COAST_SIM_PALETTE, COAST_REAL_PALETTE, make_coast_layout, render_coast_sim,
+                   render_coast_real,
+                   "Coast layouts with 7 classes ({classes}), each rendered in two styles: a \"sim\" cartoon "
+                   "(saturated fills, dark outlines) and a \"real\" photo at dusk (another palette, waves, sand grain "
+                   "and rock streaks, light warmer above and cooler below, darker corners, blur and noise). raycut's "
+                   "tests never train on it: it is the held-out pair."),
+}
+
+
 def per_class_colour_error(pred: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> float:
     """Mean over present classes of the L1 distance between the class's mean colour in
     ``pred`` and in ``truth`` (grey levels 0-255). (H, W, 3) uint8 x2, (H, W) ids."""
@@ -143,6 +258,8 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
     labels/{trainA,trainB,testA,valA}/ class-id PNGs (testB shares testA's)
     toy.json, README.md
     """
+    if spec.scene not in SCENES:
+        raise ValueError(f"unknown toy scene {spec.scene!r}; choose from {', '.join(SCENES)}")
     root = Path(out)
     paired = ("testA", "valA") if spec.n_val else ("testA",)  # an A split whose truth is its B twin
     for split in ("trainA", "trainB", *paired):
@@ -154,41 +271,42 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
     def save(img: np.ndarray, path: Path) -> None:
         Image.fromarray(img).save(path, optimize=False, compress_level=1)
 
+    scene = SCENES[spec.scene]
     for split, n in (("trainA", spec.n_train), ("trainB", spec.n_train), ("testA", spec.n_test), ("valA", spec.n_val)):
         for i in range(n):
             rng = _rng(spec.seed, split, i)
-            lab = make_layout(spec.size, rng)
+            lab = scene.layout(spec.size, rng)
             name = f"{i:05d}.png"
             save(lab, root / "labels" / split / name)
             if split == "trainB":
-                save(render_real(lab, rng), root / split / name)
+                save(scene.render_real(lab, rng), root / split / name)
             else:
-                save(render_sim(lab), root / split / name)
+                save(scene.render_sim(lab), root / split / name)
             if split in paired:
-                save(render_real(lab, rng), root / (split[:-1] + "B") / name)
+                save(scene.render_real(lab, rng), root / (split[:-1] + "B") / name)
     meta = {
-        "name": "raycut-toy-sim2real",
+        # The street scene keeps the name it had before there were scenes.
+        "name": "raycut-toy-sim2real" if spec.scene == "street" else f"raycut-toy-{spec.scene}",
+        "scene": spec.scene,
         "size": spec.size,
         "n_train": spec.n_train,
         "n_test": spec.n_test,
         "n_val": spec.n_val,
         "seed": spec.seed,
-        "classes": list(CLASSES),
-        "sim_palette": SIM_PALETTE.astype(int).tolist(),
-        "real_palette": REAL_PALETTE.astype(int).tolist(),
+        "classes": list(scene.classes),
+        "sim_palette": scene.sim_palette.astype(int).tolist(),
+        "real_palette": scene.real_palette.astype(int).tolist(),
     }
     (root / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (root / "README.md").write_text(_README.format(**meta))
+    (root / "README.md").write_text(_README.format(what=scene.what.format(classes=", ".join(scene.classes)), **meta))
     return root
 
 
-_README = """# raycut toy sim->real dataset
+_README = """# raycut toy sim->real dataset ({scene})
 
-Generated by `raycut toy-data` (size {size}, seed {seed}); the same seed gives the same files.
+Generated by `raycut toy-data --scene {scene}` (size {size}, seed {seed}); the same seed gives the same files.
 
-Street-like layouts with 7 classes ({classes}), each rendered in two styles:
-a "sim" style (flat saturated colours, hard edges) and a "real" style (another
-palette, per-class texture, a lighting gradient, blur and noise).
+{what}
 
 | folder | what |
 |---|---|

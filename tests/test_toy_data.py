@@ -2,6 +2,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipelines.toy_data import CLASSES, REAL_PALETTE, SIM_PALETTE, ToySpec, per_class_colour_error, write_toy_dataset
@@ -83,3 +84,39 @@ def test_the_val_pair_is_other_layouts_and_chooses_checkpoints_unless_told_testA
     assert not (old / "valA").exists()
     plan = plan_eval(10, f"cyclegan:{old}:trainA", eval_data=None, eval_real=None, n_images=8, crop_size=32)
     assert np.array_equal(plan.images["a"], load_toy_test(old).a)
+
+
+def test_the_held_out_coast_pair_is_another_task_with_the_same_layout_and_metrics(tmp_path):
+    """`raycut toy-data --scene coast`: the pair held out from raycut's tests (none trains
+    on it). Its sim render is a cartoon whose outlines sit exactly on the class
+    boundaries; its real render has no outlines and a light that changes with height;
+    the truth, histogram and identity rows rank as on the street pair."""
+    from jobs.cli import main
+    from pipelines.toy_data import COAST_CLASSES, COAST_SIM_PALETTE, OUTLINE, SCENES
+    from pipelines.toy_eval import evaluate_toy
+
+    assert {len(s.classes) for s in SCENES.values()} == {len(CLASSES)}  # the toy segmenter's outputs fit every scene
+    with pytest.raises(ValueError, match="unknown toy scene 'beach'; choose from street, coast"):
+        write_toy_dataset(tmp_path / "x", ToySpec(scene="beach"))
+    assert main(["toy-data", "--out", str(tmp_path / "c"), "--size", "48", "--n", "4", "--n-test", "6", "--n-val", "0",
+                 "--scene", "coast"]) == 0
+    root = tmp_path / "c"
+    meta = json.loads((root / "toy.json").read_text())
+    assert meta["scene"] == "coast" and meta["classes"] == list(COAST_CLASSES) and "held-out" in (root / "README.md").read_text()
+    street = write_toy_dataset(tmp_path / "s", ToySpec(size=48, n_train=4, n_test=6))
+    assert _digest(street / "testA") != _digest(root / "testA")
+    for name in (f"{i:05d}.png" for i in range(6)):
+        lab = np.asarray(Image.open(root / "labels/testA" / name))
+        sim = np.asarray(Image.open(root / "testA" / name)).astype(np.float32)
+        real = np.asarray(Image.open(root / "testB" / name)).astype(np.float32)
+        assert lab.max() < len(COAST_CLASSES) and {0, 1, 3} <= set(np.unique(lab))  # sky, sea, a cliff
+        edge = np.zeros(lab.shape, bool)
+        edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+        edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+        assert (sim[edge] == OUTLINE).all() and (sim[~edge] == COAST_SIM_PALETTE[lab[~edge]]).all()
+        assert real[edge].mean() > 3 * OUTLINE  # no outlines in the photo
+        sky = lab == 0  # dusk: the sky is redder than blue at its top rows, the sea bluer than red
+        assert real[sky].mean(0)[0] > real[sky].mean(0)[2] and real[lab == 1].mean(0)[2] > real[lab == 1].mean(0)[0]
+    rows = evaluate_toy(root, {}, label_preservation=False)
+    err = {k: v["colour_err"] for k, v in rows.items()}
+    assert err["truth (paired real)"] == 0 and err["baseline/histogram"] < err["baseline/identity"], err

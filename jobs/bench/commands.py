@@ -39,10 +39,10 @@ def run_bench(args: argparse.Namespace) -> int:
             raise RaycutError(f"unknown quality variant {unknown[0]!r}; choose from {', '.join(QUALITY_VARIANTS)}")
         rows = []
         for preset in args.presets:
-            log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px, seeds "
-                f"{', '.join(map(str, args.seeds))}: {', '.join(variants)}")
+            log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px on the "
+                f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
-                                  variants=variants, log=log)
+                                  variants=variants, scene=args.scene, log=log)
         out = benchmark.write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

@@ -1,6 +1,8 @@
 """`raycut bench quality`: what the GAN-balance options do to the translation, on the
 toy benchmark (whose paired truth gives a colour error) at a budget these CPUs run.
 
+``scene`` picks the toy pair (pipelines.toy_data.SCENES): "street", which raycut's
+settings were developed on, or "coast", held out to check that a choice generalises.
 Each variant is a set of config overrides; each (variant, seed) trains in its own
 process, one torch thread each, as many at a time as there are cores. Rows per
 variant: the median colour error over the seeds and its spread, the worst seed, the
@@ -88,14 +90,15 @@ def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, dat
 
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
                   seeds: tuple[int, ...] = (0, 1, 2), variants: tuple[str, ...] = tuple(QUALITY_VARIANTS),
-                  n_train: int = 64, log: Callable[[str], None] = print) -> list[dict[str, object]]:
+                  n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print) -> list[dict[str, object]]:
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_toy_dataset(Path(tmp) / "toy", ToySpec(size=size, n_train=n_train, n_test=16, seed=0))
+        data = write_toy_dataset(Path(tmp) / "toy", ToySpec(size=size, n_train=n_train, n_test=16, seed=0,
+                                                                  scene=scene))
         runs = [(v, s) for s in seeds for v in variants]
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx) as pool:
@@ -114,15 +117,17 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                 log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
                     f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
     base = results[variants[0]][0]
-    rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": ""})
-    rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": ""})
+    rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": "",
+                 "scene": scene})
+    rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": "",
+                 "scene": scene})
     for v, rs in results.items():
         errs = [r["colour_err"] for r in rs]
         name = "cyclegan" if v == "cyclegan" else f"{preset}/{v}"
         rows.append({"name": name, "metric": "colour_err", "value": round(statistics.median(errs), 2),
                      "unit": "", "per_seed": [round(e, 2) for e in errs], "worst": round(max(errs), 2),
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(QUALITY_VARIANTS[v]),
-                     "steps": budget[v], "seconds": [round(r["seconds"], 1) for r in rs],
+                     "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
                      "histories": [r["history"] for r in rs]})
     return rows
 
