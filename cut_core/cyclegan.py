@@ -122,6 +122,12 @@ def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", 
     )
     if o.ema_decay:
         state.G_ema = GeneratorEMA(G, o.ema_decay)
+    # Each network's first call of a step goes through ``run``: under DDP the wrapper
+    # that syncs its gradients (cut_core.distributed). Its other calls in the same
+    # backward (the reconstructions, the identity terms, a D read by the G step with
+    # D frozen) use the plain module: autograd sums every use of a weight before DDP's
+    # hook on it fires, so one synced call per network and backward covers them all.
+    state.run = {"G": G, "G_B": G_B, "D": D, "D_A": D_A}
     return state
 
 
@@ -137,8 +143,8 @@ def cycle_pass(state: CycleGANState, real_A: torch.Tensor, real_B: torch.Tensor)
     """Phase 1: both translations and both reconstructions, (B, 3, H, W) each."""
     assert state.G_B is not None
     with autocast(state.perf, state.device):
-        fake_B = state.G(real_A)
-        fake_A = state.G_B(real_B)
+        fake_B = state.run["G"](real_A)
+        fake_A = state.run["G_B"](real_B)
         return CyclePass(fake_B=fake_B, rec_A=state.G_B(fake_B), fake_A=fake_A, rec_B=state.G(fake_A))
 
 
@@ -180,8 +186,8 @@ def cycle_d_step(state: CycleGANState, fwd: CyclePass, real_A: torch.Tensor, rea
     fake_B = to_memory_format(state.perf, state.pool_B.query(fwd.fake_B.detach(), state.rng))
     fake_A = to_memory_format(state.perf, state.pool_A.query(fwd.fake_A.detach(), state.rng))
     with autocast(state.perf, state.device):
-        pred_B = state.D(torch.cat([fake_B, real_B]))
-        pred_A = state.D_A(torch.cat([fake_A, real_A]))
+        pred_B = state.run["D"](torch.cat([fake_B, real_B]))
+        pred_A = state.run["D_A"](torch.cat([fake_A, real_A]))
     b = real_A.shape[0]
     d_B = 0.5 * (losses.gan_loss(L.gan_mode, pred_B[b:], target_is_real=True).mean()
                  + losses.gan_loss(L.gan_mode, pred_B[:b], target_is_real=False).mean())

@@ -1,4 +1,5 @@
-"""Data-parallel CUT: G, D and F each wrapped in DistributedDataParallel.
+"""Data-parallel CUT: G, D and F each wrapped in DistributedDataParallel (CycleGAN:
+its two Gs and two Ds).
 
 DDP averages gradients only for calls that go through its ``forward``, once per
 backward. The CUT phases call G by method (``forward_and_encode``, ``encode``) and
@@ -12,6 +13,8 @@ call D in two roles, so the wrapping is explicit about which call is synced:
   is frozen there and a DDP forward would wait for gradients that never come.
 - F: the query projection goes through DDP; the key projection runs under
   no_grad, where DDP does not prepare a reduction.
+- CycleGAN (cut_core.cyclegan): G, G_B, D and D_A each through DDP at their first
+  call of a phase (``state.run``), the same rule for their other calls.
 
 Pure torch: the process group is the caller's (Ray Train's TorchTrainer, torchrun,
 or a test's ``init_process_group``).
@@ -55,7 +58,8 @@ class _Dispatch(nn.Module):
 
 
 def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None) -> dict[str, DistributedDataParallel]:
-    """Wrap G, D and F of ``state`` in DDP (in place: ``state.run`` is rerouted).
+    """Wrap G, D and F of ``state`` in DDP (in place: ``state.run`` is rerouted); for
+    CycleGAN, its two Gs and two Ds.
 
     DDP's constructor broadcasts rank 0's parameters, so every replica starts equal
     even if a caller built them differently. Returns the three DDP modules (kept
@@ -64,6 +68,13 @@ def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None
     """
     if not dist.is_initialized():
         raise RuntimeError("wrap_data_parallel needs an initialised torch.distributed process group")
+    if state.config.is_cyclegan:
+        # Its four networks are called as modules: DDP wraps them as they are. The image
+        # pools stay per rank, like the data each rank draws.
+        cyclegan = {name: DistributedDataParallel(getattr(state, name), device_ids=device_ids, **_NO_BUFFER_SYNC)
+                    for name in ("G", "G_B", "D", "D_A")}
+        state.run.update(cyclegan)
+        return cyclegan
     run = dict(state.run)
     plain = {"G": {"forward_and_encode": run["G_forward_and_encode"]}, "D": {"forward": run["D"]}, "F": {"forward": run["F"]}}
     wrapped = {

@@ -1,5 +1,6 @@
 """DDP wiring of cut_core (no Ray): two gloo processes with one image each must
-produce the gradients of one process with both images, and stay equal."""
+produce the gradients of one process with both images, and stay equal; for CUT and
+for CycleGAN's four networks."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from tests.conftest import tiny
 # Every patch location is sampled (num_patches > H*W of every layer) and the NCE
 # negatives are per image, so the loss does not depend on which rank drew which
 # patches: the 2-rank average must equal the 2-image batch exactly up to rounding.
-EXACT = {"num_patches": 4096, "batch_size": 1, "precision": "fp32"}
+# CycleGAN's losses are means over the batch, and its image pools hand back the new
+# fakes while they fill, so the same holds for it without a setting.
+EXACT = {"cut": {"num_patches": 4096, "batch_size": 1, "precision": "fp32"},
+         "cyclegan": {"batch_size": 1, "precision": "fp32"}}
 
 
 def _batches() -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,11 +34,11 @@ def _grads(state) -> dict[str, torch.Tensor]:
     return {f"{n}.{k}": p.grad.detach().clone() for n, m in state.modules().items() for k, p in m.named_parameters()}
 
 
-def _worker(rank: int, world: int, tmp: str) -> None:
+def _worker(rank: int, world: int, tmp: str, preset: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     try:
-        state = build_train_state(tiny("cut", **EXACT), rank=rank)
+        state = build_train_state(tiny(preset, **EXACT[preset]), rank=rank)
         wrap_data_parallel(state)
         a, b = _batches()
         train_step(state, a[rank : rank + 1], b[rank : rank + 1])
@@ -46,13 +50,14 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_batch_of_two(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("preset", ["cut", "cyclegan"])
+def test_two_ranks_equal_one_batch_of_two(tmp_path: Path, preset: str) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path), preset), nprocs=2, join=True)
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     assert float(ranks[0].pop("divergence")) == 0.0
     assert float(ranks[1].pop("divergence")) == 0.0
 
-    single = build_train_state(tiny("cut", **{**EXACT, "batch_size": 2}))
+    single = build_train_state(tiny(preset, **{**EXACT[preset], "batch_size": 2}))
     a, b = _batches()
     train_step(single, a, b)
     expected = _grads(single)
@@ -60,12 +65,15 @@ def test_two_ranks_equal_one_batch_of_two(tmp_path: Path) -> None:
     # Rounding differs (a sum of two halves vs one batch), and biases in front of an
     # instance norm have a true gradient of 0 that shows up as rounding noise; so the
     # tolerance is relative to the largest gradient of the same network.
-    scale = {net: max(float(g.abs().max()) for n, g in expected.items() if n.startswith(net)) for net in "GDF"}
+    nets = {name.split(".")[0] for name in expected}  # G, D, F; CycleGAN: G, G_B, D, D_A
+    assert nets == ({"G", "G_B", "D", "D_A"} if preset == "cyclegan" else {"G", "D", "F"})
+    scale = {net: max(float(g.abs().max()) for n, g in expected.items() if n.split(".")[0] == net) for net in nets}
     for name, g in expected.items():
         # DDP leaves the same averaged gradient on every rank.
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         err = float((ranks[0][name] - g).abs().max())
-        assert err <= 1e-5 * scale[name[0]], f"{name}: {err} vs scale {scale[name[0]]}"
+        net = name.split(".")[0]
+        assert err <= 1e-5 * scale[net], f"{name}: {err} vs scale {scale[net]}"
 
 
 def test_resume_under_ddp_is_exact_on_cpu() -> None:

@@ -107,9 +107,6 @@ def _check_options(opts: TrainOptions) -> None:
 def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Listing]]:
     """The run's spec from the options, and the domains' listings it was sized from."""
     cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets))
-    if cfg.is_cyclegan and opts.workers > 1:
-        raise RaycutError("--preset cyclegan trains on one worker (its four networks are not wrapped for DDP yet); "
-                          "pass --workers 1")
     listings: dict[str, Listing] = {}
     if cfg.data.single_image:
         from pipelines import single_image
