@@ -97,8 +97,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_toy_dataset(Path(tmp) / "toy", ToySpec(size=size, n_train=n_train, n_test=16, seed=0,
-                                                                  scene=scene))
+        spec = ToySpec(size=size, n_train=n_train, n_test=16, seed=0, scene=scene)
+        data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         ctx = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx) as pool:
