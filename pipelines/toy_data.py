@@ -32,6 +32,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from cut_core.errors import ConfigError
+
 CLASSES = ("sky", "building", "road", "sidewalk", "vegetation", "car", "pole")
 
 # (R, G, B) per class. Sim: saturated primaries. Real: the muted colours of a photo.
@@ -258,8 +260,8 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
     labels/{trainA,trainB,testA,valA}/ class-id PNGs (testB shares testA's)
     toy.json, README.md
     """
-    if spec.scene not in SCENES:
-        raise ValueError(f"unknown toy scene {spec.scene!r}; choose from {', '.join(SCENES)}")
+    if spec.scene not in SCENES:  # a ValueError, and one line from the CLI
+        raise ConfigError(f"unknown toy scene {spec.scene!r}; choose from {', '.join(SCENES)}")
     root = Path(out)
     paired = ("testA", "valA") if spec.n_val else ("testA",)  # an A split whose truth is its B twin
     for split in ("trainA", "trainB", *paired):
