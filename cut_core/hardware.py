@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from cut_core.config import PerfConfig
 
-PROBE_VERSION = 3
+PROBE_VERSION = 4  # 4: variants timed round by round
 # Environment variables that change which kernels run, and so the probe's answer.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
 # A fast path must beat the plain one by this much to be chosen: rows closer than
@@ -184,13 +184,29 @@ def timed_ms(fn: Callable[[], object], device: torch.device | str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _time(fn: Callable[[], object], dev: torch.device, *, reps: int, give_up_ms: float | None) -> tuple[float, bool]:
-    """Median ms of ``fn`` over ``reps`` calls after one warm-up. Returns (ms, gave_up):
-    a warm-up slower than ``give_up_ms`` is the answer, not timed again."""
-    first = timed_ms(fn, dev)
-    if give_up_ms is not None and first > give_up_ms:
-        return first, True
-    return statistics.median(timed_ms(fn, dev) for _ in range(reps)), False
+def _interleaved(calls: dict[str, Callable[[], object]], dev: torch.device, *, reps: int,
+                 give_up_against: str | None = None) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Median ms per variant over ``reps`` rounds; each round calls every variant once,
+    the order rotating. Timed one after another instead, the first variant paid for
+    the machine waking up (thread pool, clock ramp): on an Intel Xeon that made fp32 look
+    1.5x slower than it is, and slow bf16 the winner. One warm-up call each first (one-off
+    set-up); a variant whose warm-up takes more than ``2 * GIVE_UP_RATIO`` times that of
+    ``give_up_against`` is emulated: its warm-up figure is the answer, it is not timed
+    again. Returns ({variant: ms}, variants given up on)."""
+    out: dict[str, float] = {}
+    gave_up: list[str] = []
+    for name, call in calls.items():
+        ms = timed_ms(call, dev)
+        if give_up_against in out and name != give_up_against and ms > out[give_up_against] * GIVE_UP_RATIO * 2:
+            gave_up.append(name)
+        out[name] = ms
+    live = [n for n in calls if n not in gave_up]
+    times: dict[str, list[float]] = {n: [] for n in live}
+    for r in range(reps):
+        for name in live[r % len(live):] + live[:r % len(live)]:
+            times[name].append(timed_ms(calls[name], dev))
+    out.update({n: statistics.median(t) for n, t in times.items()})
+    return out, tuple(gave_up)
 
 
 def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
@@ -202,8 +218,6 @@ def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) 
     x0 = torch.randn(1, 256, size, size, generator=g).to(dev)
     w0 = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(dev)
     caps = capabilities(dev)
-    out: dict[str, float] = {}
-    gave_up: list[str] = []
 
     def train_call(dtype: torch.dtype | None, cl: bool) -> Callable[[], None]:
         fmt = torch.channels_last if cl else torch.contiguous_format
@@ -217,21 +231,17 @@ def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) 
 
         return run
 
-    for name, dtype, cl in (("fp32", None, False), ("fp32-channels_last", None, True),
-                            ("bf16", torch.bfloat16, False), ("bf16-channels_last", torch.bfloat16, True)):
-        if name == "bf16-channels_last" and "bf16" in gave_up:
-            continue  # emulated bf16 is out either way; its figure is already there for the warning
-        limit = out["fp32"] * GIVE_UP_RATIO * 2 if "fp32" in out else None  # the warm-up also pays one-off set-up
-        ms, stopped = _time(train_call(dtype, cl), dev, reps=reps, give_up_ms=limit)
-        out[name] = round(ms, 3)
-        if stopped:
-            gave_up.append(name)
+    calls = {name: train_call(dtype, cl) for name, dtype, cl in (
+        ("fp32", None, False), ("fp32-channels_last", None, True),
+        ("bf16", torch.bfloat16, False), ("bf16-channels_last", torch.bfloat16, True))}
+    ms, gave_up = _interleaved(calls, dev, reps=reps, give_up_against="fp32")
+    out = {name: round(v, 3) for name, v in ms.items()}
     if dev.type == "cpu":
         ms_fp32, ms_int8, stopped = _probe_int8(x0, w0, caps.int8_reduce_range, reps)
         out["fp32-forward"], out["int8"] = round(ms_fp32, 3), round(ms_int8 * out["fp32"] / ms_fp32, 3)
         if stopped:
-            gave_up.append("int8")
-    return out, tuple(gave_up)
+            gave_up += ("int8",)
+    return out, gave_up
 
 
 def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: int) -> tuple[float, float, bool]:
@@ -244,7 +254,6 @@ def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: in
         warnings.simplefilter("ignore")
         if "x86" in torch.backends.quantized.supported_engines:
             torch.backends.quantized.engine = "x86"
-        fp32_ms, _ = _time(lambda: F.conv2d(x0, w0, padding=1), torch.device("cpu"), reps=reps, give_up_ms=None)
         scales = (w0.abs().amax(dim=(1, 2, 3)) / 127).double()
         qw = torch.quantize_per_channel(w0, scales, torch.zeros(256, dtype=torch.long), 0, torch.qint8)
         conv = QuantizedConv2d(256, 256, 3, padding=1, bias=False)
@@ -253,8 +262,9 @@ def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: in
         levels = 127 if reduce_range else 255
         xq = torch.quantize_per_tensor(x0.clamp(min=0), 4.0 / levels, 0, torch.quint8)
         xq = xq.contiguous(memory_format=torch.channels_last)
-        int8_ms, stopped = _time(lambda: conv(xq), torch.device("cpu"), reps=reps, give_up_ms=fp32_ms * GIVE_UP_RATIO * 2)
-    return fp32_ms, int8_ms, stopped
+        ms, gave_up = _interleaved({"fp32": lambda: F.conv2d(x0, w0, padding=1), "int8": lambda: conv(xq)},
+                                   torch.device("cpu"), reps=reps, give_up_against="fp32")
+    return ms["fp32"], ms["int8"], "int8" in gave_up
 
 
 def decide(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> FastPaths:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cut_core.config import PerfConfig
-from cut_core.hardware import Capabilities, capabilities, decide, resolve_perf
+from cut_core.hardware import WIN_MARGIN, Capabilities, capabilities, decide, resolve_perf
 
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 NATIVE_BF16 = capabilities("cpu").bf16  # oneDNN bf16 with the CPU's own bf16 instructions, no ISA cap
@@ -29,7 +29,8 @@ from cut_core.hardware import capabilities, resolve_perf
 r = resolve_perf(PerfConfig(precision=sys.argv[1]), "cpu")
 print(json.dumps({"precision": r.perf.precision, "channels_last": r.perf.channels_last, "warnings": list(r.warnings),
                   "cached": r.paths.cached, "isa": torch.backends.cpu.get_cpu_capability(),
-                  "bf16_capability": capabilities().bf16, "probe": r.paths.probe_ms, "summary": r.summary}))
+                  "bf16_capability": capabilities().bf16, "probe": r.paths.probe_ms, "summary": r.summary,
+                  "reason": r.paths.reason}))
 """
 
 
@@ -55,9 +56,19 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 (oneDNN)")
-def test_auto_is_bf16_where_the_cpu_runs_it_natively(tmp_path):
+def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp_path):
+    """Native bf16 is a precondition, not a verdict. On an AVX-512 bf16 EPYC the probe
+    measures bf16 at about half fp32's time and auto is bf16; on an Intel Xeon whose
+    hypervisor hides AMX it measures bf16 at 1.3-1.5x fp32's time (the whole step:
+    1.2-1.4x, docs/benchmarks.md) and auto is fp32. Either way: the measured winner,
+    the measurement named in the reason, and no warning."""
     got = _resolve_in_subprocess("auto", tmp_path)
-    assert got["precision"] == "bf16", got["probe"]
+    probe = got["probe"]
+    assert got["bf16_capability"] is True
+    faster = probe["bf16"] < WIN_MARGIN * probe["fp32"]
+    assert got["precision"] == ("bf16" if faster else "fp32"), probe
+    assert got["summary"].startswith(f"precision auto -> {got['precision']}")
+    assert "native bf16 yes" in got["reason"] and f"bf16 {probe['bf16'] / probe['fp32']:.2f}x fp32's time" in got["reason"]
     assert got["warnings"] == []
 
 
