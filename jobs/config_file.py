@@ -46,7 +46,10 @@ def resolve_config(preset: str | None, config_file: str | Path | None = None, se
 
 
 def resolve_with_sources(preset: str | None, config_file: str | Path | None = None,
-                         sets: list[str] | None = None) -> ResolvedConfig:
+                         sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                         overrides_from: str = "overrides") -> ResolvedConfig:
+    """The preset, then the config file, then --set, then typed ``overrides`` (a Tune
+    trial's values, named ``overrides_from`` in the sources)."""
     from_file = _flatten(_read_yaml(config_path(config_file))) if config_file else {}
     from_sets = dict(parse_overrides(sets or []))
     named = {where: preset_name(values.pop(key)) for where, values in (("the config file", from_file), ("--set", from_sets))
@@ -67,6 +70,9 @@ def resolve_with_sources(preset: str | None, config_file: str | Path | None = No
     merged = {k: v for k, v in from_file.items() if k.rpartition(".")[2] not in overridden} | from_sets
     if merged:
         cfg = cfg.with_overrides(merged)
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+        sources.update({key.rpartition(".")[2]: overrides_from for key in official_names(overrides)})
     return ResolvedConfig(cfg, chosen_from, sources)
 
 

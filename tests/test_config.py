@@ -132,6 +132,24 @@ def test_yaml_names_its_preset_and_config_show_round_trips(tmp_path):
         resolve_config("cut", path)
 
 
+def test_typed_overrides_apply_after_set_without_a_round_trip_through_text():
+    """A Tune trial's sampled values (a list, a numpy float, a bool) reach the config as
+    values, after --set, and the best-config YAML names the trial as their source."""
+    import numpy as np
+
+    from jobs.config_file import resolve_with_sources, show_config
+
+    trial = {"nce_layers": [0, 4, 8], "lambda_NCE": np.float64(2.5), "flip_equivariance": True, "num_patches": 64}
+    resolved = resolve_with_sources("cut", None, ["lambda_NCE=4", "ngf=8"], trial, overrides_from="tune trial t1")
+    cfg = resolved.config
+    assert cfg.loss.nce_layers == (0, 4, 8) and cfg.loss.lambda_NCE == 2.5 and type(cfg.loss.lambda_NCE) is float
+    assert cfg.loss.flip_equivariance is True and cfg.loss.num_patches == 64 and cfg.model.ngf == 8
+    text = show_config(resolved)
+    assert "lambda_NCE: 2.5  # tune trial t1 (preset: 1.0)" in text and "ngf: 8  # --set (preset: 64)" in text
+    with pytest.raises(ConfigError, match="num_patches"):
+        resolve_with_sources("cut", None, [], {"num_patches": "many"})
+
+
 def test_cli_version_dry_run_dataroot_and_examples(tmp_path, capsys):
     from jobs.cli import EXAMPLES, build_parser, main
 

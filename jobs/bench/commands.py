@@ -228,7 +228,7 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
                     log(f"  timing {preset} on Ray Train, {workers} worker(s) ...")
                     result = run_train(TrainOptions(
                         preset=preset, data_a=f"cyclegan:{toy}:trainA", data_b=f"cyclegan:{toy}:trainB",
-                        sets=tuple(f"{k}={v}" for k, v in overrides.items()), workers=workers,
+                        overrides=overrides, workers=workers,
                         cpus_per_worker=max(1, cores // workers), steps=steps, storage_path=str(root / "runs"),
                         schedule=Schedule(log_every=window, checkpoint_every=steps, sample_every=steps),
                         name=f"{preset}-{workers}w", experiment="bench",

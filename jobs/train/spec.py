@@ -6,7 +6,7 @@ resumed run has the same data, config and final step count as the original."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Mapping
 
 from cut_core import CUTConfig
 from jobs.options import opt
@@ -95,6 +95,9 @@ class TrainOptions:
     preset: str | None = None  # --preset / --config / --set: jobs.config_file.resolve_config
     config_file: str | None = None
     sets: tuple[str, ...] = ()
+    # Typed values over the resolved config, after --set (a Tune trial's sampled values,
+    # a benchmark's settings): applied with CUTConfig.with_overrides, never through text.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     data_a: str = opt("", "source domain: folder, glob, cyclegan:ROOT:trainA, gta5:ROOT, parquet:PATH[:COL], "
                       "s3://...; for sincut, one image file")
     data_b: str = opt("", "target domain (same forms)")

@@ -321,9 +321,9 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         tune.report({"step": finished["steps"], **({best["metric"]: best["value"]} if best else {})})
         return
     started = (storage / trial / "run.json").is_file()
-    sets = tuple(opts.sets) + tuple(f"{k}={_as_set(v)}" for k, v in overrides(config).items())
     train = TrainOptions(
-        preset=opts.preset, data_a=opts.data_a, data_b=opts.data_b, config_file=opts.config_file, sets=sets,
+        preset=opts.preset, data_a=opts.data_a, data_b=opts.data_b, config_file=opts.config_file, sets=tuple(opts.sets),
+        overrides=overrides(config),
         workers=opts.workers, cpus_per_worker=opts.cpus_per_worker, data_cpus=opts.data_cpus,
         steps=opts.steps_per_trial, name=trial, storage_path=str(storage),
         schedule=Schedule(checkpoint_every=opts.eval_every, keep_checkpoints=1, log_every=max(1, opts.eval_every),
@@ -350,10 +350,6 @@ def _report_to_tune():
                 pass
 
     return QuietTuneReport()
-
-
-def _as_set(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
@@ -410,8 +406,8 @@ def _write_best_config(opts: TuneOptions, best: dict[str, Any], path: Path) -> P
     from jobs.tune.space import overrides
 
     trial_values = {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}
-    sets = list(opts.sets) + [f"{k}={_as_set(v)}" for k, v in overrides(trial_values).items()]
-    resolved = resolve_with_sources(opts.preset, opts.config_file, sets)
+    resolved = resolve_with_sources(opts.preset, opts.config_file, list(opts.sets), overrides(trial_values),
+                                    overrides_from=f"tune trial {best['trial']}")
     header = (f"# Best trial {best['trial']} of raycut tune search {opts.name}: {opts.metric} {best['best']:.4f}\n"
               f"# Use it: raycut train --config {path.name} --data-a ... --data-b ...\n")
     path.write_text(header + show_config(resolved))
