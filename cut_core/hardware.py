@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from cut_core.config import PerfConfig
 
-PROBE_VERSION = 4  # 4: variants timed round by round
+PROBE_VERSION = 4  # 4: variants timed round by round, in a shuffled order
 # Environment variables that change which kernels run, and so the probe's answer.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
 # A fast path must beat the plain one by this much to be chosen: rows closer than
@@ -184,29 +184,43 @@ def timed_ms(fn: Callable[[], object], device: torch.device | str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def _interleaved(calls: dict[str, Callable[[], object]], dev: torch.device, *, reps: int,
-                 give_up_against: str | None = None) -> tuple[dict[str, float], tuple[str, ...]]:
-    """Median ms per variant over ``reps`` rounds; each round calls every variant once,
-    the order rotating. Timed one after another instead, the first variant paid for
-    the machine waking up (thread pool, clock ramp): on an Intel Xeon that made fp32 look
-    1.5x slower than it is, and slow bf16 the winner. One warm-up call each first (one-off
-    set-up); a variant whose warm-up takes more than ``2 * GIVE_UP_RATIO`` times that of
-    ``give_up_against`` is emulated: its warm-up figure is the answer, it is not timed
-    again. Returns ({variant: ms}, variants given up on)."""
-    out: dict[str, float] = {}
+def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device | str, *, rounds: int,
+                   warmup: int = 1, give_up_against: str | None = None, seed: int = 0,
+                   on_round: Callable[[int, dict[str, float]], None] | None = None,
+                   ) -> tuple[dict[str, list[float]], tuple[str, ...]]:
+    """ms per call of each variant over ``rounds`` rounds; each round calls every
+    variant once, in an order shuffled anew each round (seeded). Timed one variant after
+    another, the first paid for the machine waking up (thread pool, clock ramp): on an
+    Intel Xeon that made fp32 look 1.5x slower than it is, and slow bf16 the winner.
+    Rotating a fixed order is not enough either: each variant would always follow the
+    same neighbour. ``warmup`` calls each first (one-off set-up); a variant whose first
+    call takes more than ``2 * GIVE_UP_RATIO`` times that of ``give_up_against`` is
+    emulated: it is not timed again and its list holds that one call. Returns
+    ({variant: [ms per round]}, variants given up on); ``on_round(r, {variant: ms})``
+    after each round."""
+    import random
+
+    dev = torch.device(device)
+    first: dict[str, float] = {}
     gave_up: list[str] = []
     for name, call in calls.items():
-        ms = timed_ms(call, dev)
-        if give_up_against in out and name != give_up_against and ms > out[give_up_against] * GIVE_UP_RATIO * 2:
+        first[name] = timed_ms(call, dev)
+        if give_up_against in first and name != give_up_against and first[name] > first[give_up_against] * GIVE_UP_RATIO * 2:
             gave_up.append(name)
-        out[name] = ms
     live = [n for n in calls if n not in gave_up]
+    for _ in range(warmup - 1):
+        for name in live:
+            calls[name]()
+    sync(dev)
     times: dict[str, list[float]] = {n: [] for n in live}
-    for r in range(reps):
-        for name in live[r % len(live):] + live[:r % len(live)]:
+    order, rng = list(live), random.Random(seed)
+    for r in range(rounds):
+        rng.shuffle(order)
+        for name in order:
             times[name].append(timed_ms(calls[name], dev))
-    out.update({n: statistics.median(t) for n, t in times.items()})
-    return out, tuple(gave_up)
+        if on_round is not None:
+            on_round(r, {n: times[n][-1] for n in live})
+    return {n: times[n] if n in times else [first[n]] for n in calls}, tuple(gave_up)
 
 
 def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
@@ -234,8 +248,8 @@ def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) 
     calls = {name: train_call(dtype, cl) for name, dtype, cl in (
         ("fp32", None, False), ("fp32-channels_last", None, True),
         ("bf16", torch.bfloat16, False), ("bf16-channels_last", torch.bfloat16, True))}
-    ms, gave_up = _interleaved(calls, dev, reps=reps, give_up_against="fp32")
-    out = {name: round(v, 3) for name, v in ms.items()}
+    ms, gave_up = interleaved_ms(calls, dev, rounds=reps, give_up_against="fp32")
+    out = {name: round(statistics.median(v), 3) for name, v in ms.items()}
     if dev.type == "cpu":
         ms_fp32, ms_int8, stopped = _probe_int8(x0, w0, caps.int8_reduce_range, reps)
         out["fp32-forward"], out["int8"] = round(ms_fp32, 3), round(ms_int8 * out["fp32"] / ms_fp32, 3)
@@ -262,9 +276,9 @@ def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: in
         levels = 127 if reduce_range else 255
         xq = torch.quantize_per_tensor(x0.clamp(min=0), 4.0 / levels, 0, torch.quint8)
         xq = xq.contiguous(memory_format=torch.channels_last)
-        ms, gave_up = _interleaved({"fp32": lambda: F.conv2d(x0, w0, padding=1), "int8": lambda: conv(xq)},
-                                   torch.device("cpu"), reps=reps, give_up_against="fp32")
-    return ms["fp32"], ms["int8"], "int8" in gave_up
+        ms, gave_up = interleaved_ms({"fp32": lambda: F.conv2d(x0, w0, padding=1), "int8": lambda: conv(xq)},
+                                     "cpu", rounds=reps, give_up_against="fp32")
+    return statistics.median(ms["fp32"]), statistics.median(ms["int8"]), "int8" in gave_up
 
 
 def decide(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> FastPaths:
@@ -449,4 +463,4 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
 
 
 __all__ = ["TranslationPaths", "resolve_translation", "Capabilities", "FastPaths", "ResolvedPerf", "cache_dir", "capabilities", "decide", "emulation_warning",
-           "fast_paths", "machine_key", "probe", "resolve_perf"]
+           "fast_paths", "interleaved_ms", "machine_key", "probe", "resolve_perf"]

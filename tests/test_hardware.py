@@ -130,3 +130,31 @@ def test_the_probe_runs_from_inside_no_grad_and_inference_mode(tmp_path, monkeyp
         assert not torch.is_grad_enabled()
     assert paths.probe_ms["fp32"] > 0 and (tmp_path / "fast_paths.json").is_file()
     hardware._fast_paths.cache_clear()
+
+
+def test_variants_are_timed_in_a_new_order_each_round_and_an_emulated_one_once():
+    """The probe and `raycut bench train` share interleaved_ms: every round calls every
+    variant once, shuffled (no variant always follows the same neighbour), and a variant
+    whose first call is far slower than the reference is timed no more."""
+    import time
+
+    from cut_core.hardware import interleaved_ms
+
+    calls_made: list[str] = []
+
+    def call(name: str, seconds: float):
+        def run() -> None:
+            calls_made.append(name)
+            time.sleep(seconds)
+        return run
+
+    calls = {"fp32": call("fp32", 0.001), "a": call("a", 0.001), "b": call("b", 0.001), "slow": call("slow", 0.1)}
+    times, gave_up = interleaved_ms(calls, "cpu", rounds=8, warmup=2, give_up_against="fp32")
+    assert gave_up == ("slow",) and len(times["slow"]) == 1 and times["slow"][0] >= 100
+    assert calls_made.count("slow") == 1 and all(len(times[n]) == 8 for n in ("fp32", "a", "b"))
+    timed = calls_made[4 + 3:]  # after the first calls and the second warm-up call of each live variant
+    rounds = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert all(sorted(r) == ["a", "b", "fp32"] for r in rounds) and len(rounds) == 8
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
+    before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
+    assert before_a == {"fp32", "b"}  # a follows each of the others in some round

@@ -23,14 +23,14 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
 from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
-from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, sync, timed_ms
+from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interleaved_ms
 from cut_core.networks import build_generator
 from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import TrainState, build_train_state, train_step
@@ -185,7 +185,7 @@ def bench_train(
 ) -> list[dict[str, object]]:
     """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) in
     ms_per_iter, all at one crop size. The variants of a preset are timed **round by
-    round in one process** (one step of each, in a rotating order, ``iters`` rounds
+    round in one process** (one step of each, in an order shuffled each round, ``iters`` rounds
     after ``warmup``), so a machine that slows down for a minute slows every row alike;
     each row gets its median and spread. ``auto`` is what cut_core.hardware resolves to
     here, timed as a row of its own; a bf16 variant that the probe finds emulated is
@@ -220,8 +220,12 @@ def bench_train(
             b = (torch.rand(size, generator=g) * 2 - 1).to(device)
             step = official_schedule_step if kind == "official" else train_step
             timed.append((name, functools.partial(step, state, a, b), {"resolved": state.fast.summary} if v_is_auto(perf) else {}))
-        times = _interleaved([fn for _, fn, _ in timed], device=device, warmup=warmup, rounds=iters, log=log,
-                             names=[n for n, _, _ in timed])
+        def show(r: int, ms: dict[str, float]) -> None:
+            log(f"  round {r + 1}/{iters}: " + ", ".join(f"{n.split('/')[-1]} {v:.0f}" for n, v in ms.items()))
+
+        by_name, _ = interleaved_ms({name: fn for name, fn, _ in timed}, device, rounds=iters, warmup=max(1, warmup),
+                                    on_round=show)
+        times = [by_name[name] for name, _, _ in timed]
         base_ts = next((ts for (name, _, _), ts in zip(timed, times) if name.startswith("baseline/")), None)
         for (name, _, extra), ts in zip(timed, times):
             med = statistics.median(ts)
@@ -238,23 +242,6 @@ def bench_train(
 
 def v_is_auto(perf: dict[str, object]) -> bool:
     return perf.get("precision") == "auto" or perf.get("channels_last") == "auto"
-
-
-def _interleaved(fns: Sequence[Callable[[], object]], *, device: str, warmup: int, rounds: int,
-                 log: Callable[[str], None], names: Sequence[str]) -> list[list[float]]:
-    """ms per call of each fn, over ``rounds`` rounds of one call each, in an order that
-    rotates every round (no variant always runs right after the same neighbour)."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    sync(device)
-    out: list[list[float]] = [[] for _ in fns]
-    for r in range(rounds):
-        order = [(i + r) % len(fns) for i in range(len(fns))]
-        for i in order:
-            out[i].append(timed_ms(fns[i], device))
-        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{names[i].split('/')[-1]} {out[i][-1]:.0f}" for i in range(len(fns))))
-    return out
 
 
 def bench_translate(

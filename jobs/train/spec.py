@@ -5,6 +5,7 @@ resumed run has the same data, config and final step count as the original."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -61,8 +62,10 @@ class TrainJob:
     eval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def cut(self) -> CUTConfig:
+        """The typed config, rebuilt and checked once per process (``config`` is the
+        plain data that crosses the Ray boundary)."""
         return CUTConfig.from_dict(self.config)
 
     @property
