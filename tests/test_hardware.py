@@ -60,7 +60,7 @@ def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp
     """Native bf16 is a precondition, not a verdict. On an AVX-512 bf16 EPYC the probe
     measures bf16 at about half fp32's time and auto is bf16; on an Intel Xeon whose
     hypervisor hides AMX it measures bf16 at 1.3-1.5x fp32's time (the whole step:
-    1.2-1.4x, docs/benchmarks.md) and auto is fp32. Either way: the measured winner,
+    1.2-1.5x, docs/benchmarks.md) and auto is fp32. Either way: the measured winner,
     the measurement named in the reason, and no warning."""
     got = _resolve_in_subprocess("auto", tmp_path)
     probe = got["probe"]
