@@ -49,7 +49,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out} and {plot}")
         return 0
     if args.ray:
-        log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px bf16, Ray Train 1 and 2 workers "
+        log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px, precision auto, Ray Train 1 and 2 workers "
             "against the bare cut_core step")
         rows = bench_train_ray(tuple(args.presets), crop=args.crop, log=log)
         out = benchmark.write_record(args.out, "train-ray", rows, "cpu")
@@ -176,7 +176,7 @@ def bench_ingest(n: int = 16, workers: int = 2, repeat: int = 24, log=print) -> 
 # ---- train on Ray ------------------------------------------------------------------
 
 
-def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256, precision: str = "bf16",
+def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256, precision: str = "auto",
                     steps: int = 16, window: int = 4, log=print) -> list[dict[str, object]]:
     """Per-step time of `raycut train` (Ray Train + Ray Data feed + DDP + metric
     reports) with 1 and 2 workers, against cut_core's bare step in one process, on the
