@@ -36,13 +36,15 @@ class ResolvedConfig:
 
     config: CUTConfig
     preset_from: str  # "--preset", "the config file", "--set" or "default"
-    sources: dict[str, str] = field(default_factory=dict)  # flat key -> "config file" | "--set"
+    sources: dict[str, str] = field(default_factory=dict)  # flat key -> "config file" | "--set" | overrides_from
 
 
-def resolve_config(preset: str | None, config_file: str | Path | None = None, sets: list[str] | None = None) -> CUTConfig:
+def resolve_config(preset: str | None, config_file: str | Path | None = None, sets: list[str] | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> CUTConfig:
     """YAML may use flat official names (``crop_size: 512``), sections
-    (``loss: {nce_T: 0.05}``) or dotted keys; ``--set`` wins over the file."""
-    return resolve_with_sources(preset, config_file, sets).config
+    (``loss: {nce_T: 0.05}``) or dotted keys; ``--set`` wins over the file, typed
+    ``overrides`` over both."""
+    return resolve_with_sources(preset, config_file, sets, overrides).config
 
 
 def resolve_with_sources(preset: str | None, config_file: str | Path | None = None,

@@ -106,7 +106,7 @@ def _check_options(opts: TrainOptions) -> None:
 
 def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Listing]]:
     """The run's spec from the options, and the domains' listings it was sized from."""
-    cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets)).with_overrides(opts.overrides)
+    cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets), opts.overrides)
     listings: dict[str, Listing] = {}
     if cfg.data.single_image:
         from pipelines import single_image
