@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -198,15 +199,10 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device 
     emulated: it is not timed again and its list holds that one call. Returns
     ({variant: [ms per round]}, variants given up on); ``on_round(r, {variant: ms})``
     after each round."""
-    import random
-
     dev = torch.device(device)
-    first: dict[str, float] = {}
-    gave_up: list[str] = []
-    for name, call in calls.items():
-        first[name] = timed_ms(call, dev)
-        if give_up_against in first and name != give_up_against and first[name] > first[give_up_against] * GIVE_UP_RATIO * 2:
-            gave_up.append(name)
+    first = {name: timed_ms(call, dev) for name, call in calls.items()}
+    limit = first[give_up_against] * GIVE_UP_RATIO * 2 if give_up_against in first else float("inf")
+    gave_up = [name for name, ms in first.items() if name != give_up_against and ms > limit]
     live = [n for n in calls if n not in gave_up]
     for _ in range(warmup - 1):
         for name in live:
