@@ -32,8 +32,10 @@ class Progress:
         self.initial = self.done = initial
 
     def update(self, n: int = 1, values: Mapping[str, float] | None = None) -> None:
-        self.done += n
-        if self.tty or self.done % self.every == 0 or self.done == self.total:
+        before, self.done = self.done, self.done + n
+        # In a log, a line each time ``done`` passes a multiple of ``every``: updates
+        # of several units at a time (a batch of images, ten steps) may step over it.
+        if self.tty or self.done // self.every > before // self.every or self.done == self.total:
             self._write(values or {})
 
     def line(self, values: Mapping[str, float]) -> str:

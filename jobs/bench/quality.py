@@ -15,10 +15,13 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import queue
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
+
+from jobs.progress import Progress
 
 # variant -> --set overrides over the config under test
 QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -47,8 +50,9 @@ def _variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, 
 
 
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
-                     data: str) -> dict[str, Any]:
-    """One run, in a fresh process: train in process, score the (EMA) G on testA."""
+                     data: str, steps_done: Any = None) -> dict[str, Any]:
+    """One run, in a fresh process: train in process, score the (EMA) G on testA.
+    ``steps_done``, a queue of the parent's, gets the steps of each log interval."""
     import torch
 
     torch.set_num_threads(1)
@@ -60,8 +64,16 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     cfg = _variant_config(preset, config, sets, size, seed)
     root = Path(data)
     t = time.perf_counter()
+    last = 0
+
+    def report(step: int, _row: dict[str, float]) -> None:
+        nonlocal last
+        if steps_done is not None:
+            steps_done.put(step - last)
+        last = step
+
     state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
-                                      progress=False, log_every=10)
+                                      progress=False, log_every=10, on_log=report)
     watch = WinWatch(cfg.loss.gan_mode)
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
@@ -88,9 +100,22 @@ def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, dat
     return (time.perf_counter() - t) / steps
 
 
+def _drain(steps_done: Any, bar: Progress) -> None:
+    """Move every step count the runs have reported so far onto the progress line."""
+    n = 0
+    while True:
+        try:
+            n += steps_done.get_nowait()
+        except queue.Empty:
+            break
+    if n:
+        bar.update(n)
+
+
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
                   seeds: tuple[int, ...] = (0, 1, 2), variants: tuple[str, ...] = tuple(QUALITY_VARIANTS),
-                  n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print) -> list[dict[str, object]]:
+                  n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
+                  progress_stream: TextIO | None = None) -> list[dict[str, object]]:
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
@@ -101,21 +126,33 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1), mp_context=ctx) as pool:
+        with ctx.Manager() as manager, concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1),
+                                                                          mp_context=ctx) as pool:
             budget = {v: steps for v in variants}
             if "cyclegan" in variants:  # the same wall-clock time as the first variant
                 ref, cyc = (pool.submit(step_seconds, preset, config, QUALITY_VARIANTS[v], size, str(data)).result()
                             for v in (variants[0], "cyclegan"))
                 budget["cyclegan"] = max(1, round(steps * ref / cyc))
                 log(f"  a cyclegan step takes {cyc / ref:.2f}x a {variants[0]} step: {budget['cyclegan']} steps")
+            # The runs report their steps through a queue, so the console shows one
+            # progress line with an ETA over all of them (a 64 px bench runs for hours).
+            steps_done = manager.Queue()
             futures = {(v, s): pool.submit(_train_and_score, preset, config, QUALITY_VARIANTS[v], s, size, budget[v],
-                                           str(data)) for v, s in runs}
+                                           str(data), steps_done) for v, s in runs}
+            total = sum(budget[v] for v, _ in runs)
+            bar = Progress("quality", total, unit="step", every=max(1, total // 100), stream=progress_stream)
+            pending = set(futures.values())
+            while pending:
+                finished, pending = concurrent.futures.wait(pending, timeout=2.0)
+                _drain(steps_done, bar)
+                for (v, s), fut in futures.items():
+                    if fut in finished:
+                        r = fut.result()
+                        log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
+                            f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
             results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-            for (v, s), fut in futures.items():
-                r = fut.result()
-                results[v].append(r)
-                log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
-                    f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
+            for (v, s), fut in futures.items():  # in seed order, whatever order they ended in
+                results[v].append(fut.result())
     base = results[variants[0]][0]
     rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": "",
                  "scene": scene})
