@@ -174,7 +174,8 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     """Each (variant, seed) trains in its own process and is scored on the toy pair's
     held-out truth; the record keeps the baselines, each seed's error and its loss
     history; the curves are plotted; and the console shows one progress line with an
-    ETA over all the runs together (a 64 px bench runs for hours)."""
+    ETA over all the runs together (a 64 px bench runs for hours); and a grid shows
+    the translations."""
     out = tmp_path / "quality.json"
     r = raycut("bench", "quality", "--out", str(out), "--presets", "fastcut", "--size", "32", "--steps", "20",
                "--seeds", "0", "--quality-variants", "plain", "diffaugment")
@@ -191,6 +192,10 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     assert rows["fastcut/plain"]["value"] != rows["fastcut/diffaugment"]["value"]
     with Image.open(out.with_suffix(".png")) as im:
         im.verify()
+    # The translations beside the input, histogram matching and the truth: 4 test
+    # images, 5 columns of 32 px tiles shown at 4x, 2 px apart, under a title line.
+    with Image.open(tmp_path / "quality_samples_fastcut.png") as im:
+        assert im.size == (5 * (128 + 2) + 2, 14 + 4 * (128 + 2) + 2)
     lines = [line for line in r.stderr.splitlines() if line.startswith("[quality]")]
     assert lines and lines[-1].startswith("[quality] 40/40 100%") and "ETA" in lines[-1], r.stderr[-2000:]
     assert "fastcut/diffaugment" in r.stdout  # the printed table

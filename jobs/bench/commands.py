@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -41,8 +42,9 @@ def run_bench(args: argparse.Namespace) -> int:
         for preset in args.presets:
             log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px on the "
                 f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}")
+            grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
-                                  variants=variants, scene=args.scene, log=log)
+                                  variants=variants, scene=args.scene, log=log, samples=grid)
         out = benchmark.write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

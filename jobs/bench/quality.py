@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from jobs.progress import Progress
+from pipelines.report import save_grid
 
 # variant -> --set overrides over the config under test
 QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,10 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
     # It trains for the steps that fit in the first variant's time (a step costs more).
     "cyclegan": ("preset=cyclegan", "d_augment="),
 }
+
+
+# test images shown per variant in the bench's sample grid
+SAMPLES = 4
 
 
 def _variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, seed: int = 0):
@@ -59,7 +64,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from cut_core.d_balance import WinWatch
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
-    from pipelines.toy_eval import evaluate_toy
+    from pipelines.toy_eval import evaluate_toy, load_toy_test
 
     cfg = _variant_config(preset, config, sets, size, seed)
     root = Path(data)
@@ -77,8 +82,10 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     watch = WinWatch(cfg.loss.gan_mode)
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
-    rows = evaluate_toy(root, {"model": lambda x: translate_array(state, x)}, label_preservation=False)
+    preds = translate_array(state, load_toy_test(root).a)
+    rows = evaluate_toy(root, {"model": preds}, label_preservation=False)
     return {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
+            "samples": preds[:SAMPLES],
             "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
             "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
             "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
@@ -115,10 +122,14 @@ def _drain(steps_done: Any, bar: Progress) -> None:
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
                   seeds: tuple[int, ...] = (0, 1, 2), variants: tuple[str, ...] = tuple(QUALITY_VARIANTS),
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
-                  progress_stream: TextIO | None = None) -> list[dict[str, object]]:
+                  progress_stream: TextIO | None = None, samples: Path | None = None) -> list[dict[str, object]]:
+    """Rows of the record (see the module's docstring); with ``samples``, a PNG there
+    of the first test images: sim input, histogram matching, each variant (its first
+    seed) and the paired truth, side by side."""
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
+    from pipelines.toy_eval import HISTOGRAM, baselines, load_toy_test
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,6 +164,12 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for (v, s), fut in futures.items():  # in seed order, whatever order they ended in
                 results[v].append(fut.result())
+        if samples is not None:
+            test = load_toy_test(data, SAMPLES)
+            columns = [test.a, baselines(data, test)[HISTOGRAM], *(results[v][0]["samples"] for v in variants), test.truth]
+            save_grid([[c[i] for c in columns] for i in range(len(test.a))], samples, scale=max(1, 128 // size),
+                      titles=("sim input", "histogram", *variants, "paired truth"))
+            log(f"  translations of seed {seeds[0]}: {samples}")
     base = results[variants[0]][0]
     rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": "",
                  "scene": scene})
