@@ -12,6 +12,7 @@ from pathlib import Path
 from cut_core.config import Precision
 from cut_core.config import TRANSLATE_PRECISIONS
 from cut_core.errors import RaycutError
+from jobs.bench.quality import QUALITY_VARIANTS
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -336,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
     b.add_argument("--scene", default="street", help="quality: the toy pair to train and score on, street or coast "
                    "(the held-out pair)")
-    b.add_argument("--quality-variants", nargs="+", default=None,
-                   help="quality: plain, diffaugment, ada, ema, diffaugment+ema, cyclegan (at the first variant's "
-                   "wall-clock time; default: all)")
+    b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
+                   help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan at the first variant's wall-clock time; "
+                   "default: all), or your own as NAME:KEY=VALUE[:KEY=VALUE...], e.g. nce2:lambda_NCE=2")
     b.set_defaults(func=_cmd_bench)
     _with_examples(sub)
     return p

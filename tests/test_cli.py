@@ -9,6 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+from cut_core.errors import RaycutError
+
 
 # An ERROR-level line of Python's logging or of Ray's C++ log, or a deprecation warning.
 CONSOLE_PROBLEM = re.compile(r"\bERROR\b|,\d{3} E \d+ \d+\]|[Dd]eprecat")
@@ -178,18 +180,20 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     the translations."""
     out = tmp_path / "quality.json"
     r = raycut("bench", "quality", "--out", str(out), "--presets", "fastcut", "--size", "32", "--steps", "20",
-               "--seeds", "0", "--quality-variants", "plain", "diffaugment")
+               "--seeds", "0", "--quality-variants", "plain", "aug:d_augment=color,translation,cutout")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"baseline/identity", "baseline/histogram", "fastcut/plain", "fastcut/diffaugment"}
+    assert set(rows) == {"baseline/identity", "baseline/histogram", "fastcut/plain", "fastcut/aug"}
     # On the street pair histogram matching is the stronger baseline (106 against 62 at 32 px).
     assert 0 < rows["baseline/histogram"]["value"] < rows["baseline/identity"]["value"]
-    for name in ("fastcut/plain", "fastcut/diffaugment"):
+    for name in ("fastcut/plain", "fastcut/aug"):
         row = rows[name]
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
         assert [h["step"] for h in row["histories"][0]] == [10, 20] and "D_rt" in row["histories"][0][-1]
-    # Augmenting D's inputs changes what G learns from it.
-    assert rows["fastcut/plain"]["value"] != rows["fastcut/diffaugment"]["value"]
+    # A variant of the user's own (NAME:KEY=VALUE) trains with its overrides: augmenting
+    # D's inputs changes what G learns from D.
+    assert rows["fastcut/aug"]["sets"] == ["d_augment=color,translation,cutout"]
+    assert rows["fastcut/plain"]["value"] != rows["fastcut/aug"]["value"]
     with Image.open(out.with_suffix(".png")) as im:
         im.verify()
     # The translations beside the input, histogram matching and the truth: 4 test
@@ -198,7 +202,23 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         assert im.size == (5 * (128 + 2) + 2, 14 + 4 * (128 + 2) + 2)
     lines = [line for line in r.stderr.splitlines() if line.startswith("[quality]")]
     assert lines and lines[-1].startswith("[quality] 40/40 100%") and "ETA" in lines[-1], r.stderr[-2000:]
-    assert "fastcut/diffaugment" in r.stdout  # the printed table
+    assert "fastcut/aug" in r.stdout  # the printed table
+
+
+def test_quality_variants_are_named_recipes_or_the_users_own():
+    from jobs.bench.quality import QUALITY_VARIANTS, parse_variants
+
+    got = parse_variants(["plain", "nce2:lambda_NCE=2:nce_layers=4,8"])
+    assert got == {"plain": QUALITY_VARIANTS["plain"], "nce2": ("lambda_NCE=2", "nce_layers=4,8")}
+    for bad, says in (("bogus", "unknown quality variant 'bogus'"), ("x:lambda_NCE", "'lambda_NCE' is not KEY=VALUE"),
+                      (":lambda_NCE=2", "its own name")):
+        with pytest.raises(RaycutError, match=says):
+            parse_variants([bad])
+    with pytest.raises(RaycutError, match="its own name"):
+        parse_variants(["a:lr=1", "a:lr=2"])
+    # Bad keys and values are refused before any run starts, in one line.
+    r = raycut("bench", "quality", "--out", "unused.json", "--quality-variants", "x:lambda_NCEE=2")
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == ["raycut: error: unknown config key 'lambda_NCEE'; did you mean lambda_NCE?"]
 
 
 @pytest.mark.parametrize(

@@ -32,12 +32,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.which == "quality":
-        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality, quality_plot
+        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality, parse_variants, quality_plot
+        from jobs.bench.quality import variant_config
 
-        variants = tuple(args.quality_variants or QUALITY_VARIANTS)
-        unknown = [v for v in variants if v not in QUALITY_VARIANTS]
-        if unknown:
-            raise RaycutError(f"unknown quality variant {unknown[0]!r}; choose from {', '.join(QUALITY_VARIANTS)}")
+        variants = parse_variants(args.quality_variants or QUALITY_VARIANTS)
+        for preset in args.presets:  # a bad key or value: one line now, not a traceback per run later
+            for sets in variants.values():
+                variant_config(preset, args.config, sets, args.size)
         rows = []
         for preset in args.presets:
             log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px on the "

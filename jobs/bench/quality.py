@@ -19,7 +19,9 @@ import queue
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from cut_core.errors import RaycutError
 
 from jobs.progress import Progress
 from pipelines.report import save_grid
@@ -40,11 +42,29 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def parse_variants(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Variant name -> overrides, from the command line: a name of QUALITY_VARIANTS, or
+    one of the user's own as ``NAME:KEY=VALUE[:KEY=VALUE...]`` (for example
+    ``nce2:lambda_NCE=2``), so any config key can be compared against the recipes."""
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, *sets = spec.split(":")
+        if not sets and name not in QUALITY_VARIANTS:
+            raise RaycutError(f"unknown quality variant {name!r}; choose from {', '.join(QUALITY_VARIANTS)}, "
+                              "or name your own as NAME:KEY=VALUE[:KEY=VALUE...]")
+        bad = [s for s in sets if "=" not in s or not s.split("=", 1)[0]]
+        if not name or bad or name in out:
+            why = f"{bad[0]!r} is not KEY=VALUE" if bad else "each variant needs its own name"
+            raise RaycutError(f"quality variant {spec!r}: {why}; write NAME:KEY=VALUE[:KEY=VALUE...]")
+        out[name] = tuple(sets) if sets else QUALITY_VARIANTS[name]
+    return out
+
+
 # test images shown per variant in the bench's sample grid
 SAMPLES = 4
 
 
-def _variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, seed: int = 0):
+def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, seed: int = 0):
     """The config a variant trains: ``config`` over ``preset`` (or the variant's own
     ``preset=``), at ``size`` px, fp32 NCHW (the same arithmetic on every CPU kind)."""
     from jobs.config_file import resolve_config
@@ -66,7 +86,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy, load_toy_test
 
-    cfg = _variant_config(preset, config, sets, size, seed)
+    cfg = variant_config(preset, config, sets, size, seed)
     root = Path(data)
     t = time.perf_counter()
     last = 0
@@ -99,7 +119,7 @@ def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, dat
     from pipelines.local_images import load_folder
 
     torch.set_num_threads(1)
-    cfg = _variant_config(preset, config, sets, size)
+    cfg = variant_config(preset, config, sets, size)
     a, b = load_folder(Path(data) / "trainA")[:8], load_folder(Path(data) / "trainB")[:8]
     train_in_process(cfg, a, b, steps=2, progress=False)
     t = time.perf_counter()
@@ -120,7 +140,7 @@ def _drain(steps_done: Any, bar: Progress) -> None:
 
 
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
-                  seeds: tuple[int, ...] = (0, 1, 2), variants: tuple[str, ...] = tuple(QUALITY_VARIANTS),
+                  seeds: tuple[int, ...] = (0, 1, 2), variants: Mapping[str, tuple[str, ...]] = QUALITY_VARIANTS,
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
                   progress_stream: TextIO | None = None, samples: Path | None = None) -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
@@ -136,19 +156,20 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         spec = ToySpec(size=size, n_train=n_train, n_test=16, seed=0, scene=scene)
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
+        first = next(iter(variants))
         ctx = multiprocessing.get_context("spawn")
         with ctx.Manager() as manager, concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1),
                                                                           mp_context=ctx) as pool:
             budget = {v: steps for v in variants}
             if "cyclegan" in variants:  # the same wall-clock time as the first variant
-                ref, cyc = (pool.submit(step_seconds, preset, config, QUALITY_VARIANTS[v], size, str(data)).result()
-                            for v in (variants[0], "cyclegan"))
+                ref, cyc = (pool.submit(step_seconds, preset, config, variants[v], size, str(data)).result()
+                            for v in (first, "cyclegan"))
                 budget["cyclegan"] = max(1, round(steps * ref / cyc))
-                log(f"  a cyclegan step takes {cyc / ref:.2f}x a {variants[0]} step: {budget['cyclegan']} steps")
+                log(f"  a cyclegan step takes {cyc / ref:.2f}x a {first} step: {budget['cyclegan']} steps")
             # The runs report their steps through a queue, so the console shows one
             # progress line with an ETA over all of them (a 64 px bench runs for hours).
             steps_done = manager.Queue()
-            futures = {(v, s): pool.submit(_train_and_score, preset, config, QUALITY_VARIANTS[v], s, size, budget[v],
+            futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
                                            str(data), steps_done) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
             bar = Progress("quality", total, unit="step", every=max(1, total // 100), stream=progress_stream)
@@ -170,7 +191,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             save_grid([[c[i] for c in columns] for i in range(len(test.a))], samples, scale=max(1, 128 // size),
                       titles=("sim input", "histogram", *variants, "paired truth"))
             log(f"  translations of seed {seeds[0]}: {samples}")
-    base = results[variants[0]][0]
+    base = results[first][0]
     rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": "",
                  "scene": scene})
     rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": "",
@@ -180,7 +201,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         name = "cyclegan" if v == "cyclegan" else f"{preset}/{v}"
         rows.append({"name": name, "metric": "colour_err", "value": round(statistics.median(errs), 2),
                      "unit": "", "per_seed": [round(e, 2) for e in errs], "worst": round(max(errs), 2),
-                     "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(QUALITY_VARIANTS[v]),
+                     "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
                      "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
                      "histories": [r["history"] for r in rs]})
     return rows
