@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from cut_core.errors import RaycutError
-
 from jobs.progress import Progress
 from pipelines.report import save_grid
 
