@@ -166,12 +166,13 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                 budget["cyclegan"] = max(1, round(steps * ref / cyc))
                 log(f"  a cyclegan step takes {cyc / ref:.2f}x a {first} step: {budget['cyclegan']} steps")
             # The runs report their steps through a queue, so the console shows one
-            # progress line with an ETA over all of them (a 64 px bench runs for hours).
+            # progress line with an ETA over all of them (a 64 px bench runs for
+            # hours); in a log, a line each 5%.
             steps_done = manager.Queue()
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
                                            str(data), steps_done) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
-            bar = Progress("quality", total, unit="step", every=max(1, total // 100), stream=progress_stream)
+            bar = Progress("quality", total, unit="step", every=max(1, total // 20), stream=progress_stream)
             pending = set(futures.values())
             while pending:
                 finished, pending = concurrent.futures.wait(pending, timeout=2.0)
