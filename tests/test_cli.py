@@ -205,6 +205,63 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     assert "fastcut/aug" in r.stdout  # the printed table
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:  # a zombie has exited; only its parent's wait is missing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_bench_takes_its_runs_with_it(tmp_path):
+    """kill -9 of `raycut bench quality` ends its training processes too: a process
+    pool's workers stop only when their parent tells them, and each would otherwise
+    train on as an orphan for up to an hour."""
+    import signal
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "bench", "quality", "--out", str(tmp_path / "q.json"),
+                             "--presets", "fastcut", "--size", "32", "--steps", "100000", "--seeds", "0",
+                             "--quality-variants", "plain", "diffaugment"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        training: list[int] = []
+        while len(training) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            # The runs have started once a child has torch loaded (the manager never does).
+            training = [c for c in _children(proc.pid) if "libtorch" in Path(f"/proc/{c}/maps").read_text(errors="ignore")]
+        assert len(training) == 2, "the bench did not start its two runs"
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [c for c in children if _alive(c)], "children outlived the killed bench"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_quality_variants_are_named_recipes_or_the_users_own():
     from jobs.bench.quality import QUALITY_VARIANTS, parse_variants
 

@@ -156,10 +156,9 @@ def time_train_variant(preset: str, kind: str, overrides: dict[str, object], dev
 def in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
     """Run ``fn(*args)`` in a new interpreter: clean memory high-water mark, no
     allocator or autotuning state carried from the variant measured before."""
-    import concurrent.futures
-    import multiprocessing
+    from jobs.bench.processes import spawn_pool
 
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawn_pool(1) as pool:
         return pool.submit(fn, *args).result()
 
 

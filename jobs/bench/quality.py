@@ -13,7 +13,6 @@ baselines (identity, histogram matching) of the same held-out images.
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import os
 import queue
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from cut_core.errors import RaycutError
+from jobs.bench.processes import spawn_manager, spawn_pool
 from jobs.progress import Progress
 from pipelines.report import save_grid
 
@@ -156,9 +156,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         first = next(iter(variants))
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, concurrent.futures.ProcessPoolExecutor(max(1, os.cpu_count() or 1),
-                                                                          mp_context=ctx) as pool:
+        with spawn_manager() as manager, spawn_pool(os.cpu_count() or 1) as pool:
             budget = {v: steps for v in variants}
             if "cyclegan" in variants:  # the same wall-clock time as the first variant
                 ref, cyc = (pool.submit(step_seconds, preset, config, variants[v], size, str(data)).result()
