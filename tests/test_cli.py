@@ -190,6 +190,10 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         row = rows[name]
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
         assert [h["step"] for h in row["histories"][0]] == [10, 20] and "D_rt" in row["histories"][0][-1]
+    # Each run also went to a log as it ended (what a bench stopped part-way keeps).
+    ended = [json.loads(line) for line in out.with_suffix(".runs.jsonl").read_text().splitlines()]
+    assert sorted((e["variant"], e["seed"], e["colour_err"]) for e in ended) == sorted(
+        (name.split("/")[1], 0, pytest.approx(rows[name]["value"], abs=0.01)) for name in ("fastcut/plain", "fastcut/aug"))
     # A variant of the user's own (NAME:KEY=VALUE) trains with its overrides: augmenting
     # D's inputs changes what G learns from D.
     assert rows["fastcut/aug"]["sets"] == ["d_augment=color,translation,cutout"]

@@ -40,16 +40,20 @@ def run_bench(args: argparse.Namespace) -> int:
             for sets in variants.values():
                 variant_config(preset, args.config, sets, args.size)
         rows = []
+        # A line per run as it ends, appended (never rewritten): a bench stopped part-way,
+        # hours in, keeps the runs that ended.
+        runs_log = Path(args.out).with_suffix(".runs.jsonl")
+        runs_log.parent.mkdir(parents=True, exist_ok=True)
         for preset in args.presets:
             log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px on the "
                 f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}")
             grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
-                                  variants=variants, scene=args.scene, log=log, samples=grid)
+                                  variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log)
         out = benchmark.write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))
-        print(f"wrote {out} and {plot}")
+        print(f"wrote {out} and {plot}; each run's result in {runs_log}")
         return 0
     if args.ray:
         log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px, precision auto, Ray Train 1 and 2 workers "

@@ -13,6 +13,7 @@ baselines (identity, histogram matching) of the same held-out images.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import queue
 import statistics
@@ -141,10 +142,12 @@ def _drain(steps_done: Any, bar: Progress) -> None:
 def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 32, steps: int = 300,
                   seeds: tuple[int, ...] = (0, 1, 2), variants: Mapping[str, tuple[str, ...]] = QUALITY_VARIANTS,
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
-                  progress_stream: TextIO | None = None, samples: Path | None = None) -> list[dict[str, object]]:
+                  progress_stream: TextIO | None = None, samples: Path | None = None,
+                  runs_log: Path | None = None) -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
     of the first test images: sim input, histogram matching, each variant (its first
-    seed) and the paired truth, side by side."""
+    seed) and the paired truth, side by side; with ``runs_log``, a JSON line there per
+    run as it ends."""
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
@@ -180,6 +183,11 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                         r = fut.result()
                         log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
                             f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
+                        if runs_log is not None:  # a bench stopped later keeps the runs that ended
+                            with open(runs_log, "a") as f:
+                                f.write(json.dumps({"preset": preset, "variant": v, "sets": list(variants[v]), "seed": s,
+                                                    "scene": scene, "size": size, "steps": budget[v],
+                                                    **{k: x for k, x in r.items() if k != "samples"}}) + "\n")
             results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for (v, s), fut in futures.items():  # in seed order, whatever order they ended in
                 results[v].append(fut.result())
