@@ -32,8 +32,8 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.which == "quality":
-        from jobs.bench.quality import QUALITY_VARIANTS, bench_quality, format_quality, parse_variants, quality_plot
-        from jobs.bench.quality import variant_config
+        from jobs.bench.quality import (QUALITY_VARIANTS, bench_quality, format_quality, parse_variants, quality_plot,
+                                        variant_config)
 
         variants = parse_variants(args.quality_variants or QUALITY_VARIANTS)
         for preset in args.presets:  # a bad key or value: one line now, not a traceback per run later
