@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cut_core.config import D_AUGMENT_OPS as OPS, parse_policy  # the config's vocabulary (no torch)
+from cut_core.config import D_AUGMENT_OPS as OPS, LossConfig, parse_policy  # the config's vocabulary (no torch)
 
 
 
@@ -159,8 +159,9 @@ class WinWatch:
     sign, see :func:`overfit_sign`) at ``D_WON_RT`` or more. ``observe`` returns True
     once, when the run reaches ``steps``."""
 
-    def __init__(self, gan_mode: str, steps: int = D_WON_STEPS) -> None:
+    def __init__(self, gan_mode: str, steps: int = D_WON_STEPS, advice: str = "") -> None:
         self.threshold, self.steps = D_WON_LOSS[gan_mode], steps
+        self.advice = advice or d_won_advice("", 1.0, True)
         self.run = 0  # steps in a row in which D had won
         self.longest = 0
         self.warned = False
@@ -179,7 +180,30 @@ class WinWatch:
             self.warned = False  # D lost its grip: warn again if it wins again
         return False
 
+    @classmethod
+    def for_loss(cls, loss: LossConfig, steps: int = D_WON_STEPS) -> "WinWatch":
+        """The watch of a run with these loss settings: its advice names what the
+        run has not tried yet."""
+        return cls(loss.gan_mode, steps, d_won_advice(loss.d_augment, loss.lambda_NCE, loss.nce_idt))
+
     def message(self, step: int) -> str:
         return (f"D has won: its loss stayed near zero (under {self.threshold}, or {self.threshold * D_WON_LOSS_SURE_RT:g} "
                 f"with r_t >= {D_WON_RT}) for {self.run} steps (to step {step}), so G "
-                f"learns from PatchNCE alone; try --set d_augment=color,translation,cutout (or d_augment_target=0.6)")
+                f"learns from PatchNCE alone; {self.advice}")
+
+
+def d_won_advice(d_augment: str, lambda_NCE: float, nce_idt: bool) -> str:
+    """What to try when D has won, from what was measured on the toy pairs
+    (docs/quality.md): a FastCUT-like NCE weight first, then D's augmentation, then a
+    narrower D."""
+    tries = []
+    if lambda_NCE > 1 and not nce_idt:
+        # At FastCUT's 10, PatchNCE holds G near the source (its colours, its outlines):
+        # easy for D to spot. 1 (CUT's) was better on every seed of both toy pairs.
+        tries.append("lambda_NCE=1")
+    if not d_augment:
+        tries.append("d_augment=color,translation,cutout")
+    if tries:
+        return f"try --set {' '.join(tries)} (docs/quality.md)"
+    return "D wins even on augmented inputs: try a narrower D (--set ndf=16) or more training images (docs/quality.md)"
+

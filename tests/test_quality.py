@@ -134,6 +134,15 @@ def test_training_with_augmentation_ema_and_ada_resumes_exactly(tmp_path):
         torch.testing.assert_close(p, q)
 
 
+def test_the_d_won_warning_advises_what_the_run_has_not_tried():
+    fastcut = CUTConfig.from_preset("fastcut")
+    assert "try --set lambda_NCE=1 d_augment=color,translation,cutout" in WinWatch.for_loss(fastcut.loss).message(300)
+    cut = WinWatch.for_loss(CUTConfig.from_preset("cut").loss).message(300)
+    assert "d_augment=color" in cut and "lambda_NCE" not in cut  # CUT's NCE weight is 1 already
+    augmented = fastcut.with_overrides({"d_augment": "color,cutout", "lambda_NCE": 1.0})
+    assert "narrower D" in WinWatch.for_loss(augmented.loss).message(300)
+
+
 def test_win_watch_warns_once_per_win():
     w = WinWatch("lsgan", steps=100)
     assert not w.observe(0.2, 50)

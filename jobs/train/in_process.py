@@ -36,7 +36,7 @@ def train_in_process(
     bar = Progress("train", steps, every=log_every) if progress else None
     history: list[dict[str, float]] = []
     acc: dict[str, float] = {}
-    watch = WinWatch(cfg.loss.gan_mode)
+    watch = WinWatch.for_loss(cfg.loss)
     for step in range(steps):
         if step % steps_per_epoch == 0:
             set_epoch(state, step // steps_per_epoch)
