@@ -201,4 +201,4 @@ def d_won_advice(d_augment: str, lambda_NCE: float, nce_idt: bool) -> str:
         return "try --set lambda_NCE=1 (docs/quality.md)"
     if not d_augment:
         return "try --set d_augment=color,translation,cutout (or d_augment_target=0.6; docs/quality.md)"
-    return "D wins even on augmented inputs: try a narrower D (--set ndf=16) or more training images (docs/quality.md)"
+    return "D wins even on augmented inputs: try a narrower D (a smaller ndf or n_layers_D) or more training images"
