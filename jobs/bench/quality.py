@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 from cut_core.errors import RaycutError
 from jobs.bench.processes import spawn_manager, spawn_pool
 from jobs.progress import Progress
-from pipelines.report import save_grid
 
 # variant -> --set overrides over the config under test
 QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -151,6 +150,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
+    from pipelines.report import save_grid
     from pipelines.toy_eval import HISTOGRAM, baselines, load_toy_test
 
     rows: list[dict[str, object]] = []
