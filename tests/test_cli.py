@@ -170,6 +170,13 @@ def test_bench_train_writes_the_record(tmp_path):
         table_line = r.stdout.split(name)[-1].splitlines()[0]  # the name's last mention: its table row
         assert f"{rows[name]['paired_vs_baseline']:.2f}x" in table_line
     assert "fastcut/bf16@32" in r.stdout and "fastcut/auto@32" in r.stdout  # the printed table
+    # The arithmetic of a step: raycut takes the PatchNCE keys from G's own pass, so
+    # an unflipped FastCUT step does less than the reference's; a flipped one encodes
+    # the unflipped source as the reference does (the mean of the two is reported).
+    work = rows["fastcut/fp32-eager@32"]["arith_vs_baseline"]
+    assert 0.9 < work < 1.0 and rows["baseline/fastcut-official-schedule@32"]["arith_vs_baseline"] == 1.0
+    assert rows["fastcut/auto@32"]["gflop_per_iter"] == rows["fastcut/fp32-eager@32"]["gflop_per_iter"] > 0
+    assert f"{work:.3f}" in r.stdout.split("fastcut/fp32-eager@32")[-1].splitlines()[0]
 
 
 def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):

@@ -126,6 +126,35 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
         p.requires_grad_(True)
 
 
+def step_gflop(kind: str, cfg: CUTConfig, device: str, a: torch.Tensor, b: torch.Tensor) -> float:
+    """The arithmetic of one step in GFLOP (torch's FlopCounterMode: convolutions and
+    matmuls, forward and backward), on a fresh state of its own. Where the preset flips
+    its input on half of the steps (FastCUT), the mean of a flipped and an unflipped
+    step: the two do different work. Precision and memory layout change how fast the
+    arithmetic runs, not how much of it there is, so one count serves every fast path."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = official_schedule_step if kind == "official" else train_step
+    coins = (False, True) if cfg.loss.flip_equivariance else (False,)
+    total = 0
+    for flipped in coins:
+        state = state_for(kind, cfg, device)
+        _next_coin(state.rng, flipped)
+        with FlopCounterMode(display=False) as counter:
+            step(state, a, b)
+        total += counter.get_total_flops()
+    return total / len(coins) / 1e9
+
+
+def _next_coin(rng: torch.Generator, flipped: bool) -> None:
+    """Advance ``rng`` until the step's next coin (``rand() < 0.5``: flip) says ``flipped``."""
+    while True:
+        before = rng.get_state()
+        if bool(torch.rand((), generator=rng) < 0.5) == flipped:
+            rng.set_state(before)
+            return
+
+
 def state_for(kind: str, cfg: CUTConfig, device: str) -> TrainState:
     """A fresh state for a row; the baseline's optimizers are the reference's (Adam as
     torch defaults it, a loop of small ops on a CPU), not raycut's fused one."""
@@ -225,6 +254,7 @@ def bench_train(
         by_name, _ = interleaved_ms({name: fn for name, fn, _ in timed}, device, rounds=iters, warmup=max(1, warmup),
                                     on_round=show)
         times = [by_name[name] for name, _, _ in timed]
+        arith = _arithmetic(preset, base.with_overrides({**shape, **plain}), device, baseline, log)
         base_ts = next((ts for (name, _, _), ts in zip(timed, times) if name.startswith("baseline/")), None)
         for (name, _, extra), ts in zip(timed, times):
             med = statistics.median(ts)
@@ -233,10 +263,35 @@ def bench_train(
                 # shared machine slows both; the median of these ratios ranks more surely
                 # than a ratio of two medians.
                 extra = {**extra, "paired_vs_baseline": round(statistics.median(b / t for b, t in zip(base_ts, ts)), 3)}
+            kind = "official" if name.startswith("baseline/") else "raycut"
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
-                         "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts], **extra})
+                         "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts],
+                         **_arith_fields(arith, kind), **extra})
             log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra.get("resolved") else ""))
     return rows
+
+
+def _arithmetic(preset: str, cfg: CUTConfig, device: str, baseline: bool, log: Callable[[str], None]) -> dict[str, float]:
+    """GFLOP per step of raycut's step and (with ``baseline``) of the reference schedule.
+    Their ratio is the floor of fp32's time ratio at an equal FLOP rate: a path that
+    computes the reference's losses can beat it only by doing less arithmetic or doing
+    it faster."""
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
+    a, b = ((torch.rand(shape, generator=g) * 2 - 1).to(device) for _ in range(2))
+    kinds = ("raycut", "official") if baseline else ("raycut",)
+    out = {kind: step_gflop(kind, cfg, device, a, b) for kind in kinds}
+    if baseline:
+        log(f"  arithmetic per {preset} step: {out['raycut']:.1f} GFLOP, the reference schedule's {out['official']:.1f}"
+            f" ({out['raycut'] / out['official']:.3f}x)")
+    return out
+
+
+def _arith_fields(arith: dict[str, float], kind: str) -> dict[str, float]:
+    fields = {"gflop_per_iter": round(arith[kind], 2)}
+    if "official" in arith:
+        fields["arith_vs_baseline"] = round(arith[kind] / arith["official"], 3)
+    return fields
 
 
 def v_is_auto(perf: dict[str, object]) -> bool:
@@ -393,20 +448,21 @@ def check_resume_under_ddp(device: str, log: Callable[[str], None] = print) -> f
 def format_table(rows: list[dict[str, object]]) -> str:
     """One line per row name: ms/iter (median +- half the IQR) or images/s, peak memory
     where measured, and the speed-up over the in-run baseline of the same preset (for
-    rows timed round by round with it: the median of the per-round speed-ups). Rows
-    whose medians lie closer than their spreads are marked: they cannot be ranked."""
+    rows timed round by round with it: the median of the per-round speed-ups), and for
+    training rows the arithmetic of a step as a fraction of the baseline's ("work").
+    Rows whose medians lie closer than their spreads are marked: they cannot be ranked."""
     by_name: dict[str, dict[str, object]] = {}
     for r in rows:
         entry = by_name.setdefault(str(r["name"]), {})
         entry[str(r["metric"])] = r["value"]
-        for k in ("spread_ms", "skipped", "resolved", "model_busy", "paired_vs_baseline"):
+        for k in ("spread_ms", "skipped", "resolved", "model_busy", "paired_vs_baseline", "arith_vs_baseline"):
             if k in r:
                 entry[k] = r[k]
-    lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s}"]
+    lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s} {'work':>6s}"]
     for name, m in by_name.items():
         note = ""
         if m.get("skipped"):
-            lines.append(f"{name:44s} {'-':>22s} {'':>9s} {'':>11s}  {m['skipped']}")
+            lines.append(f"{name:44s} {'-':>22s} {'':>9s} {'':>11s} {'':>6s}  {m['skipped']}")
             continue
         if "ms_per_iter" in m:
             speed = f"{m['ms_per_iter']:.0f} ms/iter" + (f" +-{m['spread_ms']:.0f}" if "spread_ms" in m else "")
@@ -440,7 +496,8 @@ def format_table(rows: list[dict[str, object]]) -> str:
             if "images_per_s" not in m:
                 continue
         peak = m.get("peak_mem_mb")
-        lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s}{note}")
+        work = f"{float(m['arith_vs_baseline']):.3f}" if "arith_vs_baseline" in m else ""
+        lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s} {work:>6s}{note}")
     return "\n".join(lines)
 
 
