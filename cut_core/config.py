@@ -139,9 +139,13 @@ class LossConfig:
     # color,translation,cutout ("" = off), each applied per image with probability
     # d_augment_p, or, when d_augment_target > 0, with ADA's adaptive probability that
     # follows D's overfitting signal r_t towards that target (0.6 in the ADA paper).
+    # ADA's p can go from 0 to 1 in d_augment_speed images seen by D (the paper: 500k,
+    # for runs of millions; at raycut's 20k default a run of 1500 batch-1 steps moves p
+    # by 0.075 at most, so a short run needs a few thousand).
     d_augment: str = ""
     d_augment_p: float = 1.0
     d_augment_target: float = 0.0
+    d_augment_speed: int = 20_000
     # CycleGAN (preset cyclegan, cut_core.cyclegan): cycle-consistency weights of
     # A -> B -> A and B -> A -> B, and the buffer of past fakes each D also sees (0: off).
     # Its identity loss is lambda_identity x lambda_A (or lambda_B), as in the official code.
@@ -157,6 +161,7 @@ class LossConfig:
             raise ConfigError(f"d_augment={self.d_augment!r}: {e}") from None
         _check(0 <= self.d_augment_p <= 1, f"d_augment_p={self.d_augment_p} must lie in [0, 1]")
         _check(0 <= self.d_augment_target < 1, f"d_augment_target={self.d_augment_target} must lie in [0, 1) (0: fixed p)")
+        _check(self.d_augment_speed >= 1, f"d_augment_speed={self.d_augment_speed} must be >= 1 (images for ADA's p to go from 0 to 1)")
         _check(not self.d_augment_target or self.d_augment,
                "d_augment_target adapts the probability of d_augment's ops; name them too, e.g. d_augment=color,translation,cutout")
         _check(len(self.nce_layers) > 0, "nce_layers is empty; give at least one layer id, e.g. 0,4,8,12,16")

@@ -113,7 +113,8 @@ class AdaptiveP(nn.Module):
 
     Every ``interval`` D steps, p moves by sign(mean r_t - target) * images / (speed
     images): with ADA's constants, p can go from 0 to 1 in 500k images; raycut's runs
-    are shorter, so ``speed_images`` defaults to 20k (0 -> 1 in 20k images seen by D).
+    are shorter, so ``speed_images`` defaults to 20k (0 -> 1 in 20k images seen by D;
+    the config's ``d_augment_speed``).
     """
 
     def __init__(self, target: float, *, interval: int = 4, speed_images: int = 20_000) -> None:

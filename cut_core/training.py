@@ -151,7 +151,7 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
         state.G_ema = GeneratorEMA(G, o.ema_decay)
     state.d_ops = parse_policy(cfg.loss.d_augment)
     if cfg.loss.d_augment_target:
-        state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target)
+        state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target, speed_images=cfg.loss.d_augment_speed)
     state.run = {
         "G_forward_and_encode": maybe_compile(perf, G.forward_and_encode),
         "G_encode": maybe_compile(perf, G.encode),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cut_core import CUTConfig
+from cut_core.errors import ConfigError
 from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA, ema_decay_at
 from cut_core.train_checkpoint import load_train_state, save_train_state
@@ -132,6 +133,19 @@ def test_training_with_augmentation_ema_and_ada_resumes_exactly(tmp_path):
     torch.testing.assert_close(torch.stack(again), torch.stack(after))
     for p, q in zip(resumed.G_ema.average.parameters(), run.G_ema.average.parameters()):
         torch.testing.assert_close(p, q)
+
+
+def test_ada_speed_is_a_config_key_that_sets_how_fast_p_moves():
+    # A short run needs p to move within it: the speed is the images for 0 -> 1.
+    sets = {"d_augment": "color", "d_augment_target": 0.6}
+    fast, slow = (build_train_state(CUTConfig.tiny("fastcut", **sets, d_augment_speed=v)) for v in (40, 20_000))
+    for state in (fast, slow):
+        assert state.d_aug_p is not None
+        for _ in range(4):  # one adjustment (interval 4): D sure of every real
+            state.d_aug_p.observe(torch.tensor(1.0), batch=2)
+    assert fast.d_aug_p.value == pytest.approx(4 * 2 / 40) and slow.d_aug_p.value == pytest.approx(4 * 2 / 20_000)
+    with pytest.raises(ConfigError, match="d_augment_speed=0 must be >= 1"):
+        CUTConfig.tiny("fastcut", **sets, d_augment_speed=0)
 
 
 def test_the_d_won_warning_advises_what_the_run_has_not_tried():
