@@ -154,9 +154,12 @@ def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     first = WinWatch.for_loss(fastcut.loss).message(300)
     assert "try --set lambda_NCE=1 " in first and "d_augment" not in first
     cut = WinWatch.for_loss(CUTConfig.from_preset("cut").loss).message(300)
-    assert "try --set d_augment=color" in cut and "lambda_NCE" not in cut  # CUT's NCE weight is 1 already
+    assert "try ADA: --set d_augment=color" in cut and "d_augment_speed" in cut
+    assert "lambda_NCE" not in cut  # CUT's NCE weight is 1 already
     augmented = fastcut.with_overrides({"d_augment": "color,cutout", "lambda_NCE": 1.0})
-    assert "narrower D" in WinWatch.for_loss(augmented.loss).message(300)
+    assert "--preset cut" in WinWatch.for_loss(augmented.loss).message(300)  # FastCUT: CUT's identity term
+    cut_augmented = CUTConfig.from_preset("cut").with_overrides({"d_augment": "color,cutout"})
+    assert "narrower D" in WinWatch.for_loss(cut_augmented.loss).message(300)
 
 
 def test_win_watch_warns_once_per_win():
