@@ -197,6 +197,10 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         row = rows[name]
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
         assert [h["step"] for h in row["histories"][0]] == [10, 20] and "D_rt" in row["histories"][0][-1]
+        # Label preservation, read by the toy segmenter: the paired truth is what it
+        # reads best; a 20-step G keeps some of the labels.
+        assert row["mIoU_per_seed"] == [row["mIoU"]] and 0 < row["mIoU"] < row["truth_mIoU"] <= 1
+    assert 0 < rows["baseline/histogram"]["mIoU"] < rows["fastcut/plain"]["truth_mIoU"]
     # Each run also went to a log as it ended (what a bench stopped part-way keeps).
     ended = [json.loads(line) for line in out.with_suffix(".runs.jsonl").read_text().splitlines()]
     assert sorted((e["variant"], e["seed"], e["colour_err"]) for e in ended) == sorted(

@@ -102,12 +102,23 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
     preds = translate_array(state, load_toy_test(root).a)
-    rows = evaluate_toy(root, {"model": preds}, label_preservation=False)
+    # Label preservation too (the toy segmenter, trained once by the parent and cached
+    # beside the data): the quality targets ask for colour and labels.
+    rows = evaluate_toy(root, {"model": preds})
     return {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
-            "samples": preds[:SAMPLES],
+            "samples": preds[:SAMPLES], "mIoU": rows["model"]["mIoU"],
+            "baseline_mIoU": {k.split("/")[-1]: rows[k]["mIoU"] for k in rows if k != "model"},
             "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
             "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
             "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+
+
+def _train_segmenter(data: str) -> None:
+    """Train and cache the toy dataset's segmenter (runs in a pool process, so the
+    bench's own process never imports torch)."""
+    from pipelines.toy_segmenter import toy_segmenter
+
+    toy_segmenter(data)
 
 
 def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, data: str, steps: int = 6) -> float:
@@ -170,6 +181,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             # progress line with an ETA over all of them (a 64 px bench runs for
             # hours); in a log, a line each 5%.
             steps_done = manager.Queue()
+            pool.submit(_train_segmenter, str(data)).result()  # once, before the runs read its cache
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
                                            str(data), steps_done) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
@@ -182,7 +194,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                     if fut in finished:
                         r = fut.result()
                         log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
-                            f"D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
+                            f"mIoU {r['mIoU']:.3f}, D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
                         if runs_log is not None:  # a bench stopped later keeps the runs that ended
                             with open(runs_log, "a") as f:
                                 f.write(json.dumps({"preset": preset, "variant": v, "sets": list(variants[v]), "seed": s,
@@ -198,15 +210,19 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                       titles=("sim input", "histogram", *variants, "paired truth"))
             log(f"  translations of seed {seeds[0]}: {samples}")
     base = results[first][0]
+    miou = base["baseline_mIoU"]
     rows.append({"name": "baseline/identity", "metric": "colour_err", "value": round(base["identity"], 2), "unit": "",
-                 "scene": scene})
+                 "scene": scene, "mIoU": round(miou["identity"], 4)})
     rows.append({"name": "baseline/histogram", "metric": "colour_err", "value": round(base["histogram"], 2), "unit": "",
-                 "scene": scene})
+                 "scene": scene, "mIoU": round(miou["histogram"], 4)})
     for v, rs in results.items():
         errs = [r["colour_err"] for r in rs]
+        ious = [r["mIoU"] for r in rs]
         name = "cyclegan" if v == "cyclegan" else f"{preset}/{v}"
         rows.append({"name": name, "metric": "colour_err", "value": round(statistics.median(errs), 2),
                      "unit": "", "per_seed": [round(e, 2) for e in errs], "worst": round(max(errs), 2),
+                     "mIoU": round(statistics.median(ious), 4), "mIoU_per_seed": [round(x, 4) for x in ious],
+                     "truth_mIoU": round(miou["truth (paired real)"], 4),
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
                      "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
                      "histories": [r["history"] for r in rs]})
@@ -215,12 +231,16 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
 
 def format_quality(rows: list[dict[str, object]]) -> str:
     hist = next(float(r["value"]) for r in rows if r["name"] == "baseline/histogram")  # type: ignore[arg-type]
-    lines = [f"{'row':34s} {'colour err':>10s} {'worst seed':>10s} {'/ histogram':>11s} {'D won (steps)':>13s}"]
+    lines = [f"{'row':34s} {'colour err':>10s} {'worst seed':>10s} {'/ histogram':>11s} {'mIoU':>6s} {'worst':>6s} "
+             f"{'D won (steps)':>13s}"]
     for r in rows:
         worst = r.get("worst", "")
         won = r.get("d_won_longest", "")
         ratio = f"{float(r['value']) / hist:.2f}"  # type: ignore[arg-type]
-        lines.append(f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {won!s:>13s}")  # type: ignore[arg-type]
+        iou = f"{float(r['mIoU']):.3f}" if "mIoU" in r else ""  # type: ignore[arg-type]
+        iou_worst = f"{min(r['mIoU_per_seed']):.3f}" if "mIoU_per_seed" in r else ""  # type: ignore[arg-type]
+        lines.append(f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {iou:>6s} "  # type: ignore[arg-type]
+                     f"{iou_worst:>6s} {won!s:>13s}")
     return "\n".join(lines)
 
 
