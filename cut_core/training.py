@@ -210,13 +210,19 @@ class GeneratorPass:
         return self.fake[self.batch :] if self.with_idt else None
 
 
+def flip_coin(rng: torch.Generator) -> bool:
+    """FastCUT's coin for one iteration: True (flip the input) with probability 1/2.
+    One draw from ``rng``; the reference schedule and the benchmark draw it the same way."""
+    return bool(torch.rand((), generator=rng) < 0.5)
+
+
 def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> GeneratorPass:
     """Phase 1: G on real_A (+ real_B), (B, 3, H, W) each in [-1, 1]."""
     cfg = state.config
     layers = cfg.loss.nce_layers
     with_idt = cfg.loss.nce_idt or cfg.loss.lambda_identity > 0
     src = torch.cat([real_A, real_B]) if with_idt else real_A
-    flipped = cfg.loss.flip_equivariance and bool(torch.rand((), generator=state.rng) < 0.5)
+    flipped = cfg.loss.flip_equivariance and flip_coin(state.rng)
     x = torch.flip(src, dims=[3]) if flipped else src
     with autocast(state.perf, state.device):
         fake, feats = state.run["G_forward_and_encode"](x, layers)

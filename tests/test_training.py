@@ -97,14 +97,14 @@ def test_torch_compile_path_gives_the_eager_losses(images):
 
 
 def test_fastcut_flip_equivariance_flips_the_input_and_keeps_unflipped_keys(images):
-    from cut_core.training import generator_pass
+    from cut_core.training import flip_coin, generator_pass
 
     state = build_train_state(tiny("fastcut"))
     a, b = images
     # Find an iteration whose coin says "flip" (the coin comes from state.rng).
     for _ in range(20):
         before = state.rng.get_state()
-        if bool(torch.rand((), generator=state.rng) < 0.5):
+        if flip_coin(state.rng):
             state.rng.set_state(before)
             break
     fwd = generator_pass(state, a, b)

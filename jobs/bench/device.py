@@ -33,7 +33,7 @@ from cut_core.fast_paths import autocast
 from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interleaved_ms
 from cut_core.networks import build_generator
 from cut_core.timing import Timing, spread, time_calls
-from cut_core.training import TrainState, build_train_state, train_step
+from cut_core.training import TrainState, build_train_state, flip_coin, train_step
 
 # variant name -> PerfConfig overrides
 TRAIN_VARIANTS: dict[str, dict[str, object]] = {
@@ -85,7 +85,7 @@ def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torc
     G, D, Fm = state.G, state.D, state.F
     b = real_A.shape[0]
     real = torch.cat([real_A, real_B]) if L.nce_idt else real_A
-    flipped = L.flip_equivariance and bool(torch.rand((), generator=state.rng) < 0.5)
+    flipped = L.flip_equivariance and flip_coin(state.rng)
     if flipped:
         real = torch.flip(real, [3])
     fake = G(real)
@@ -147,12 +147,20 @@ def step_gflop(kind: str, cfg: CUTConfig, device: str, a: torch.Tensor, b: torch
 
 
 def _next_coin(rng: torch.Generator, flipped: bool) -> None:
-    """Advance ``rng`` until the step's next coin (``rand() < 0.5``: flip) says ``flipped``."""
+    """Advance ``rng`` until the step's next ``flip_coin`` says ``flipped``."""
     while True:
         before = rng.get_state()
-        if bool(torch.rand((), generator=rng) < 0.5) == flipped:
+        if flip_coin(rng) == flipped:
             rng.set_state(before)
             return
+
+
+def fixed_pair(shape: tuple[int, ...], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two image batches in [-1, 1] from a fixed seed: every row of a bench steps on
+    the same inputs."""
+    g = torch.Generator().manual_seed(0)
+    a, b = ((torch.rand(shape, generator=g) * 2 - 1).to(device) for _ in range(2))
+    return a, b
 
 
 def state_for(kind: str, cfg: CUTConfig, device: str) -> TrainState:
@@ -173,10 +181,7 @@ def time_train_variant(preset: str, kind: str, overrides: dict[str, object], dev
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     cfg = CUTConfig.from_preset(preset).with_overrides(overrides)
     state = state_for(kind, cfg, device)
-    g = torch.Generator().manual_seed(0)
-    shape = (cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
-    a = (torch.rand(shape, generator=g) * 2 - 1).to(device)
-    b = (torch.rand(shape, generator=g) * 2 - 1).to(device)
+    a, b = fixed_pair((cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size), device)
     step = official_schedule_step if kind == "official" else train_step
     # torch.compile traces on the first calls: give it an extra warm-up.
     return time_calls(lambda: step(state, a, b), device=device, warmup=warmup + (2 if cfg.perf.compile else 0), iters=iters)
@@ -242,10 +247,7 @@ def bench_train(
                 continue
             cfg = base.with_overrides({**shape, **perf})
             state = state_for(kind, cfg, device)
-            g = torch.Generator().manual_seed(0)
-            size = (batch_size, 3, crop, crop)
-            a = (torch.rand(size, generator=g) * 2 - 1).to(device)
-            b = (torch.rand(size, generator=g) * 2 - 1).to(device)
+            a, b = fixed_pair((batch_size, 3, crop, crop), device)
             step = official_schedule_step if kind == "official" else train_step
             timed.append((name, functools.partial(step, state, a, b), {"resolved": state.fast.summary} if v_is_auto(perf) else {}))
         def show(r: int, ms: dict[str, float]) -> None:
@@ -276,9 +278,7 @@ def _arithmetic(preset: str, cfg: CUTConfig, device: str, baseline: bool, log: C
     Their ratio is the floor of fp32's time ratio at an equal FLOP rate: a path that
     computes the reference's losses can beat it only by doing less arithmetic or doing
     it faster."""
-    g = torch.Generator().manual_seed(0)
-    shape = (cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size)
-    a, b = ((torch.rand(shape, generator=g) * 2 - 1).to(device) for _ in range(2))
+    a, b = fixed_pair((cfg.optim.batch_size, 3, cfg.data.crop_size, cfg.data.crop_size), device)
     kinds = ("raycut", "official") if baseline else ("raycut",)
     out = {kind: step_gflop(kind, cfg, device, a, b) for kind in kinds}
     if baseline:
