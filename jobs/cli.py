@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
     b.add_argument("--scene", default="street", help="quality: the toy pair to train and score on, street or coast "
                    "(the held-out pair)")
+    b.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="quality: also score each run's best checkpoint on the toy val pair, chosen every N steps as "
+                   "`raycut train --eval-every` does (default: a sixth of --steps; 0: the last step only)")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
                    help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan at the first variant's wall-clock time; "
                    "default: all), or your own as NAME:KEY=VALUE[:KEY=VALUE...], e.g. nce2:lambda_NCE=2")

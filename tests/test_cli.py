@@ -187,7 +187,8 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     the translations."""
     out = tmp_path / "quality.json"
     r = raycut("bench", "quality", "--out", str(out), "--presets", "fastcut", "--size", "32", "--steps", "20",
-               "--seeds", "0", "--quality-variants", "plain", "aug:d_augment=color,translation,cutout")
+               "--seeds", "0", "--quality-variants", "plain", "aug:d_augment=color,translation,cutout",
+               "--eval-every", "10")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
     assert set(rows) == {"baseline/identity", "baseline/histogram", "fastcut/plain", "fastcut/aug"}
@@ -200,6 +201,17 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         # Label preservation, read by the toy segmenter: the paired truth is what it
         # reads best; a 20-step G keeps some of the labels.
         assert row["mIoU_per_seed"] == [row["mIoU"]] and 0 < row["mIoU"] < row["truth_mIoU"] <= 1
+        # The checkpoint `raycut train --eval-every` would register: scored on the val
+        # pair at steps 10 and 20, the better one then scored on the test pair. Where
+        # that is the last step, its test scores are the last step's.
+        (curve,), (chosen,) = row["val_curves"], row["best_step_per_seed"]
+        assert [c["step"] for c in curve] == [10, 20]
+        assert chosen == min(curve, key=lambda c: c["eval_colour_err"])["step"]
+        assert row["best_per_seed"] == [row["best"]] and row["best"] > 0
+        if chosen == 20:
+            assert (row["best"], row["best_mIoU_per_seed"]) == (row["value"], row["mIoU_per_seed"])
+        else:
+            assert row["best"] != row["value"]
     assert 0 < rows["baseline/histogram"]["mIoU"] < rows["fastcut/plain"]["truth_mIoU"]
     # Each run also went to a log as it ended (what a bench stopped part-way keeps).
     ended = [json.loads(line) for line in out.with_suffix(".runs.jsonl").read_text().splitlines()]
@@ -217,7 +229,7 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         assert im.size == (5 * (128 + 2) + 2, 14 + 4 * (128 + 2) + 2)
     lines = [line for line in r.stderr.splitlines() if line.startswith("[quality]")]
     assert lines and lines[-1].startswith("[quality] 40/40 100%") and "ETA" in lines[-1], r.stderr[-2000:]
-    assert "fastcut/aug" in r.stdout  # the printed table
+    assert "fastcut/aug" in r.stdout and "best on val" in r.stdout  # the printed table
 
 
 def _children(pid: int) -> list[int]:

@@ -49,7 +49,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}")
             grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
-                                  variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log)
+                                  variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log,
+                                  eval_every=args.steps // 6 if args.eval_every is None else args.eval_every)
         out = benchmark.write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

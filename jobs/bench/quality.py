@@ -8,6 +8,11 @@ process, one torch thread each, as many at a time as there are cores. Rows per
 variant: the median colour error over the seeds and its spread, the worst seed, the
 longest run of steps for which D had won (cut_core.d_balance.WinWatch), and the
 baselines (identity, histogram matching) of the same held-out images.
+
+Each run is scored twice: the last step's G, and (with ``eval_every``) the checkpoint
+that scored best on the val pair, the one ``raycut train --eval-every`` registers. A
+GAN whose D takes over late loses quality at the end that the best checkpoint keeps,
+so the two columns tell a run that never learned from one that learned and then lost.
 """
 
 from __future__ import annotations
@@ -74,13 +79,18 @@ def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, s
 
 
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
-                     data: str, steps_done: Any = None) -> dict[str, Any]:
-    """One run, in a fresh process: train in process, score the (EMA) G on testA.
-    ``steps_done``, a queue of the parent's, gets the steps of each log interval."""
+                     data: str, steps_done: Any = None, eval_every: int = 0) -> dict[str, Any]:
+    """One run, in a fresh process: train in process, score the (EMA) G on testA; with
+    ``eval_every``, also score G on the val pair every that many steps (and at the
+    last) and the best of those checkpoints on testA. ``steps_done``, a queue of the
+    parent's, gets the steps of each log interval."""
+    import copy
+
     import torch
 
     torch.set_num_threads(1)
     from cut_core.d_balance import WinWatch
+    from jobs.train.evaluation import Evaluator, plan_eval
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy, load_toy_test
@@ -89,28 +99,47 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     root = Path(data)
     t = time.perf_counter()
     last = 0
+    # The same scoring as `raycut train --eval-every` on toy data: the val pair's colour error.
+    plan = plan_eval(eval_every, str(root / "trainA"), eval_data=None, eval_real=None, n_images=16,
+                     crop_size=size) if eval_every else None
+    evaluator = Evaluator(plan) if plan else None
+    val_curve: list[dict[str, float]] = []
+    best: dict[str, Any] = {}
 
-    def report(step: int, _row: dict[str, float]) -> None:
+    def report(step: int, _row: dict[str, float], state: Any) -> None:
         nonlocal last
         if steps_done is not None:
             steps_done.put(step - last)
+        # G is scored at the first log point past each multiple of eval_every, and at the end.
+        due = plan is not None and (step // eval_every > last // eval_every or step == steps)
         last = step
+        if due:
+            value = evaluator(state.inference_G, torch.device("cpu"))[plan.key]
+            val_curve.append({"step": step, plan.key: round(value, 4)})
+            if plan.better(value, best.get("value")):
+                best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
 
     state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
                                       progress=False, log_every=10, on_log=report)
     watch = WinWatch.for_loss(cfg.loss)
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
-    preds = translate_array(state, load_toy_test(root).a)
+    test = load_toy_test(root)
+    preds = translate_array(state, test.a)
     # Label preservation too (the toy segmenter, trained once by the parent and cached
     # beside the data): the quality targets ask for colour and labels.
-    rows = evaluate_toy(root, {"model": preds})
-    return {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
-            "samples": preds[:SAMPLES], "mIoU": rows["model"]["mIoU"],
-            "baseline_mIoU": {k.split("/")[-1]: rows[k]["mIoU"] for k in rows if k != "model"},
-            "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
-            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
-            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+    translations = {"model": preds, **({"best": translate_array(best["G"], test.a)} if best else {})}
+    rows = evaluate_toy(root, translations)
+    out = {"colour_err": rows["model"]["colour_err"], "histogram": rows["baseline/histogram"]["colour_err"],
+           "samples": preds[:SAMPLES], "mIoU": rows["model"]["mIoU"],
+           "baseline_mIoU": {k.split("/")[-1]: rows[k]["mIoU"] for k in rows if k not in translations},
+           "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
+           "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
+           "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+    if best:
+        out.update(best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
+                   best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
+    return out
 
 
 def _train_segmenter(data: str) -> None:
@@ -153,11 +182,12 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                   seeds: tuple[int, ...] = (0, 1, 2), variants: Mapping[str, tuple[str, ...]] = QUALITY_VARIANTS,
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
                   progress_stream: TextIO | None = None, samples: Path | None = None,
-                  runs_log: Path | None = None) -> list[dict[str, object]]:
+                  runs_log: Path | None = None, eval_every: int = 0) -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
     of the first test images: sim input, histogram matching, each variant (its first
     seed) and the paired truth, side by side; with ``runs_log``, a JSON line there per
-    run as it ends."""
+    run as it ends; with ``eval_every``, each run's best checkpoint on the val pair is
+    scored too (``best_*`` fields)."""
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
@@ -166,7 +196,9 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        spec = ToySpec(size=size, n_train=n_train, n_test=16, seed=0, scene=scene)
+        # The val pair only chooses checkpoints; each split draws its own images, so adding
+        # it leaves trainA/testA (and earlier records' numbers) as they were.
+        spec = ToySpec(size=size, n_train=n_train, n_test=16, n_val=16 if eval_every else 0, seed=0, scene=scene)
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         first = next(iter(variants))
@@ -183,7 +215,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             steps_done = manager.Queue()
             pool.submit(_train_segmenter, str(data)).result()  # once, before the runs read its cache
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
-                                           str(data), steps_done) for v, s in runs}
+                                           str(data), steps_done, eval_every) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
             bar = Progress("quality", total, unit="step", every=max(1, total // 20), stream=progress_stream)
             pending = set(futures.values())
@@ -193,8 +225,11 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                 for (v, s), fut in futures.items():
                     if fut in finished:
                         r = fut.result()
+                        best = (f"; best on val at step {r['best_step']}: {r['best_colour_err']:.1f}, "
+                                f"mIoU {r['best_mIoU']:.3f}" if "best_step" in r else "")
                         log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
-                            f"mIoU {r['mIoU']:.3f}, D won for {r['d_won_longest']} steps at most, {r['seconds']:.0f} s")
+                            f"mIoU {r['mIoU']:.3f}{best}, D won for {r['d_won_longest']} steps at most, "
+                            f"{r['seconds']:.0f} s")
                         if runs_log is not None:  # a bench stopped later keeps the runs that ended
                             with open(runs_log, "a") as f:
                                 f.write(json.dumps({"preset": preset, "variant": v, "sets": list(variants[v]), "seed": s,
@@ -226,21 +261,33 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
                      "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
                      "histories": [r["history"] for r in rs]})
+        if "best_step" in rs[0]:
+            best = [r["best_colour_err"] for r in rs]
+            rows[-1].update(best=round(statistics.median(best), 2), best_per_seed=[round(e, 2) for e in best],
+                            best_worst=round(max(best), 2), best_step_per_seed=[r["best_step"] for r in rs],
+                            best_mIoU_per_seed=[round(r["best_mIoU"], 4) for r in rs],
+                            val_curves=[r["val_curve"] for r in rs])
     return rows
 
 
 def format_quality(rows: list[dict[str, object]]) -> str:
+    """The table: each row's last-step score; with evaluation during training, also the
+    val-chosen checkpoint's (median and worst seed, as a ratio to histogram matching's)."""
     hist = next(float(r["value"]) for r in rows if r["name"] == "baseline/histogram")  # type: ignore[arg-type]
+    evaluated = any("best" in r for r in rows)
     lines = [f"{'row':34s} {'colour err':>10s} {'worst seed':>10s} {'/ histogram':>11s} {'mIoU':>6s} {'worst':>6s} "
-             f"{'D won (steps)':>13s}"]
+             f"{'D won (steps)':>13s}" + (f" {'best on val':>11s} {'worst / hist':>12s}" if evaluated else "")]
     for r in rows:
         worst = r.get("worst", "")
         won = r.get("d_won_longest", "")
         ratio = f"{float(r['value']) / hist:.2f}"  # type: ignore[arg-type]
         iou = f"{float(r['mIoU']):.3f}" if "mIoU" in r else ""  # type: ignore[arg-type]
         iou_worst = f"{min(r['mIoU_per_seed']):.3f}" if "mIoU_per_seed" in r else ""  # type: ignore[arg-type]
-        lines.append(f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {iou:>6s} "  # type: ignore[arg-type]
-                     f"{iou_worst:>6s} {won!s:>13s}")
+        line = (f"{str(r['name']):34s} {float(r['value']):10.1f} {worst!s:>10s} {ratio:>11s} {iou:>6s} "  # type: ignore[arg-type]
+                f"{iou_worst:>6s} {won!s:>13s}")
+        if evaluated and "best" in r:
+            line += f" {float(r['best']):11.1f} {float(r['best_worst']) / hist:12.2f}"  # type: ignore[arg-type]
+        lines.append(line)
     return "\n".join(lines)
 
 

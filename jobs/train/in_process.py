@@ -25,10 +25,11 @@ def train_in_process(
     device: str = "cpu",
     log_every: int = 10,
     progress: bool = True,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_log: Callable[[int, dict[str, float], TrainState], None] | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Run ``steps`` CUT iterations; returns the state and a loss history
-    (one dict with 'step' and every loss, each ``log_every`` steps)."""
+    (one dict with 'step' and every loss, each ``log_every`` steps). ``on_log`` gets
+    (step, that dict, the state) each time, so a caller can score G mid-run."""
     state = build_train_state(cfg, device=device)
     rng = np.random.default_rng(cfg.seed)
     batches = unpaired_array_batches(images_a, images_b, cfg.data, cfg.optim.batch_size, rng)
@@ -52,7 +53,7 @@ def train_in_process(
             history.append(row)
             acc = {}
             if on_log:
-                on_log(step + 1, row)
+                on_log(step + 1, row, state)
         if bar:
             bar.update(values={k: float(out[k]) for k in ("G", "NCE", "D") if k in out})
     return state, history
