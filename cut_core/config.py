@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -76,6 +77,34 @@ def _check_choice(name: str, value: Any, literal: Any) -> None:
     _check(value in choices, f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
+def patchgan_receptive_field(n_layers: int) -> int:
+    """Pixels of the input that one logit of the PatchGAN D sees: 18, 40, 84, 172 for 1-4
+    layers. CUT's D is anti-aliased: each 4x4 conv (stride 1) but the last two is
+    followed by a 3-tap blur at stride 2, which widens the 70 px of pix2pix's D to 84."""
+    r = 1
+    for kernel, stride in reversed([(4, 1), (3, 2)] * n_layers + [(4, 1), (4, 1)]):
+        r = (r - 1) * stride + kernel
+    return r
+
+
+PAPER_CROP, PAPER_D_LAYERS = 256, 3  # the official D and the crop it was designed at
+
+
+def auto_d_layers(crop_size: int) -> int:
+    """n_layers_D=auto: the depth (1 to the paper's 3) whose patch covers the fraction of
+    the crop that the paper's D covers at 256 px (84/256), the nearest in ratio.
+
+    Why: pix2pix measured patch sizes at 256 px and found a patch of about a quarter
+    of the side best, a whole-image D worse. At 64 px the paper's 3 layers see the
+    whole crop, and on raycut's toy benchmark (64 px, 64 images a domain) such a D
+    learnt the training set and won on seeds where one layer did not
+    (docs/quality.md). Crops of 180 px and more get the paper's 3 layers, the official
+    recipe unchanged; deeper than 3 is never chosen (the official code uses 3 at 512 px too).
+    """
+    target = crop_size * patchgan_receptive_field(PAPER_D_LAYERS) / PAPER_CROP
+    return min(range(1, PAPER_D_LAYERS + 1), key=lambda n: abs(math.log(patchgan_receptive_field(n) / target)))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Generator G, discriminator D and patch MLP F: the official ``resnet_9blocks``,
@@ -90,7 +119,10 @@ class ModelConfig:
     ngf: int = 64  # channels of G's first conv; 64 gives 11,378,179 parameters
     ndf: int = 64
     n_blocks: int = 9  # resnet: residual blocks at 1/4 resolution; stylegan2: half in G's encoder, half in its decoder
-    n_layers_D: int = 3  # PatchGAN depth: 70x70 receptive field
+    # PatchGAN depth. auto: the paper's 3 at crops of 180 px and more (the official 256
+    # included), shallower below, so that D's patch stays the fraction of the crop it is
+    # in the paper (CUTConfig.d_layers); an integer: that depth at any crop.
+    n_layers_D: int | Literal["auto"] = "auto"
     netF_nc: int = 256  # width of the MLP heads H_l
     init_gain: float = 0.02  # xavier_normal gain, as the official --init_type xavier
 
@@ -100,7 +132,10 @@ class ModelConfig:
         for name in ("input_nc", "output_nc", "ngf", "ndf", "n_blocks", "n_layers_D", "netF_nc",
                      "stylegan2_G_num_downsampling"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"{name}={value!r} must be an integer >= 1")
+            if name == "n_layers_D" and value == AUTO:
+                continue
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{name}={value!r} must be an integer >= 1" + (" or auto" if name == "n_layers_D" else ""))
         _check(self.stylegan2_G_num_downsampling <= 2,
                f"stylegan2_G_num_downsampling={self.stylegan2_G_num_downsampling} must be 1 or 2 (sizes are multiples of 4)")
         _check(self.D_patch_size >= 0, f"D_patch_size={self.D_patch_size} must be >= 0 (0: the whole crop)")
@@ -313,6 +348,22 @@ class CUTConfig:
     def d_tile_size(self) -> int:
         """The StyleGAN2 D's input size: D_patch_size, or the whole crop."""
         return self.model.D_patch_size or self.data.crop_size
+
+    @property
+    def d_layers(self) -> int:
+        """The PatchGAN D's depth: n_layers_D, or for auto the one of auto_d_layers."""
+        n = self.model.n_layers_D
+        return auto_d_layers(self.data.crop_size) if n == AUTO else int(n)
+
+    @property
+    def d_summary(self) -> str:
+        """What D is, for the console: e.g. ``D: PatchGAN of 1 layer, 18 px patches
+        (n_layers_D auto at 64 px crops)``."""
+        if self.model.netD == "stylegan2":
+            return f"D: StyleGAN2 on {self.d_tile_size} px tiles"
+        n = self.d_layers
+        why = f" (n_layers_D auto at {self.data.crop_size} px crops)" if self.model.n_layers_D == AUTO else ""
+        return f"D: PatchGAN of {n} layer{'s' if n > 1 else ''}, {patchgan_receptive_field(n)} px patches{why}"
 
     # ---- presets -------------------------------------------------------------------
     @classmethod

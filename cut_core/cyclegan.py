@@ -106,7 +106,7 @@ def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G, G_B = build_generator(cfg.model), build_generator(cfg.model)
-        D, D_A = build_discriminator(cfg.model), build_discriminator(cfg.model)
+        D, D_A = build_discriminator(cfg), build_discriminator(cfg)
     for m in (G, G_B, D, D_A):
         prepare_module(fast.perf, m.to(device))
     o = cfg.optim

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cut_core.antialias import BlurDownsample, BlurUpsample, is_channels_last
-from cut_core.config import ModelConfig
+from cut_core.config import CUTConfig, ModelConfig
 from cut_core.padding import ReflectionPad2d
 from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
@@ -186,11 +186,12 @@ def _check_image(x: torch.Tensor) -> None:
 
 
 class PatchGANDiscriminator(nn.Module):
-    """D: (B, 3, H, W) -> (B, 1, H', W') logits, one per ~70x70 patch (anti-aliased)."""
+    """D: (B, 3, H, W) -> (B, 1, H', W') logits, one per patch of
+    config.patchgan_receptive_field(n_layers) pixels (84 for the paper's 3; anti-aliased)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, n_layers: int) -> None:
         super().__init__()
-        ndf, n_layers = cfg.ndf, cfg.n_layers_D
+        ndf = cfg.ndf
         layers: list[nn.Module] = [
             nn.Conv2d(cfg.output_nc, ndf, kernel_size=4, padding=1),
             nn.LeakyReLU(0.2),
@@ -289,12 +290,14 @@ def build_generator(cfg: ModelConfig) -> Generator:
     return g
 
 
-def build_discriminator(cfg: ModelConfig, *, tile_size: int = 0) -> Discriminator:
-    """D of ``cfg.netD``; the StyleGAN2 D scores ``tile_size`` tiles (CUTConfig.d_tile_size)."""
-    if cfg.netD == "stylegan2":
-        return StyleGAN2Discriminator(ndf=cfg.ndf, size=tile_size or cfg.D_patch_size, input_nc=cfg.output_nc)
-    d = PatchGANDiscriminator(cfg)
-    init_weights(d, cfg.init_gain)
+def build_discriminator(cfg: CUTConfig) -> Discriminator:
+    """D of the run's ``netD``, sized for its crop: the StyleGAN2 D scores
+    CUTConfig.d_tile_size tiles, the PatchGAN has CUTConfig.d_layers layers."""
+    m = cfg.model
+    if m.netD == "stylegan2":
+        return StyleGAN2Discriminator(ndf=m.ndf, size=cfg.d_tile_size, input_nc=m.output_nc)
+    d = PatchGANDiscriminator(m, cfg.d_layers)
+    init_weights(d, m.init_gain)
     return d
 
 

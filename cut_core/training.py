@@ -126,7 +126,7 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = build_generator(cfg.model)
-        D = build_discriminator(cfg.model, tile_size=cfg.d_tile_size)
+        D = build_discriminator(cfg)
         Fm = build_patch_mlp(cfg.model, G, cfg.loss.nce_layers)
     for m in (G, D, Fm):
         prepare_module(perf, m.to(device))

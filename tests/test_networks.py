@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from cut_core import ModelConfig
+from cut_core import CUTConfig, ModelConfig
+from cut_core.config import patchgan_receptive_field
+from cut_core.errors import ConfigError
 from cut_core.antialias import BlurDownsample, BlurUpsample
 from cut_core.networks import InstanceNorm2d, build_discriminator, build_generator, build_patch_mlp
 
@@ -53,9 +55,42 @@ def test_generator_rejects_sizes_that_are_not_multiples_of_4():
 
 
 def test_discriminator_is_a_patchgan():
-    d = build_discriminator(ModelConfig(ndf=8))
+    d = build_discriminator(CUTConfig.tiny("cut", crop_size=64, load_size=64, n_layers_D=3))
     out = d(torch.rand(2, 3, 64, 64))
     assert out.shape[:2] == (2, 1) and out.shape[2] > 1  # a grid of per-patch logits
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_patchgan_sees_the_patch_its_receptive_field_says(n_layers):
+    """One logit's gradient reaches exactly patchgan_receptive_field(n) pixels of the
+    input on each axis (instance norm, which mixes every position, set aside)."""
+    d = build_discriminator(CUTConfig.tiny("cut", crop_size=256, load_size=256, n_layers_D=n_layers))
+    for name, m in list(d.model.named_children()):
+        if isinstance(m, InstanceNorm2d):
+            d.model[int(name)] = torch.nn.Identity()
+    x = torch.rand(1, 3, 256, 256, requires_grad=True)
+    out = d(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    seen = x.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten()
+    want = patchgan_receptive_field(n_layers)
+    assert (int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1) == (want, want)
+    assert len(rows) == want  # one solid block, not a scatter
+
+
+def test_auto_d_depth_keeps_the_papers_patch_fraction():
+    """n_layers_D=auto: the paper's 3 layers (84 px) at its 256 px crops and above, one
+    layer (18 px) at 64 px, where 3 layers would see the whole crop; an integer is kept."""
+    got = {crop: CUTConfig.tiny("cut", crop_size=crop, load_size=crop).d_layers for crop in (32, 64, 128, 176, 180, 256, 512)}
+    assert got == {32: 1, 64: 1, 128: 2, 176: 2, 180: 3, 256: 3, 512: 3}
+    assert CUTConfig.fastcut().model.n_layers_D == "auto" and CUTConfig.fastcut().d_layers == 3
+    assert CUTConfig.tiny("cut", crop_size=64, load_size=64, n_layers_D=3).d_layers == 3
+    assert CUTConfig.fastcut().with_overrides({"n_layers_D": "auto", "crop_size": 64, "load_size": 64}).d_layers == 1
+    assert CUTConfig.tiny("cut", crop_size=64, load_size=64).d_summary == (
+        "D: PatchGAN of 1 layer, 18 px patches (n_layers_D auto at 64 px crops)")
+    assert CUTConfig.fastcut().with_overrides({"n_layers_D": 2}).d_summary == "D: PatchGAN of 2 layers, 40 px patches"
+    with pytest.raises(ConfigError, match="n_layers_D=0 must be an integer >= 1 or auto"):
+        CUTConfig.fastcut().with_overrides({"n_layers_D": 0})
 
 
 def test_patch_mlp_samples_the_same_locations_and_normalises():

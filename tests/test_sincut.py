@@ -45,7 +45,7 @@ def test_official_preset_values_and_widths():
     assert (cfg.loss.lambda_R1, cfg.loss.lambda_identity) == (1, 1)
     assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.batch_size) == (0.002, 0.0, 0.99, 16)
     assert (cfg.data.preprocess, cfg.data.load_size, cfg.data.crop_size) == ("zoom_and_patch", 1024, 64)
-    G, D = build_generator(cfg.model), build_discriminator(cfg.model, tile_size=cfg.d_tile_size)
+    G, D = build_generator(cfg.model), build_discriminator(cfg)
     # The official widths at ngf 10 / ndf 8 and crop 64: G 80 -> 160 channels; D 32 ... 384.
     assert G.feature_channels((0, 1, 2, 4)) == [3, 80, 160, 160]
     assert [c.conv2[-2].weight.shape[0] for c in D.convs[1:]] == [64, 128, 256, 384]

@@ -79,6 +79,8 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     run = client.get_run(first.info.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["crop_size"] == "32" and run.data.params["global_batch"] == "4"
+    # n_layers_D auto: the depth that D was built with at these crops, logged.
+    assert run.data.params["n_layers_D"] == "auto" and run.data.params["resolved_n_layers_D"] == "1"
     steps = {h.step for h in client.get_metric_history(run.info.run_id, "NCE")}
     assert {5, 20} <= steps
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
