@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cut_core.config import D_AUGMENT_OPS as OPS, LossConfig, parse_policy  # the config's vocabulary (no torch)
+from cut_core.config import D_AUGMENT_OPS as OPS, CUTConfig, auto_d_layers, parse_policy  # the config's vocabulary (no torch)
 
 
 
@@ -162,7 +162,7 @@ class WinWatch:
 
     def __init__(self, gan_mode: str, steps: int = D_WON_STEPS, advice: str = "") -> None:
         self.threshold, self.steps = D_WON_LOSS[gan_mode], steps
-        self.advice = advice or d_won_advice("", 1.0, True)
+        self.advice = advice or d_won_advice(CUTConfig.cut())
         self.run = 0  # steps in a row in which D had won
         self.longest = 0
         self.warned = False
@@ -182,10 +182,10 @@ class WinWatch:
         return False
 
     @classmethod
-    def for_loss(cls, loss: LossConfig, steps: int = D_WON_STEPS) -> "WinWatch":
-        """The watch of a run with these loss settings: its advice names what the
-        run has not tried yet."""
-        return cls(loss.gan_mode, steps, d_won_advice(loss.d_augment, loss.lambda_NCE, loss.nce_idt))
+    def for_config(cls, cfg: CUTConfig, steps: int = D_WON_STEPS) -> "WinWatch":
+        """The watch of a run with this config: its advice names what the run has not
+        tried yet."""
+        return cls(cfg.loss.gan_mode, steps, d_won_advice(cfg))
 
     def message(self, step: int) -> str:
         return (f"D has won: its loss stayed near zero (under {self.threshold}, or {self.threshold * D_WON_LOSS_SURE_RT:g} "
@@ -193,20 +193,27 @@ class WinWatch:
                 f"learns from PatchNCE alone; {self.advice}")
 
 
-def d_won_advice(d_augment: str, lambda_NCE: float, nce_idt: bool) -> str:
+def d_won_advice(cfg: CUTConfig) -> str:
     """What to try first when D has won, from what was measured on the toy pairs
     (docs/quality.md): one change at a time, the first this run has not tried."""
-    if lambda_NCE > 1 and not nce_idt:
+    loss = cfg.loss
+    if loss.lambda_NCE > 1 and not loss.nce_idt:
         # At FastCUT's 10, PatchNCE holds G near the source (its colours, its outlines):
         # easy for D to spot. 1 (CUT's) was better on most seeds of both toy pairs.
         return "try --set lambda_NCE=1 (docs/quality.md)"
-    if not d_augment:
+    auto = auto_d_layers(cfg.data.crop_size)
+    if cfg.model.netD == "basic" and cfg.d_layers > auto:
+        # A D whose patch covers most of the crop learns a small training set by heart;
+        # at 64 px one layer instead of the paper's 3 kept D in the game (docs/quality.md).
+        return (f"D's {cfg.d_layers} layers see most of each {cfg.data.crop_size} px crop: try --set n_layers_D=auto "
+                f"({auto} at this crop, D's patch the fraction of the crop it is in the paper; docs/quality.md)")
+    if not loss.d_augment:
         # ADA, not a fixed p: DiffAugment at p=1 held D at chance but cost the seeds that
         # worked; ADA at a speed fitted to the run kept D from winning on the seed that
         # failed. Its default speed (20k images for p: 0 -> 1) barely moves in a short run.
         return ("try ADA: --set d_augment=color,translation,cutout --set d_augment_target=0.6, and for a run of "
                 "under ~100k images --set d_augment_speed=<about half of them> (docs/quality.md)")
-    if not nce_idt:
+    if not loss.nce_idt:
         # FastCUT-like, and D wins on augmented inputs: with CUT's identity term D won far
         # less often (CUT met the colour target in 5 runs of 6, FastCUT's recipe in 1 of
         # 5); a narrower D only moved the failure to another seed.

@@ -149,17 +149,23 @@ def test_ada_speed_is_a_config_key_that_sets_how_fast_p_moves():
 
 
 def test_the_d_won_warning_advises_what_the_run_has_not_tried():
-    # One change at a time, in the order measured: FastCUT's NCE weight, D's inputs, D.
+    # One change at a time, in the order measured: FastCUT's NCE weight, D's depth at
+    # the crop, D's inputs, CUT's recipe, D.
     fastcut = CUTConfig.from_preset("fastcut")
-    first = WinWatch.for_loss(fastcut.loss).message(300)
+    first = WinWatch.for_config(fastcut).message(300)
     assert "try --set lambda_NCE=1 " in first and "d_augment" not in first
-    cut = WinWatch.for_loss(CUTConfig.from_preset("cut").loss).message(300)
+    cut = WinWatch.for_config(CUTConfig.from_preset("cut")).message(300)
     assert "try ADA: --set d_augment=color" in cut and "d_augment_speed" in cut
-    assert "lambda_NCE" not in cut  # CUT's NCE weight is 1 already
+    assert "lambda_NCE" not in cut and "n_layers_D" not in cut  # CUT's NCE weight is 1; D's depth is auto
+    # The paper's 3 layers forced at 64 px crops: D sees the whole crop.
+    deep = CUTConfig.from_preset("cut").with_overrides({"crop_size": 64, "load_size": 64, "n_layers_D": 3})
+    assert "D's 3 layers see most of each 64 px crop: try --set n_layers_D=auto (1 at this crop" in (
+        WinWatch.for_config(deep).message(300))
+    assert "n_layers_D=auto" not in WinWatch.for_config(deep.with_overrides({"crop_size": 256, "load_size": 286})).message(300)
     augmented = fastcut.with_overrides({"d_augment": "color,cutout", "lambda_NCE": 1.0})
-    assert "--preset cut" in WinWatch.for_loss(augmented.loss).message(300)  # FastCUT: CUT's identity term
+    assert "--preset cut" in WinWatch.for_config(augmented).message(300)  # FastCUT: CUT's identity term
     cut_augmented = CUTConfig.from_preset("cut").with_overrides({"d_augment": "color,cutout"})
-    assert "narrower D" in WinWatch.for_loss(cut_augmented.loss).message(300)
+    assert "narrower D" in WinWatch.for_config(cut_augmented).message(300)
 
 
 def test_win_watch_warns_once_per_win():

@@ -121,7 +121,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
                                       progress=False, log_every=10, on_log=report)
-    watch = WinWatch.for_loss(cfg.loss)
+    watch = WinWatch.for_config(cfg)
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
     test = load_toy_test(root)

@@ -37,7 +37,7 @@ def train_in_process(
     bar = Progress("train", steps, every=log_every) if progress else None
     history: list[dict[str, float]] = []
     acc: dict[str, float] = {}
-    watch = WinWatch.for_loss(cfg.loss)
+    watch = WinWatch.for_config(cfg)
     for step in range(steps):
         if step % steps_per_epoch == 0:
             set_epoch(state, step // steps_per_epoch)

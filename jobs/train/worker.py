@@ -93,7 +93,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if lead:
         _report_fast_paths(state, job, fresh=not resumed_from)
 
-    watch = WinWatch.for_loss(cfg.loss) if lead else None  # warns when D's loss stays near zero
+    watch = WinWatch.for_config(cfg) if lead else None  # warns when D's loss stays near zero
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
     lr = state.opt_G.param_groups[0]["lr"]
