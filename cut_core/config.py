@@ -96,10 +96,10 @@ def auto_d_layers(crop_size: int) -> int:
 
     Why: pix2pix measured patch sizes at 256 px and found a patch of about a quarter
     of the side best, a whole-image D worse. At 64 px the paper's 3 layers see the
-    whole crop, and on raycut's toy benchmark (64 px, 64 images a domain) such a D
-    learnt the training set and won on seeds where one layer did not
-    (docs/quality.md). Crops of 180 px and more get the paper's 3 layers, the official
-    recipe unchanged; deeper than 3 is never chosen (the official code uses 3 at 512 px too).
+    whole crop; on raycut's toy benchmark (64 px, 64 images a domain) one layer was
+    better for CUT on every seed of both pairs, and D no longer won (docs/quality.md).
+    Crops of 180 px and more get the paper's 3 layers, the official recipe unchanged;
+    deeper than 3 is never chosen (the official code uses 3 at 512 px too).
     """
     target = crop_size * patchgan_receptive_field(PAPER_D_LAYERS) / PAPER_CROP
     return min(range(1, PAPER_D_LAYERS + 1), key=lambda n: abs(math.log(patchgan_receptive_field(n) / target)))
