@@ -97,7 +97,8 @@ def auto_d_layers(crop_size: int) -> int:
     Why: pix2pix measured patch sizes at 256 px and found a patch of about a quarter
     of the side best, a whole-image D worse. At 64 px the paper's 3 layers see the
     whole crop; on raycut's toy benchmark (64 px, 64 images a domain) one layer was
-    better for CUT on every seed of both pairs, and D no longer won (docs/quality.md).
+    better for CUT on five seeds of six, every run under half of histogram matching's
+    error, and D no longer won (docs/quality.md).
     Crops of 180 px and more get the paper's 3 layers, the official recipe unchanged;
     deeper than 3 is never chosen (the official code uses 3 at 512 px too).
     """
