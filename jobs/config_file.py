@@ -94,7 +94,10 @@ def show_config(resolved: ResolvedConfig) -> str:
         for key, value in values.items():
             shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
             text = yaml.safe_dump({key: shown}, default_flow_style=True).strip()[1:-1]
-            lines.append(f"  {text}{_why(key, value, base, resolved.sources)}")
+            note = _why(key, value, base, resolved.sources)
+            if key == "n_layers_D" and value == "auto" and cfg.model.netD == "basic":
+                note += f"  # here: {cfg.d_layers} at {cfg.data.crop_size} px crops"  # what auto settles to
+            lines.append(f"  {text}{note}")
     return "\n".join(lines) + "\n"
 
 

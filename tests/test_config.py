@@ -125,6 +125,7 @@ def test_yaml_names_its_preset_and_config_show_round_trips(tmp_path):
     text = show_config(resolved)
     assert "lambda_NCE: 4.0  # --set (preset: 10.0)" in text and "crop_size: 128  # config file (preset: 256)" in text
     assert "nce_T: 0.07\n" in text  # a preset value carries no comment
+    assert "n_layers_D: auto  # here: 2 at 128 px crops\n" in text  # what auto settles to at this crop
     back = tmp_path / "back.yaml"
     back.write_text(text)
     assert resolve_config(None, back) == cfg  # what `config show` prints is a --config file
