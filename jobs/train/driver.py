@@ -196,7 +196,9 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
     params = {**cfg.flat(), "data_a": job.data_a, "data_b": job.data_b, "workers": job.workers,
               "global_batch": job.global_batch, "steps": job.steps, "steps_per_epoch": job.steps_per_epoch,
               "images_a": job.extra["images_a"], "images_b": job.extra["images_b"],
-              "gpus_per_worker": job.gpus_per_worker, "resolved_n_layers_D": cfg.d_layers}
+              "gpus_per_worker": job.gpus_per_worker}
+    if cfg.model.netD == "basic":  # the depth n_layers_D (auto) built; a StyleGAN2 D has none
+        params["resolved_n_layers_D"] = cfg.d_layers
     tags = {"raycut.run": job.name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}
     if opts.parent_run_id:
         tags["mlflow.parentRunId"] = opts.parent_run_id  # shown nested under the search in the MLflow UI

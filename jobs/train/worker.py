@@ -86,7 +86,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         where = f"resuming at step {resumed_from}" if resumed_from else "starting"
         sys.stdout.write(f"[train] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
                          f"worker per step (global batch {job.global_batch}), {job.steps} steps of "
-                         f"{job.steps_per_epoch} per epoch; {job.cut.d_summary}\n")
+                         f"{job.steps_per_epoch} per epoch; {cfg.d_summary}\n")
         sys.stdout.flush()
     if logger and resumed_from:
         logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
