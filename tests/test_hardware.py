@@ -35,7 +35,10 @@ print(json.dumps({"precision": r.perf.precision, "channels_last": r.perf.channel
 
 
 def _resolve_in_subprocess(precision: str, cache, **env: str) -> dict:
-    full = {**os.environ, "RAYCUT_CACHE": str(cache), **env}
+    """Resolve in a fresh process with exactly ``env``'s ISA limits: the suite itself may
+    run under the AVX2 emulation, and a call without limits must not inherit them."""
+    inherited = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY}
+    full = {**inherited, "RAYCUT_CACHE": str(cache), **env}
     r = subprocess.run([sys.executable, "-c", RESOLVE, precision], capture_output=True, text=True, env=full, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
