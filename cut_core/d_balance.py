@@ -208,11 +208,13 @@ def d_won_advice(cfg: CUTConfig) -> str:
         return (f"D's {cfg.d_layers} layers see most of each {cfg.data.crop_size} px crop: try --set n_layers_D=auto "
                 f"({auto} at this crop, D's patch the fraction of the crop it is in the paper; docs/quality.md)")
     if not loss.d_augment:
-        # ADA, not a fixed p: DiffAugment at p=1 held D at chance but cost the seeds that
-        # worked; ADA at a speed fitted to the run kept D from winning on the seed that
-        # failed. Its default speed (20k images for p: 0 -> 1) barely moves in a short run.
-        return ("try ADA: --set d_augment=color,translation,cutout --set d_augment_target=0.6, and for a run of "
-                "under ~100k images --set d_augment_speed=<about half of them> (docs/quality.md)")
+        # ADA as a guard, not a fixed p: DiffAugment at p=1 held D at chance but cost the
+        # seeds that worked, and so did ADA at its paper's target of 0.6; at 0.9 p moves
+        # only while D nears winning, and with FastCUT at lambda_NCE=1 no run of six let D
+        # win for more than 50 steps. The default speed (20k images for p: 0 -> 1) barely
+        # moves in a short run, hence 1000.
+        return ("try ADA as a guard: --set d_augment=color,translation,cutout --set d_augment_target=0.9 "
+                "--set d_augment_speed=1000 (D's inputs are augmented only while D nears winning; docs/quality.md)")
     if not loss.nce_idt:
         # FastCUT-like, and D wins on augmented inputs: with CUT's identity term D won far
         # less often (CUT met the colour target in 5 runs of 6, FastCUT's recipe in 1 of

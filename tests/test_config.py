@@ -181,5 +181,7 @@ def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     assert demo.model == toy.model and demo.optim.batch_size == 2 and demo.data.crop_size == 32
     (tmp_path / "toy").write_text("ngf: 24\n")
     assert resolve_config("fastcut", "toy", []).model.ngf == 24
-    with pytest.raises(ConfigError, match="built-in configs by name: toy"):
+    small = resolve_config(None, "fastcut-small-data", [])  # names its preset, keeps the preset's model
+    assert small.preset == "fastcut" and small.loss.lambda_NCE == 1 and small.model == CUTConfig.from_preset("fastcut").model
+    with pytest.raises(ConfigError, match="built-in configs by name: fastcut-small-data, toy"):
         resolve_config("fastcut", "tiny-model", [])

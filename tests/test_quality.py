@@ -148,6 +148,27 @@ def test_ada_speed_is_a_config_key_that_sets_how_fast_p_moves():
         CUTConfig.tiny("fastcut", **sets, d_augment_speed=0)
 
 
+def test_ada_as_a_guard_leaves_a_balanced_d_alone_and_pulls_back_one_near_winning():
+    """fastcut-small-data's ADA (target 0.9): while r_t stays under the target p stays 0,
+    D sees plain images and the run is the plain run, step for step; a D that calls
+    every real patch real moves p at the configured speed."""
+    from jobs.config_file import resolve_config
+
+    shipped = resolve_config(None, "fastcut-small-data", []).loss
+    guard = {k: getattr(shipped, k) for k in ("d_augment", "d_augment_target", "d_augment_speed")}
+    assert guard["d_augment_target"] == 0.9 and guard["d_augment"]
+    plain, guarded = (build_train_state(CUTConfig.tiny("fastcut", lambda_NCE=1.0, **sets)) for sets in ({}, guard))
+    a, b = _images(2, seed=1), _images(2, seed=2)
+    for _ in range(4):  # an untrained D is far from sure of the reals: r_t < 0.9
+        want, got = train_step(plain, a, b), train_step(guarded, a, b)
+        assert guarded.d_aug_p is not None and guarded.d_aug_p.value == 0.0 and got["D_rt"] < 0.9
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+    for _ in range(4):  # one adjustment (interval 4) with D sure of every real
+        guarded.d_aug_p.observe(torch.tensor(1.0), batch=2)
+    assert guarded.d_aug_p.value == pytest.approx(4 * 2 / 1000)
+
+
 def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     # One change at a time, in the order measured: FastCUT's NCE weight, D's depth at
     # the crop, D's inputs, CUT's recipe, D.
@@ -155,7 +176,8 @@ def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     first = WinWatch.for_config(fastcut).message(300)
     assert "try --set lambda_NCE=1 " in first and "d_augment" not in first
     cut = WinWatch.for_config(CUTConfig.from_preset("cut")).message(300)
-    assert "try ADA: --set d_augment=color" in cut and "d_augment_speed" in cut
+    assert "try ADA as a guard: --set d_augment=color" in cut and "d_augment_target=0.9" in cut
+    assert "d_augment_speed=1000" in cut
     assert "lambda_NCE" not in cut and "n_layers_D" not in cut  # CUT's NCE weight is 1; D's depth is auto
     # The paper's 3 layers forced at 64 px crops: D sees the whole crop.
     deep = CUTConfig.from_preset("cut").with_overrides({"crop_size": 64, "load_size": 64, "n_layers_D": 3})
