@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoints on, so that testA only scores the chosen one")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--scene", default="street",
-                   help="street (what raycut is developed on) or coast (held out: no test trains on it)")
+                   help="street (what raycut is developed on), coast (held out: no test trains on it) or aerial "
+                   "(held out from the tests and from the choice of settings)")
     t.set_defaults(func=_cmd_toy_data)
 
     i = sub.add_parser("import-official", help="turn an official CUT latest_net_G.pth (or the CUT code's CycleGAN "
@@ -335,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, default=32, help="quality: toy image size")
     b.add_argument("--steps", type=int, default=300, help="quality: training steps per run")
     b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="quality: seeds per variant")
-    b.add_argument("--scene", default="street", help="quality: the toy pair to train and score on, street or coast "
-                   "(the held-out pair)")
+    b.add_argument("--scene", default="street", help="quality: the toy pair to train and score on: street, coast or "
+                   "aerial (the held-out pairs)")
     b.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="quality: also score each run's best checkpoint on the toy val pair, chosen every N steps as "
                    "`raycut train --eval-every` does (default: a sixth of --steps; 0: the last step only)")
