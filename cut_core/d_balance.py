@@ -200,7 +200,7 @@ def d_won_advice(cfg: CUTConfig) -> str:
     if loss.lambda_NCE > 1 and not loss.nce_idt:
         # At FastCUT's 10, PatchNCE holds G near the source (its colours, its outlines):
         # easy for D to spot. 1 (CUT's) was better on most seeds of both toy pairs.
-        return "try --set lambda_NCE=1 (docs/quality.md)"
+        return "try --set lambda_NCE=1 (docs/quality.md; --config fastcut-small-data sets it and adds ADA as a guard)"
     auto = auto_d_layers(cfg.data.crop_size)
     if cfg.model.netD == "basic" and cfg.d_layers > auto:
         # A D whose patch covers most of the crop learns a small training set by heart;

@@ -174,7 +174,7 @@ def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     # the crop, D's inputs, CUT's recipe, D.
     fastcut = CUTConfig.from_preset("fastcut")
     first = WinWatch.for_config(fastcut).message(300)
-    assert "try --set lambda_NCE=1 " in first and "d_augment" not in first
+    assert "try --set lambda_NCE=1 " in first and "d_augment" not in first and "--config fastcut-small-data" in first
     cut = WinWatch.for_config(CUTConfig.from_preset("cut")).message(300)
     assert "try ADA as a guard: --set d_augment=color" in cut and "d_augment_target=0.9" in cut
     assert "d_augment_speed=1000" in cut
