@@ -39,6 +39,11 @@ from cut_core.errors import ConfigError
 # D's differentiable augmentations (cut_core.d_balance implements them). Named here so
 # that reading a config needs no torch.
 D_AUGMENT_OPS = ("color", "translation", "cutout")
+# ADA as a guard (docs/quality.md), as --set values: p moves only while D's r_t is above
+# 0.9, i.e. as D nears winning, and fast enough (0 -> 1 in 1000 images) to act within a
+# short run. The bench's "guard" variant and the D-won advice use it;
+# jobs/configs/fastcut-small-data.yaml ships it (a test keeps the two equal).
+ADA_GUARD_SETS = (f"d_augment={','.join(D_AUGMENT_OPS)}", "d_augment_target=0.9", "d_augment_speed=1000")
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cut_core.config import D_AUGMENT_OPS as OPS, CUTConfig, auto_d_layers, parse_policy  # the config's vocabulary (no torch)
+from cut_core.config import ADA_GUARD_SETS, D_AUGMENT_OPS as OPS, CUTConfig, auto_d_layers, parse_policy  # the config's vocabulary (no torch)
 
 
 
@@ -213,8 +213,8 @@ def d_won_advice(cfg: CUTConfig) -> str:
         # only while D nears winning, and with FastCUT at lambda_NCE=1 no run of six let D
         # win for more than 50 steps. The default speed (20k images for p: 0 -> 1) barely
         # moves in a short run, hence 1000.
-        return ("try ADA as a guard: --set d_augment=color,translation,cutout --set d_augment_target=0.9 "
-                "--set d_augment_speed=1000 (D's inputs are augmented only while D nears winning; docs/quality.md)")
+        return (f"try ADA as a guard: {' '.join(f'--set {s}' for s in ADA_GUARD_SETS)} "
+                "(D's inputs are augmented only while D nears winning; docs/quality.md)")
     if not loss.nce_idt:
         # FastCUT-like, and D wins on augmented inputs: with CUT's identity term D won far
         # less often (CUT met the colour target in 5 runs of 6, FastCUT's recipe in 1 of

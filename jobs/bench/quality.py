@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
+from cut_core.config import ADA_GUARD_SETS
 from cut_core.errors import RaycutError
 from jobs.bench.processes import spawn_manager, spawn_pool
 from jobs.progress import Progress
@@ -35,9 +36,7 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
     "plain": ("d_augment=",),
     "diffaugment": ("d_augment=color,translation,cutout",),
     "ada": ("d_augment=color,translation,cutout", "d_augment_target=0.6"),
-    # ADA as a guard: p moves only while r_t is above 0.9, i.e. as D nears winning, and
-    # fast enough (0 -> 1 in 1000 images) to act within a short run (docs/quality.md).
-    "guard": ("d_augment=color,translation,cutout", "d_augment_target=0.9", "d_augment_speed=1000"),
+    "guard": ADA_GUARD_SETS,  # ADA acting only as D nears winning (cut_core.config)
     "ema": ("d_augment=", "ema_decay=0.99"),
     "diffaugment+ema": ("d_augment=color,translation,cutout", "ema_decay=0.99"),
     # R1 (Mescheder et al. 2018) on D's reals, the penalty SinCUT uses, at SinCUT's weight.
