@@ -5,12 +5,22 @@ A capability flag is not enough. A CPU may report bf16 and still run it slowly
 (oneDNN restricted by ``ONEDNN_MAX_CPU_ISA``, a hypervisor hiding AVX-512, an old
 oneDNN), and on a CPU with no native bf16 at all, PyTorch emulates it at a cost of
 about 35x fp32 for CUT's step. channels_last wins on some CPUs and costs 1.3x on
-others. So ``auto`` is settled by a short probe: one convolution of G's residual
-blocks (256 -> 256 channels, 3x3), forward and backward, in each variant. The
-residual blocks are most of G's work, and G is most of the step's.
+others. So ``auto`` is settled by a short probe in two stages, forward and backward:
 
-The probe takes well under a second where every variant is native; a variant that
-is emulated is timed once and dropped as soon as it is clearly slow. Its result is
+1. precision: one convolution of G's residual blocks (256 -> 256 channels, 3x3) in
+   fp32 and in bf16. The residual blocks are most of G's arithmetic, and G is most
+   of the step's; a variant that is emulated is timed once and dropped.
+2. layout, in the precision stage 1 chose: a slice of G (every kind of layer it has:
+   the 7x7 stem, both anti-aliased downsamplings, one residual block, both
+   upsamplings; ngf 64, one 128 px image) in NCHW and in channels_last. One conv
+   cannot settle this. On an Intel Xeon with AMX, channels_last loses 3-10% on that
+   conv yet makes the whole bf16 step 1.7x faster (the NCHW step spends its time
+   converting large activations between layouts around oneDNN's kernels); on an
+   AVX2-only CPU it wins nothing on the conv and costs 1.4x on the step, in the
+   convolutions' backward at full resolution. The slice reproduces both (0.58x and
+   1.18x).
+
+The probe takes about a second where bf16 is native, two where it is not. Its result is
 cached per machine (CPU or GPU model, torch version, ISA limits in the environment,
 thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``), so each process
 pays for it once per machine, not once per run.
@@ -34,9 +44,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cut_core.config import PerfConfig
+from cut_core.config import CUTConfig, PerfConfig
 
-PROBE_VERSION = 4  # 4: variants timed round by round, in a shuffled order
+PROBE_VERSION = 5  # 4: variants timed round by round, in a shuffled order; 5: layout on a slice of G
 # Environment variables that change which kernels run, and so the probe's answer.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
 # A fast path must beat the plain one by this much to be chosen: rows closer than
@@ -118,8 +128,9 @@ def capabilities(device: torch.device | str = "cpu") -> Capabilities:
 @dataclass(frozen=True)
 class FastPaths:
     """The fastest variants of one device, and why. ``probe_ms`` holds the probe's
-    median per variant (``fp32``, ``fp32-channels_last``, ``bf16``, ...; a variant
-    that was given up on after one call is listed in ``gave_up``)."""
+    median per variant (``fp32``, ``bf16``, ``int8`` on one conv; ``G-fp32`` and
+    ``G-fp32-channels_last`` (or ``G-bf16...``) on a slice of G; a variant that was
+    given up on after one call is listed in ``gave_up``)."""
 
     device: str
     precision: str  # for training and float translation: fp32 | bf16
@@ -131,11 +142,18 @@ class FastPaths:
     cached: bool = False  # read from the cache file, not measured in this process
 
     def layout_for(self, precision: str) -> bool:
-        """channels_last for ``precision``: the probe's choice for its own precision,
-        else whether that precision's channels_last row measured a win."""
+        """channels_last for ``precision``: the probe's choice for the precision it
+        timed the layouts in; NCHW, the reference layout, for one it did not time (an
+        explicit precision other than auto's)."""
         if precision == self.precision:
             return self.channels_last
-        return self.slowdown(f"{precision}-channels_last") < WIN_MARGIN * self.slowdown(precision)
+        return _wins(self.probe_ms, f"G-{precision}-channels_last", f"G-{precision}")
+
+    def layout_ratio(self) -> float:
+        """channels_last's time over NCHW's on the slice of G (nan if not probed)."""
+        p = self.precision
+        cl, plain = self.probe_ms.get(f"G-{p}-channels_last"), self.probe_ms.get(f"G-{p}")
+        return cl / plain if cl and plain else float("nan")
 
     def slowdown(self, variant: str) -> float:
         """How many times fp32's probe time ``variant`` took (nan if not probed)."""
@@ -148,9 +166,11 @@ class FastPaths:
         c = self.capabilities
         parts = [f"{c.name} ({c.isa}, native bf16 {'yes' if c.bf16 else 'no'}"
                  + (f", VNNI {'yes' if c.vnni else 'no'}" if c.device == "cpu" else "") + ")"]
-        for v in ("bf16", "fp32-channels_last", "bf16-channels_last", "int8"):
+        for v in ("bf16", "int8"):
             if v in self.probe_ms:
                 parts.append(f"{v} {self.slowdown(v):.2f}x fp32's time" + (" (emulated; gave up)" if v in self.gave_up else ""))
+        if f"G-{self.precision}" in self.probe_ms:
+            parts.append(f"channels_last {self.layout_ratio():.2f}x NCHW's time in {self.precision} on a slice of G")
         return "; ".join(parts) + (" [cached probe]" if self.cached else "")
 
     def to_json(self) -> dict[str, object]:
@@ -220,19 +240,20 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device 
 
 
 def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
-    """Time one residual-block convolution of CUT's G (1 x 256 x size x size, 3x3,
-    forward + backward for the training variants; forward for int8) per variant.
-    Returns ({variant: median ms}, variants given up on after one slow call)."""
+    """Stage 1: one residual-block convolution of CUT's G (1 x 256 x size x size, 3x3,
+    forward + backward) in fp32 and bf16, and its forward in int8 (CPU). Stage 2: the
+    layout of the precision that stage 1 chose, on a slice of G (``_probe_layout``).
+    Returns ({variant: median ms}, variants given up on after one slow call): ``fp32``,
+    ``bf16``, ``fp32-forward``, ``int8``, and ``G-<precision>`` with
+    ``G-<precision>-channels_last``."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 256, size, size, generator=g).to(dev)
     w0 = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(dev)
     caps = capabilities(dev)
 
-    def train_call(dtype: torch.dtype | None, cl: bool) -> Callable[[], None]:
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        x = x0.contiguous(memory_format=fmt).requires_grad_()
-        w = w0.contiguous(memory_format=fmt).requires_grad_()
+    def train_call(dtype: torch.dtype | None) -> Callable[[], None]:
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
 
         def run() -> None:
             with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
@@ -241,17 +262,46 @@ def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) 
 
         return run
 
-    calls = {name: train_call(dtype, cl) for name, dtype, cl in (
-        ("fp32", None, False), ("fp32-channels_last", None, True),
-        ("bf16", torch.bfloat16, False), ("bf16-channels_last", torch.bfloat16, True))}
+    calls = {"fp32": train_call(None), "bf16": train_call(torch.bfloat16)}
     ms, gave_up = interleaved_ms(calls, dev, rounds=reps, give_up_against="fp32")
     out = {name: round(statistics.median(v), 3) for name, v in ms.items()}
+    precision = _precision(caps, out, gave_up)
+    out.update(_probe_layout(dev, precision))
     if dev.type == "cpu":
         ms_fp32, ms_int8, stopped = _probe_int8(x0, w0, caps.int8_reduce_range, reps)
         out["fp32-forward"], out["int8"] = round(ms_fp32, 3), round(ms_int8 * out["fp32"] / ms_fp32, 3)
         if stopped:
             gave_up += ("int8",)
     return out, gave_up
+
+
+def _probe_layout(dev: torch.device, precision: str, *, size: int = 128, rounds: int = 3) -> dict[str, float]:
+    """Median ms of a slice of CUT's G (ngf 64, one residual block; 1 x 3 x size x size),
+    forward + backward in ``precision``, in NCHW (``G-<precision>``) and channels_last
+    (``G-<precision>-channels_last``), timed round by round. 128 px: at 64 px the
+    full-resolution backward that makes channels_last slow on an AVX2 CPU barely shows."""
+    from cut_core.networks import build_generator  # the layers of the real G, not a model of them
+
+    cfg = CUTConfig.from_preset("cut").with_overrides({"n_blocks": 1})
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(dev)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def slice_call(cl: bool) -> Callable[[], None]:
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        net = build_generator(cfg.model).to(dev).to(memory_format=fmt)
+        x = x0.contiguous(memory_format=fmt)
+
+        def run() -> None:
+            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                y = net(x)
+            y.float().square().mean().backward()
+
+        return run
+
+    name = f"G-{precision}"
+    ms, _ = interleaved_ms({name: slice_call(False), f"{name}-channels_last": slice_call(True)}, dev, rounds=rounds)
+    return {k: round(statistics.median(v), 3) for k, v in ms.items()}
 
 
 def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: int) -> tuple[float, float, bool]:
@@ -277,16 +327,23 @@ def _probe_int8(x0: torch.Tensor, w0: torch.Tensor, reduce_range: bool, reps: in
     return statistics.median(ms["fp32"]), statistics.median(ms["int8"]), "int8" in gave_up
 
 
+def _wins(probe_ms: dict[str, float], variant: str, against: str, gave_up: tuple[str, ...] = ()) -> bool:
+    return variant not in gave_up and probe_ms.get(variant, float("inf")) < WIN_MARGIN * probe_ms.get(against, float("nan"))
+
+
+def _precision(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> str:
+    """bf16 where it is native (capability) and measurably faster (WIN_MARGIN) than fp32."""
+    return "bf16" if caps.bf16 and _wins(probe_ms, "bf16", "fp32", gave_up) else "fp32"
+
+
 def decide(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> FastPaths:
     """The fastest variants from a probe: a fast path must be native (capability) and
     measurably faster (by WIN_MARGIN) than the plain one."""
-    def wins(variant: str, against: str) -> bool:
-        return variant not in gave_up and probe_ms.get(variant, float("inf")) < WIN_MARGIN * probe_ms[against]
-
-    precision = "bf16" if caps.bf16 and wins("bf16", "fp32") else "fp32"
-    plain = precision
-    channels_last = wins(f"{plain}-channels_last", plain)
-    best_float = probe_ms[f"{plain}-channels_last" if channels_last else plain]
+    precision = _precision(caps, probe_ms, gave_up)
+    channels_last = _wins(probe_ms, f"G-{precision}-channels_last", f"G-{precision}")
+    # int8 against the float path auto takes: its conv, scaled by the layout's gain.
+    layout_gain = probe_ms[f"G-{precision}-channels_last"] / probe_ms[f"G-{precision}"] if channels_last else 1.0
+    best_float = probe_ms[precision] * layout_gain
     int8 = caps.device == "cpu" and caps.vnni and "int8" not in gave_up and probe_ms.get("int8", float("inf")) < WIN_MARGIN * best_float
     return FastPaths(caps.device, precision, channels_last, int8, caps, dict(probe_ms), tuple(gave_up))
 

@@ -51,6 +51,11 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
     # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 12-20x on an
     # AVX2-only EPYC).
     assert got["probe"]["bf16"] > 1.5 * got["probe"]["fp32"], got["probe"]
+    # The layouts were timed on a slice of G in fp32, and channels_last, which costs
+    # 1.4x on an AVX2-only CPU's step (1.14-1.18x on the slice), is not taken.
+    layout = got["probe"]["G-fp32-channels_last"] / got["probe"]["G-fp32"]
+    assert layout > WIN_MARGIN and got["channels_last"] is False, got["probe"]
+    assert f"channels_last {layout:.2f}x NCHW's time in fp32" in got["reason"]
     forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY)
     assert forced["precision"] == "bf16"  # an explicit choice still runs ...
     assert len(forced["warnings"]) == 1  # ... with one line that names the measured cost
@@ -63,8 +68,9 @@ def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp
     """Native bf16 is a precondition, not a verdict. On an AVX-512 bf16 EPYC the probe
     measures bf16 at about half fp32's time and auto is bf16; on an Intel Xeon whose
     hypervisor hides AMX it measures bf16 at 1.3-1.5x fp32's time (the whole step:
-    1.2-1.5x, docs/benchmarks.md) and auto is fp32. Either way: the measured winner,
-    the measurement named in the reason, and no warning."""
+    1.2-1.5x, docs/benchmarks.md) and auto is fp32; with AMX, bf16 at 0.4x and
+    channels_last on. Either way: the measured winner, the measurement named in the
+    reason, and no warning."""
     got = _resolve_in_subprocess("auto", tmp_path)
     probe = got["probe"]
     assert got["bf16_capability"] is True
@@ -72,6 +78,9 @@ def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp
     assert got["precision"] == ("bf16" if faster else "fp32"), probe
     assert got["summary"].startswith(f"precision auto -> {got['precision']}")
     assert "native bf16 yes" in got["reason"] and f"bf16 {probe['bf16'] / probe['fp32']:.2f}x fp32's time" in got["reason"]
+    # The layout was timed in the chosen precision and follows the same margin.
+    p = got["precision"]
+    assert got["channels_last"] is (probe[f"G-{p}-channels_last"] < WIN_MARGIN * probe[f"G-{p}"]), probe
     assert got["warnings"] == []
 
 
@@ -91,23 +100,36 @@ def test_the_probe_is_cached_per_machine_and_isa_limit(tmp_path):
 CPU = Capabilities("cpu", "test CPU", "AVX512", bf16=True, vnni=True)
 
 
+def _probe(fp32, bf16, int8, layout: dict[str, float]) -> dict[str, float]:
+    """A probe's medians: one conv in fp32 / bf16 / int8, and the slice of G in the two
+    layouts of the precision that stage 1 chose (``layout``: {"G-p": ms, "G-p-channels_last": ms})."""
+    return {"fp32": fp32, "bf16": bf16, "int8": int8, **layout}
+
+
 @pytest.mark.parametrize(
     "probe, caps, want",
     [
-        # Reports bf16 and runs it fast: bf16; channels_last only where it wins.
-        ({"fp32": 10, "fp32-channels_last": 11, "bf16": 5, "bf16-channels_last": 4, "int8": 3}, CPU, ("bf16", True, True)),
-        # Reports bf16 but runs it slowly (a capped ISA, an old oneDNN): not fooled.
-        ({"fp32": 10, "fp32-channels_last": 13, "bf16": 30, "bf16-channels_last": 33, "int8": 9.5}, CPU, ("fp32", False, False)),
+        # An Intel Xeon with AMX: bf16 fast, and channels_last 0.6x on the slice of G
+        # (the whole step: 0.59x) although the conv alone runs it 3-10% slower.
+        (_probe(10, 4.1, 1.2, {"G-bf16": 90, "G-bf16-channels_last": 53}), CPU, ("bf16", True, True)),
+        # Reports bf16 but runs it slowly (a hidden AMX, a capped ISA): not fooled.
+        (_probe(10, 15, 2.5, {"G-fp32": 190, "G-fp32-channels_last": 210}), CPU, ("fp32", False, True)),
         # A win inside the noise margin is no win: the plain path is the reference.
-        ({"fp32": 10, "fp32-channels_last": 9.6, "bf16": 9.5, "bf16-channels_last": 9.4, "int8": 9.4}, CPU, ("fp32", False, False)),
-        # Fast bf16 in the probe but no native support claimed: never chosen.
-        ({"fp32": 10, "fp32-channels_last": 8, "bf16": 5, "bf16-channels_last": 4, "int8": 3},
+        (_probe(10, 9.5, 9.4, {"G-fp32": 100, "G-fp32-channels_last": 96}), CPU, ("fp32", False, False)),
+        # Fast bf16 in the probe but no native support claimed: never chosen; the
+        # layout is then fp32's, and int8 needs VNNI.
+        (_probe(10, 5, 3, {"G-fp32": 255, "G-fp32-channels_last": 200}),
          Capabilities("cpu", "c", "AVX2", bf16=False, vnni=False), ("fp32", True, False)),
+        # int8 is weighed against the float path auto takes, layout included.
+        (_probe(10, 4, 3.5, {"G-bf16": 100, "G-bf16-channels_last": 50}), CPU, ("bf16", True, False)),
     ],
 )
 def test_decide_takes_a_fast_path_only_when_native_and_measured_faster(probe, caps, want):
     paths = decide(caps, probe)
     assert (paths.precision, paths.channels_last, paths.int8) == want
+    # A precision the layouts were not timed in keeps the reference layout.
+    other = "fp32" if paths.precision == "bf16" else "bf16"
+    assert paths.layout_for(paths.precision) is paths.channels_last and paths.layout_for(other) is False
 
 
 def test_explicit_settings_need_no_probe_and_tiny_configs_stay_exact():
