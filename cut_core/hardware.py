@@ -17,10 +17,11 @@ others. So ``auto`` is settled by a short probe in two stages, forward and backw
    conv yet makes the whole bf16 step 1.7x faster (the NCHW step spends its time
    converting large activations between layouts around oneDNN's kernels); on an
    AVX2-only CPU it wins nothing on the conv and costs 1.4x on the step, in the
-   convolutions' backward at full resolution. The slice reproduces both (0.58x and
-   1.18x).
+   convolutions' backward at full resolution. The slice reproduces both (0.58-0.65x
+   and 1.09-1.18x).
 
-The probe takes about a second where bf16 is native, two where it is not. Its result is
+The probe takes about a second where bf16 is native, two to three where it is not
+(the emulated variant is timed once, then dropped). Its result is
 cached per machine (CPU or GPU model, torch version, ISA limits in the environment,
 thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``), so each process
 pays for it once per machine, not once per run.
