@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from cut_core.config import CUTConfig, PerfConfig
+from cut_core.networks import build_generator  # the probe times the layers of the real G
 
 PROBE_VERSION = 5  # 4: variants timed round by round, in a shuffled order; 5: layout on a slice of G
 # Environment variables that change which kernels run, and so the probe's answer.
@@ -281,8 +282,6 @@ def _probe_layout(dev: torch.device, precision: str, *, size: int = 128, rounds:
     forward + backward in ``precision``, in NCHW (``G-<precision>``) and channels_last
     (``G-<precision>-channels_last``), timed round by round. 128 px: at 64 px the
     full-resolution backward that makes channels_last slow on an AVX2 CPU barely shows."""
-    from cut_core.networks import build_generator  # the layers of the real G, not a model of them
-
     cfg = CUTConfig.from_preset("cut").with_overrides({"n_blocks": 1})
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(dev)
