@@ -153,9 +153,7 @@ class FastPaths:
 
     def layout_ratio(self) -> float:
         """channels_last's time over NCHW's on the slice of G (nan if not probed)."""
-        p = self.precision
-        cl, plain = self.probe_ms.get(f"G-{p}-channels_last"), self.probe_ms.get(f"G-{p}")
-        return cl / plain if cl and plain else float("nan")
+        return _layout_ratio(self.probe_ms, self.precision)
 
     def slowdown(self, variant: str) -> float:
         """How many times fp32's probe time ``variant`` took (nan if not probed)."""
@@ -241,6 +239,16 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device 
     return {n: times[n] if n in times else [first[n]] for n in calls}, tuple(gave_up)
 
 
+def _training_pass(dev: torch.device, dtype: torch.dtype | None, forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One forward (under autocast to ``dtype``; None: fp32) and backward, as a call to time."""
+    def run() -> None:
+        with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            y = forward()
+        y.float().square().mean().backward()
+
+    return run
+
+
 def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
     """Stage 1: one residual-block convolution of CUT's G (1 x 256 x size x size, 3x3,
     forward + backward) in fp32 and bf16, and its forward in int8 (CPU). Stage 2: the
@@ -256,13 +264,7 @@ def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) 
 
     def train_call(dtype: torch.dtype | None) -> Callable[[], None]:
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-
-        def run() -> None:
-            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w)
-            y.float().square().mean().backward()
-
-        return run
+        return _training_pass(dev, dtype, lambda: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w))
 
     calls = {"fp32": train_call(None), "bf16": train_call(torch.bfloat16)}
     ms, gave_up = interleaved_ms(calls, dev, rounds=reps, give_up_against="fp32")
@@ -291,13 +293,7 @@ def _probe_layout(dev: torch.device, precision: str, *, size: int = 128, rounds:
         fmt = torch.channels_last if cl else torch.contiguous_format
         net = build_generator(cfg.model).to(dev).to(memory_format=fmt)
         x = x0.contiguous(memory_format=fmt)
-
-        def run() -> None:
-            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                y = net(x)
-            y.float().square().mean().backward()
-
-        return run
+        return _training_pass(dev, dtype, lambda: net(x))
 
     name = f"G-{precision}"
     ms, _ = interleaved_ms({name: slice_call(False), f"{name}-channels_last": slice_call(True)}, dev, rounds=rounds)
@@ -331,6 +327,12 @@ def _wins(probe_ms: dict[str, float], variant: str, against: str, gave_up: tuple
     return variant not in gave_up and probe_ms.get(variant, float("inf")) < WIN_MARGIN * probe_ms.get(against, float("nan"))
 
 
+def _layout_ratio(probe_ms: dict[str, float], precision: str) -> float:
+    """channels_last's time over NCHW's on the slice of G in ``precision`` (nan if not probed)."""
+    cl, plain = probe_ms.get(f"G-{precision}-channels_last"), probe_ms.get(f"G-{precision}")
+    return cl / plain if cl and plain else float("nan")
+
+
 def _precision(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, ...] = ()) -> str:
     """bf16 where it is native (capability) and measurably faster (WIN_MARGIN) than fp32."""
     return "bf16" if caps.bf16 and _wins(probe_ms, "bf16", "fp32", gave_up) else "fp32"
@@ -342,8 +344,7 @@ def decide(caps: Capabilities, probe_ms: dict[str, float], gave_up: tuple[str, .
     precision = _precision(caps, probe_ms, gave_up)
     channels_last = _wins(probe_ms, f"G-{precision}-channels_last", f"G-{precision}")
     # int8 against the float path auto takes: its conv, scaled by the layout's gain.
-    layout_gain = probe_ms[f"G-{precision}-channels_last"] / probe_ms[f"G-{precision}"] if channels_last else 1.0
-    best_float = probe_ms[precision] * layout_gain
+    best_float = probe_ms[precision] * (_layout_ratio(probe_ms, precision) if channels_last else 1.0)
     int8 = caps.device == "cpu" and caps.vnni and "int8" not in gave_up and probe_ms.get("int8", float("inf")) < WIN_MARGIN * best_float
     return FastPaths(caps.device, precision, channels_last, int8, caps, dict(probe_ms), tuple(gave_up))
 

@@ -1,6 +1,7 @@
 import pytest
 
 from cut_core import ConfigError, CUTConfig, parse_overrides
+from cut_core.config import ADA_GUARD_SETS
 
 
 def test_cut_preset_carries_the_official_values():
@@ -183,8 +184,7 @@ def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     assert resolve_config("fastcut", "toy", []).model.ngf == 24
     small = resolve_config(None, "fastcut-small-data", [])  # names its preset, keeps the preset's model
     assert small.preset == "fastcut" and small.loss.lambda_NCE == 1 and small.model == CUTConfig.from_preset("fastcut").model
-    from cut_core.config import ADA_GUARD_SETS  # the guard it ships is the one the bench and the advice name
-
+    # The guard it ships is the one the bench and the D-won advice name.
     assert small == resolve_config("fastcut", None, ["lambda_NCE=1", *ADA_GUARD_SETS])
     with pytest.raises(ConfigError, match="built-in configs by name: fastcut-small-data, toy"):
         resolve_config("fastcut", "tiny-model", [])
