@@ -31,7 +31,9 @@ def _batches() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _grads(state) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": p.grad.detach().clone() for n, m in state.modules().items() for k, p in m.named_parameters()}
+    """The gradients of the trained networks (not the EMA of G, a shadow with none)."""
+    return {f"{n}.{k}": p.grad.detach().clone() for n, m in state.modules().items()
+            for k, p in m.named_parameters() if p.requires_grad}
 
 
 def _worker(rank: int, world: int, tmp: str, preset: str) -> None:
@@ -46,6 +48,10 @@ def _worker(rank: int, world: int, tmp: str, preset: str) -> None:
         grads["divergence"] = torch.tensor(replica_divergence(state))
         save_file(grads, f"{tmp}/rank{rank}.safetensors")
     finally:
+        # Neither rank tears gloo down while the other may still talk to it: without
+        # this barrier about one run in ten aborted ("terminate called without an
+        # active exception") on a loaded 2-core machine.
+        dist.barrier()
         dist.destroy_process_group()
 
 
