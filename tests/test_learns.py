@@ -35,7 +35,9 @@ def test_cut_learns_the_toy_translation(toy32, precision):
     if precision == "fp32":
         # int8 translation of the trained G, calibrated on 8 training images: it must
         # score as the float G does, and its pixels stay within a few 8-bit levels.
-        G8 = Int8ResnetGenerator(state.G.eval(), calibrate_int8(state.G, [to_model_input(images_a[:8])]))
+        # The G that translates is the one evaluated: CUT's EMA of G.
+        G = state.inference_G.eval()
+        G8 = Int8ResnetGenerator(G, calibrate_int8(G, [to_model_input(images_a[:8])]))
         models["cut-int8"] = lambda x: translate_array(G8, x)
     rows = evaluate_toy(toy32, models, label_preservation=False)
     scores = {name: row["colour_err"] for name, row in rows.items()}

@@ -111,7 +111,8 @@ class TrainOptions:
     steps: int | None = opt(None, "total training steps", group="length")
     epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config)", group="length")
     register: str = opt("", "register the final model in the MLflow Model Registry under this name")
-    register_raw_g: bool = opt(False, "with --set ema_decay=...: save and register the raw G, not its moving average "
+    register_raw_g: bool = opt(False, "when an EMA of G is kept (the cut preset's default, or --set ema_decay=...): save "
+                               "and register the raw G, not its moving average "
                                "(evaluation and samples still use the average)")
     resume: bool = opt(False, "continue the latest run (or --name) from its last checkpoint")
     name: str | None = opt(None, "run name (default: <preset>-<date>-<time>)")
