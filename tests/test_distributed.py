@@ -47,11 +47,12 @@ def _worker(rank: int, world: int, tmp: str, preset: str) -> None:
         grads = _grads(state)
         grads["divergence"] = torch.tensor(replica_divergence(state))
         save_file(grads, f"{tmp}/rank{rank}.safetensors")
-    finally:
         # Neither rank tears gloo down while the other may still talk to it: without
         # this barrier about one run in ten aborted ("terminate called without an
-        # active exception") on a loaded 2-core machine.
+        # active exception") on a loaded 2-core machine. Only on success: a rank that
+        # raised must not wait here for a peer that may never arrive.
         dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 
