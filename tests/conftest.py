@@ -13,7 +13,8 @@ from cut_core import CUTConfig
 from cut_core.config import TINY_OVERRIDES
 from jobs.ray_runtime import LOCAL_RAY_ENV
 
-torch.set_num_threads(2)
+# `make test` runs two pytest workers (pytest-xdist) on a 2-core machine: a thread each.
+torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
 # Every Ray a test starts (in process, `ray start`, ray.cluster_utils) as `raycut` starts
 # its local one: without idle workers prestarted (jobs.ray_runtime.LOCAL_RAY_ENV).
 os.environ.update(LOCAL_RAY_ENV)

@@ -33,7 +33,9 @@ from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, no_local_ray
 
-pytestmark = pytest.mark.slow
+# serial: the autoscaling head below starts and stops with `ray stop --force`, which
+# stops every Ray on the machine, so `make test` runs this module after the others.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -94,6 +94,7 @@ def test_auto_d_depth_keeps_the_papers_patch_fraction():
 
 
 def test_patch_mlp_samples_the_same_locations_and_normalises():
+    torch.manual_seed(0)  # the 1e-4 check below needs features far above the epsilon: not left to chance
     g = build_generator(ModelConfig(ngf=8, n_blocks=3))
     f = build_patch_mlp(ModelConfig(ngf=8, n_blocks=3, netF_nc=16), g, (0, 4, 8))
     feats = g.encode(torch.rand(2, 3, 32, 32), (0, 4, 8))
