@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality: also score each run's best checkpoint on the toy val pair, chosen every N steps as "
                    "`raycut train --eval-every` does (default: a sixth of --steps; 0: the last step only)")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
-                   help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan at the first variant's wall-clock time; "
-                   "default: all), or your own as NAME:KEY=VALUE[:KEY=VALUE...], e.g. nce2:lambda_NCE=2")
+                   help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan for the time of --steps steps of the "
+                   "first other variant, or of the preset as configured; default: all), or your own as "
+                   "NAME:KEY=VALUE[:KEY=VALUE...], e.g. nce2:lambda_NCE=2")
     b.set_defaults(func=_cmd_bench)
     _with_examples(sub)
     return p

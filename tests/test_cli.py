@@ -300,6 +300,13 @@ def test_quality_variants_are_named_recipes_or_the_users_own():
             parse_variants([bad])
     with pytest.raises(RaycutError, match="its own name"):
         parse_variants(["a:lr=1", "a:lr=2"])
+    # CycleGAN's budget is the time of the first other variant's steps, or of the preset
+    # as configured when it is alone; without CycleGAN nothing is timed.
+    from jobs.bench.quality import cyclegan_reference
+
+    assert cyclegan_reference(parse_variants(["cyclegan", "nce2:lambda_NCE=2", "plain"])) == ("nce2", ("lambda_NCE=2",))
+    assert cyclegan_reference(parse_variants(["cyclegan"])) == ("(as configured)", ())
+    assert cyclegan_reference(parse_variants(["plain", "ema"])) is None
     # Bad keys and values are refused before any run starts, in one line.
     r = raycut("bench", "quality", "--out", "unused.json", "--quality-variants", "x:lambda_NCEE=2")
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["raycut: error: unknown config key 'lambda_NCEE'; did you mean lambda_NCE?"]

@@ -43,7 +43,7 @@ QUALITY_VARIANTS: dict[str, tuple[str, ...]] = {
     "r1": ("d_augment=", "lambda_R1=1"),
     "diffaugment+r1": ("d_augment=color,translation,cutout", "lambda_R1=1"),
     # The baseline CUT is compared with: the same networks and data, CycleGAN's losses.
-    # It trains for the steps that fit in the first variant's time (a step costs more).
+    # It trains for the steps that fit in the time of the others (cyclegan_reference): a step costs more.
     "cyclegan": ("preset=cyclegan", "d_augment="),
 }
 
@@ -68,6 +68,17 @@ def parse_variants(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 # test images shown per variant in the bench's sample grid
 SAMPLES = 4
+
+
+def cyclegan_reference(variants: Mapping[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...]] | None:
+    """Whose step time CycleGAN's budget matches: the first other variant's, or, with
+    CycleGAN alone, the preset and config under test as they are (so `--quality-variants
+    cyclegan --steps 1500` trains it for the time of 1500 of their steps). None without
+    CycleGAN. Returns (a label for the log, the overrides to time)."""
+    if "cyclegan" not in variants:
+        return None
+    others = [v for v in variants if v != "cyclegan"]
+    return (others[0], variants[others[0]]) if others else ("(as configured)", ())
 
 
 def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, seed: int = 0):
@@ -206,11 +217,14 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         first = next(iter(variants))
         with spawn_manager() as manager, spawn_pool(os.cpu_count() or 1) as pool:
             budget = {v: steps for v in variants}
-            if "cyclegan" in variants:  # the same wall-clock time as the first variant
-                ref, cyc = (pool.submit(step_seconds, preset, config, variants[v], size, str(data)).result()
-                            for v in (first, "cyclegan"))
+            reference = cyclegan_reference(variants)
+            if reference is not None:  # CycleGAN gets the wall-clock time of `steps` reference steps
+                label, sets = reference
+                ref, cyc = (pool.submit(step_seconds, preset, config, v, size, str(data)).result()
+                            for v in (sets, variants["cyclegan"]))
                 budget["cyclegan"] = max(1, round(steps * ref / cyc))
-                log(f"  a cyclegan step takes {cyc / ref:.2f}x a {first} step: {budget['cyclegan']} steps")
+                log(f"  a cyclegan step takes {cyc / ref:.2f}x a {preset} {label} step: {budget['cyclegan']} steps "
+                    f"in the time of {steps}")
             # The runs report their steps through a queue, so the console shows one
             # progress line with an ETA over all of them (a 64 px bench runs for
             # hours); in a log, a line each 5%.
