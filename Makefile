@@ -26,9 +26,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 demo: setup
 	$(VENV)/bin/raycut demo
 
-# Two pytest workers: most tests wait on a Ray start, a subprocess or MLflow for half
-# their time, so a 2-core machine runs the suite in about half the time. The tests
-# marked serial (the autoscaling cluster: it stops every Ray on the machine) run after.
+# Two pytest workers: most tests wait on a Ray start, a subprocess or MLflow for much of
+# their time, so on 2 cores the suite takes about 0.6x its time in one process
+# (docs/development.md). The tests marked serial (the autoscaling cluster: it stops
+# every Ray on the machine) run after, alone.
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=25 tests
 	$(PY) -m pytest -q -m serial --durations=5 tests
