@@ -71,7 +71,7 @@ def no_local_ray() -> None:
 TINY_SETS = tuple(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_OVERRIDES.items())
 
 
-def kill_train_workers_when(*ready, timeout: float = 240.0) -> threading.Thread:
+def kill_train_workers_when(*ready, timeout: float = 480.0) -> threading.Thread:
     """In the background: for each predicate in ``ready`` in turn, wait until it is
     true, then SIGKILL one Ray Train worker process (a real crash, not an exception) of
     this process's own Ray: one of its descendants, never a worker of another Ray on

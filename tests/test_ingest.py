@@ -104,7 +104,7 @@ def test_two_consumers_get_disjoint_shards(local_ray, toy):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=300)
     assert seen[0] and seen[1]
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0]) == len(seen[1]) == 5

@@ -97,7 +97,7 @@ def test_mlflow_models_serve_answers_a_rest_request(registered, tmp_path):
                                "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # generous: the suite runs two workers on 2 cores
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
