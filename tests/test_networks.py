@@ -5,7 +5,7 @@ from cut_core import CUTConfig, ModelConfig
 from cut_core.config import patchgan_receptive_field
 from cut_core.errors import ConfigError
 from cut_core.antialias import BlurDownsample, BlurUpsample
-from cut_core.networks import InstanceNorm2d, build_discriminator, build_generator, build_patch_mlp
+from cut_core.networks import InstanceNorm2d, build_discriminator, build_generator, build_patch_mlp, use_reference_layers
 
 
 def official_generator_keys(n_blocks: int = 9) -> list[str]:
@@ -162,6 +162,33 @@ def test_fast_resampling_equals_the_official_convolutions(dtype, hw, memory_form
     xin = x.to(dtype).contiguous(memory_format=memory_format)
     torch.testing.assert_close(down(xin).float(), _reference_down(x, down.filt), **tol)
     torch.testing.assert_close(up(xin).float(), _reference_up(x, up.filt), **tol)
+
+
+def test_reference_layers_compute_the_same_function_and_gradients():
+    """The bench's baseline runs G and D with the reference code's upsampling and
+    in-place activations; they must be the networks raycut trains, only slower."""
+    import copy
+
+    cfg = CUTConfig.from_preset("cut").with_overrides({"ngf": 8, "ndf": 8, "n_blocks": 2, "crop_size": 32})
+    torch.manual_seed(0)
+    nets = [build_generator(cfg.model), build_discriminator(cfg)]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for net in nets:
+        ref = use_reference_layers(copy.deepcopy(net))
+        assert any(getattr(m, "as_transposed_conv", False) for m in ref.modules()) == (net is nets[0])
+        assert all(m.inplace for m in ref.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)))
+        outs, grads = [], []
+        for m in (net, ref):
+            y = m(x)
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+            outs.append(y.detach())
+            grads.append([p.grad.clone() for p in m.parameters()])
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+        # Sums over many pixels, in another order: fp32 rounding, judged on the scale of
+        # the largest gradient (a bias before an instance norm has a gradient of zero).
+        scale = max(g.abs().max().item() for g in grads[0])
+        for g_ref, g in zip(grads[1], grads[0]):
+            torch.testing.assert_close(g_ref, g, atol=1e-4 * scale, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

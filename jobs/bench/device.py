@@ -31,7 +31,7 @@ from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
 from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interleaved_ms
-from cut_core.networks import build_generator
+from cut_core.networks import build_generator, use_reference_layers
 from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import TrainState, build_train_state, flip_coin, train_step
 
@@ -75,7 +75,8 @@ def machine_info(device: str) -> dict[str, object]:
 
 def official_schedule_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) -> None:
     """The reference implementation's work per iteration, in fp32 eager, on raycut's
-    networks: a baseline for the benchmark, not for training.
+    networks run with the reference's layers (``state_for``): a baseline for the
+    benchmark, not for training.
 
     Differences from ``train_step`` that cost time: the keys are re-encoded with a
     graph (once per NCE call), each NCE call encodes separately, and F runs on the
@@ -164,10 +165,14 @@ def fixed_pair(shape: tuple[int, ...], device: str) -> tuple[torch.Tensor, torch
 
 
 def state_for(kind: str, cfg: CUTConfig, device: str) -> TrainState:
-    """A fresh state for a row; the baseline's optimizers are the reference's (Adam as
-    torch defaults it, a loop of small ops on a CPU), not raycut's fused one."""
+    """A fresh state for a row. The baseline's layers and optimizers are the
+    reference's: G and D run its upsampling and in-place activations (the same
+    function; ``use_reference_layers``), and Adam is as torch defaults it (a loop of
+    small ops on a CPU), not raycut's fused one."""
     state = build_train_state(cfg, device=device)
     if kind == "official":
+        use_reference_layers(state.G)
+        use_reference_layers(state.D)
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         for name in ("opt_G", "opt_D", "opt_F"):
             params = [p for group in getattr(state, name).param_groups for p in group["params"]]
