@@ -50,4 +50,8 @@ def test_cut_learns_the_toy_translation(toy32, precision):
         assert abs(scores["cut-int8"] - cut) < 0.05 * identity, scores
         test_a = load_folder(toy32 / "testA")
         diff = np.abs(translate_array(G8, test_a).astype(int) - translate_array(state, test_a).astype(int))
-        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 5, (diff.mean(), np.percentile(diff, 99))
+        # Without VNNI the activations keep 7 bits (cut_core.hardware): a quantisation
+        # step twice as coarse, so twice the error is allowed there.
+        coarse = 2 if G8.reduce_range else 1
+        assert diff.mean() < 1.0 * coarse and np.percentile(diff, 99) <= 5 * coarse, (
+            diff.mean(), np.percentile(diff, 99), G8.reduce_range)
