@@ -56,6 +56,7 @@ def parse_policy(policy: str) -> tuple[str, ...]:
 
 Preset = Literal["cut", "fastcut", "sincut", "sincut-paper", "cyclegan"]
 GanMode = Literal["lsgan", "nonsaturating", "vanilla"]
+FlipCentre = Literal["edge", "pixel"]
 Preprocess = Literal["resize_and_crop", "scale_width_and_crop", "crop", "none", "zoom_and_patch",
                      "random_width_and_patch"]
 # Preprocessings that cut a whole minibatch out of one image (SinCUT; pipelines.single_image).
@@ -174,6 +175,10 @@ class LossConfig:
     nce_bank_size: int = 0
     nce_bank_momentum: float = 0.999
     flip_equivariance: bool = False  # FastCUT
+    # Where flip equivariance puts the mirror: "edge", between the two middle columns (the
+    # official FastCUT), or "pixel", on column W/2, which maps every stride-2 sampling
+    # grid of G's encoder onto itself (cut_core.training.mirror).
+    flip_centre: FlipCentre = "edge"
     lambda_identity: float = 0.0  # SinCUT: L1(G(real_B), real_B)
     lambda_R1: float = 0.0  # SinCUT: R1 gradient penalty on D(real_B)
     # What D sees is augmented, reals and fakes alike (cut_core.d_balance): ops from
@@ -196,6 +201,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check_choice("gan_mode", self.gan_mode, GanMode)
+        _check_choice("flip_centre", self.flip_centre, FlipCentre)
         try:
             parse_policy(self.d_augment)
         except ValueError as e:

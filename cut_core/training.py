@@ -32,6 +32,7 @@ from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
+from cut_core.padding import reflect_pad
 from cut_core.networks import (
     Discriminator,
     Generator,
@@ -210,6 +211,25 @@ class GeneratorPass:
         return self.fake[self.batch :] if self.with_idt else None
 
 
+def mirror(x: torch.Tensor, centre: str = "edge") -> torch.Tensor:
+    """Left-right mirror image of (B, C, H, W).
+
+    "edge": about the line between the two middle columns (torch.flip), as the official
+    FastCUT flips. Column j goes to W-1-j, so the even columns that a stride-2
+    downsampling keeps become odd ones: no G with these downsamplings can make its
+    features at 1/2 and 1/4 resolution commute with this flip, even with mirror-symmetric
+    kernels (there they differ by 22-60%, measured), and the flip term of PatchNCE asks
+    for that anyway.
+    "pixel": about column W/2, so column j goes to W-j and, at every resolution
+    W/2^k, even columns stay even: the sampling grids map onto themselves (with W a
+    multiple of 4, as G needs). Column 0 has no partner and takes column W-2's value
+    (a reflection), so applied twice it returns x except in column 0.
+    """
+    if centre == "edge":
+        return torch.flip(x, dims=[3])
+    return torch.flip(reflect_pad(x, (0, 1, 0, 0)), dims=[3])[..., : x.shape[3]]
+
+
 def flip_coin(rng: torch.Generator) -> bool:
     """FastCUT's coin for one iteration: True (flip the input) with probability 1/2.
     One draw from ``rng``; the reference schedule and the benchmark draw it the same way."""
@@ -223,7 +243,7 @@ def generator_pass(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor
     with_idt = cfg.loss.nce_idt or cfg.loss.lambda_identity > 0
     src = torch.cat([real_A, real_B]) if with_idt else real_A
     flipped = cfg.loss.flip_equivariance and flip_coin(state.rng)
-    x = torch.flip(src, dims=[3]) if flipped else src
+    x = mirror(src, cfg.loss.flip_centre) if flipped else src
     with autocast(state.perf, state.device):
         fake, feats = state.run["G_forward_and_encode"](x, layers)
         if flipped:
@@ -336,7 +356,7 @@ def _patch_nce_per_image(
     L = state.config.loss
     feat_q = state.run["G_encode"](targets, L.nce_layers)
     if flipped:
-        feat_q = [torch.flip(f, dims=[3]) for f in feat_q]
+        feat_q = [mirror(f, L.flip_centre) for f in feat_q]
     ids = PatchSampleMLP.sample_ids(keys, L.num_patches, state.rng)
     q_proj = state.run["F"](feat_q, ids)
     n = targets.shape[0]

@@ -96,10 +96,11 @@ def test_torch_compile_path_gives_the_eager_losses(images):
     assert "model.1.weight" in state.G.state_dict()
 
 
-def test_fastcut_flip_equivariance_flips_the_input_and_keeps_unflipped_keys(images):
-    from cut_core.training import flip_coin, generator_pass
+@pytest.mark.parametrize("centre", ["edge", "pixel"])
+def test_fastcut_flip_equivariance_flips_the_input_and_keeps_unflipped_keys(images, centre):
+    from cut_core.training import flip_coin, generator_pass, mirror
 
-    state = build_train_state(tiny("fastcut"))
+    state = build_train_state(tiny("fastcut", flip_centre=centre))
     a, b = images
     # Find an iteration whose coin says "flip" (the coin comes from state.rng).
     for _ in range(20):
@@ -111,9 +112,28 @@ def test_fastcut_flip_equivariance_flips_the_input_and_keeps_unflipped_keys(imag
     assert fwd.flipped and fwd.idt_B is None
     layers = state.config.loss.nce_layers
     with torch.no_grad():
-        torch.testing.assert_close(fwd.fake_B, state.G(torch.flip(a, [3])))  # G ran on flip(x)
+        torch.testing.assert_close(fwd.fake_B, state.G(mirror(a, centre)))  # G ran on the mirrored x
         for key, ref in zip(fwd.keys, state.G.encode(a, layers)):
-            torch.testing.assert_close(key, ref)  # keys come from the unflipped x
+            torch.testing.assert_close(key, ref)  # keys come from the unmirrored x
+    out = train_step(state, a, b)  # a whole step on the mirrored input
+    assert torch.isfinite(out["NCE"]) and torch.isfinite(out["G"])
+
+
+def test_the_pixel_centred_mirror_keeps_the_downsampling_grid():
+    """Mirroring about column W/2 commutes with G's stride-2 blur-downsampling (away
+    from column 0, which has no partner); the flip between the middle columns does not:
+    it shifts the grid by a column, which no G can undo."""
+    from cut_core.antialias import BlurDownsample
+    from cut_core.training import mirror
+
+    x = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    down = BlurDownsample(2)
+    x_px = mirror(x, "pixel")
+    assert torch.equal(x_px[..., 1:], torch.flip(x, [3])[..., :-1])  # column j holds x's column W - j
+    assert torch.equal(mirror(x_px, "pixel")[..., 1:], x[..., 1:])  # its own inverse, but for column 0
+    for centre, commutes in (("pixel", True), ("edge", False)):
+        a, b = down(mirror(x, centre))[..., 2:-1], mirror(down(x), centre)[..., 2:-1]
+        assert torch.allclose(a, b, atol=1e-6) == commutes, (centre, (a - b).abs().max())
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path, images) -> None:
