@@ -102,4 +102,3 @@ class BlurUpsample(nn.Module):
         y = y[:, :, 1:, 1:]
         # An even filter overshoots by one pixel on each axis.
         return y if self.filt_size % 2 == 1 else y[:, :, :-1, :-1]
-

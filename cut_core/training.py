@@ -26,13 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cut_core import losses
-from cut_core.config import CUTConfig, OptimConfig, PerfConfig
+from cut_core.config import CUTConfig, FlipCentre, OptimConfig, PerfConfig
 from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
-from cut_core.padding import reflect_pad
 from cut_core.networks import (
     Discriminator,
     Generator,
@@ -41,6 +40,7 @@ from cut_core.networks import (
     build_generator,
     build_patch_mlp,
 )
+from cut_core.padding import reflect_pad
 
 
 @dataclass
@@ -211,7 +211,7 @@ class GeneratorPass:
         return self.fake[self.batch :] if self.with_idt else None
 
 
-def mirror(x: torch.Tensor, centre: str = "edge") -> torch.Tensor:
+def mirror(x: torch.Tensor, centre: FlipCentre = "edge") -> torch.Tensor:
     """Left-right mirror image of (B, C, H, W).
 
     "edge": about the line between the two middle columns (torch.flip), as the official
