@@ -31,7 +31,7 @@ demo: setup
 # (docs/development.md). The tests marked serial (the autoscaling cluster: it stops
 # every Ray on the machine) run after, alone.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 -m "not serial" --durations=25 tests
 	$(PY) -m pytest -q -m serial --durations=5 tests
 
 bench: setup

@@ -20,6 +20,22 @@ torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
 os.environ.update(LOCAL_RAY_ENV)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The costliest tests first (``@pytest.mark.cost(seconds)``), the rest in file order.
+
+    `make test` hands tests to its two workers one at a time (``--dist load
+    --maxschedchunk 1``), so this is longest-first scheduling: the few tests of 1-3
+    minutes start at once on both workers and the many short ones fill the gaps, instead
+    of one worker ending the run alone on a 3-minute test while the other idles (what
+    ``--dist loadfile`` did: whole files, in name order). The sort is stable and the
+    same on every worker, as xdist requires."""
+    def cost(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("cost")
+        return float(mark.args[0]) if mark else 0.0
+
+    items.sort(key=cost, reverse=True)
+
+
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
     """A preset shrunk for tests (CUTConfig.tiny): ngf/ndf 8, 3 blocks, 32 px crops,
     batch 2, fp32 NCHW unless a test asks (auto would pick bf16 on some CPUs; the tests

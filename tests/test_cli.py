@@ -63,6 +63,7 @@ def test_import_official_bad_input_is_one_line(tmp_path, content, words):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.cost(180)
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     """A shortened demo: Ray Data, Ray Train on 2 workers, MLflow, the registry alias,
     batch translation and evaluation all run for real, and the model that Ray Train
@@ -142,6 +143,7 @@ os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store
     assert "[train] 1/4 25%" in r.stderr and "python's own stderr" in r.stderr
 
 
+@pytest.mark.cost(15)
 def test_bench_train_writes_the_record(tmp_path):
     out = tmp_path / "bench.json"
     r = raycut("bench", "train", "--out", str(out), "--crop", "32", "--iters", "2", "--warmup", "0",
@@ -179,6 +181,7 @@ def test_bench_train_writes_the_record(tmp_path):
     assert f"{work:.3f}" in r.stdout.split("fastcut/fp32-eager@32")[-1].splitlines()[0]
 
 
+@pytest.mark.cost(30)
 def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     """Each (variant, seed) trains in its own process and is scored on the toy pair's
     held-out truth; the record keeps the baselines, each seed's error and its loss
@@ -256,6 +259,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.cost(15)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_killed_bench_takes_its_runs_with_it(tmp_path):
     """kill -9 of `raycut bench quality` ends its training processes too: a process

@@ -84,6 +84,7 @@ def test_resume_is_exact_pools_included(tmp_path):
     torch.testing.assert_close(again, after)
 
 
+@pytest.mark.cost(30)
 def test_cyclegan_learns_the_toy_translation(tmp_path):
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
@@ -100,6 +101,7 @@ def test_cyclegan_learns_the_toy_translation(tmp_path):
     assert history[-1]["cycle_A"] < history[0]["cycle_A"]  # G_B learns to undo G
 
 
+@pytest.mark.cost(40)
 def test_raycut_train_cyclegan_registers_a_model_that_translates(local_ray, tmp_path, monkeypatch):
     from jobs.tracking import resolve_model_dir
     from jobs.train.driver import run_train

@@ -74,6 +74,7 @@ def test_fid_and_kid_rank_a_shifted_set_worse(toy, extractor):
     assert same_style["kid"] < shifted["kid"], (same_style, shifted)
 
 
+@pytest.mark.cost(30)
 def test_ray_data_job_matches_torchmetrics_on_the_images(toy, extractor, tmp_path, local_ray):
     """The whole path (files -> Ray Data actors -> features -> statistics) gives what
     torchmetrics computes when it runs the same extractor on the images itself."""

@@ -47,6 +47,7 @@ def _resolve_in_subprocess(precision: str, cache, **env: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.cost(15)
 def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_path):
     got = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
     assert got["isa"] == "AVX2" and got["bf16_capability"] is False  # the emulation took hold
@@ -88,6 +89,7 @@ def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp
     assert got["warnings"] == []
 
 
+@pytest.mark.cost(20)
 def test_the_probe_is_cached_per_machine_and_isa_limit(tmp_path):
     first = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
     assert first["cached"] is False

@@ -50,6 +50,7 @@ def test_bad_files_are_skipped_and_reported(local_ray, tmp_path):
     assert "skipped 4 bad files" in text and "huge.png" in text
 
 
+@pytest.mark.cost(15)
 def test_parquet_source(local_ray, toy, tmp_path):
     files = sorted((toy / "trainB").glob("*.png"))
     table = pa.table({"image": [f.read_bytes() for f in files], "path": [str(f) for f in files]})
@@ -126,6 +127,7 @@ def test_augmentation_presets(data, shape, out):
     assert will_upscale(shape, data) == (data.preprocess == "crop")
 
 
+@pytest.mark.cost(12)
 def test_unpaired_batches_cycle_the_smaller_domain(local_ray, toy, tmp_path):
     from pipelines.ingest import domain_size, steps_per_epoch, unpaired_batches
 

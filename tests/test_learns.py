@@ -27,6 +27,7 @@ NATIVE_BF16 = capabilities("cpu").bf16
     pytest.param("bf16", marks=pytest.mark.skipif(not NATIVE_BF16, reason="bf16 is emulated on this CPU (tens of "
                                                   "times slower than fp32); precision auto never picks it here")),
 ])
+@pytest.mark.cost(30)
 def test_cut_learns_the_toy_translation(toy32, precision):
     cfg = tiny("cut", precision=precision, lr=5e-4, n_layers_D=2, batch_size=4, netF_nc=32, num_patches=64)
     images_a, images_b = load_folder(toy32 / "trainA"), load_folder(toy32 / "trainB")

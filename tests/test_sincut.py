@@ -199,6 +199,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
+@pytest.mark.cost(60)
 def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
     painting = preview(load_single_image(str(PAINTING)), width=192)[0]  # small resolution for the CPU
     photo = preview(load_single_image(str(PHOTO)), width=192)[0]
@@ -230,6 +231,7 @@ def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
     assert with_painting > 0.35 and with_painting > with_photo + 0.2, (with_painting, with_photo)
 
 
+@pytest.mark.cost(100)
 @pytest.mark.slow
 def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_painting(local_ray, tmp_path, monkeypatch,
                                                                                        capsys):

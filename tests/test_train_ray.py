@@ -48,6 +48,7 @@ def _checkpoint_at(run_dir: Path, step: int):
     return ready
 
 
+@pytest.mark.cost(140)
 def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch) -> None:
     """One evaluated run's whole failure story: a worker killed after the first
     checkpoint is restarted from it (max_failures 1); a second kill, after the next

@@ -75,6 +75,7 @@ def test_step_rejects_mismatched_batches():
         train_step(state, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
+@pytest.mark.cost(65)
 @pytest.mark.slow
 def test_torch_compile_path_gives_the_eager_losses(images):
     # n_blocks 1 keeps the compile time of this test down; the compiled callables are

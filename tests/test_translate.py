@@ -52,6 +52,7 @@ def _dataset(root: Path, n_extra: int = 0) -> Path:
     return root
 
 
+@pytest.mark.cost(12)
 def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir, tmp_path) -> None:
     data = _dataset(tmp_path / "gta")
     Image.new("L", (8, 8)).save(data / "labels" / "99999.png")  # a label without an image: not copied
@@ -78,6 +79,7 @@ def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir
     assert (again.done, again.skipped, len(again.failed)) == (0, len(SIZES), 2)  # bad files are retried, still bad
 
 
+@pytest.mark.cost(70)
 def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir, tmp_path) -> None:
     data = _dataset(tmp_path / "gta", n_extra=300)
     out = tmp_path / "out"
@@ -107,6 +109,7 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
     assert s.skipped >= 1  # run 1 recorded at least one part before the kill: the rerun skipped those
 
 
+@pytest.mark.cost(15)
 def test_fixed_inputs_are_translated_once_over_several_runs(local_ray, model_dir, tmp_path) -> None:
     """Run 1 with broken inputs, the files fixed, run 2 translates them, run 3 finds
     nothing to do; with small manifest parts, so every run writes several and a later
@@ -139,6 +142,7 @@ def test_fixed_inputs_are_translated_once_over_several_runs(local_ray, model_dir
     assert sum(r["status"] == "failed" for r in rows) == 14  # run 1's failures stay on record, superseded
 
 
+@pytest.mark.cost(12)
 def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, monkeypatch) -> None:
     """A model registered the way `raycut train --register` does is used by
     `raycut translate --model models:/NAME@latest`, with its version in the manifest."""
@@ -178,6 +182,7 @@ def _expected(G, image_file: Path) -> np.ndarray:
     return to_uint8_images(translate(G, to_model_input(np.asarray(Image.open(image_file).convert("RGB"))[None])))[0]
 
 
+@pytest.mark.cost(25)
 def test_parquet_rows_and_remote_uris_are_inputs_too(local_ray, model_dir, tmp_path) -> None:
     """Any ingest source: Parquet rows (named by their `path` column, or FILE#ROW), read
     by row group, resumable; and files behind a pyarrow filesystem URI (file:// here;
@@ -245,6 +250,7 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
     assert sorted(local.outs.values()) == sorted(remote.outs.values()) == ["00000", "00002", "city/00001", "city/00003"]
 
 
+@pytest.mark.cost(12)
 def test_int8_job_is_cut_core_int8_with_the_calibration_it_keeps(local_ray, model_dir, tmp_path) -> None:
     """int8: the driver calibrates once on the first readable inputs (bad files first
     in line are passed over), every actor runs that network, and a rerun with a new
@@ -314,6 +320,7 @@ def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
                                        precision="int8", gpus_per_actor=1))
 
 
+@pytest.mark.cost(50)
 def test_staged_and_single_actor_jobs_agree_in_every_output_format(local_ray, model_dir, tmp_path) -> None:
     """The staged job (decode tasks -> G actors -> encode tasks) writes cut_core's pixels
     in each lossless format (and close ones in JPEG), as the single-actor job does, and

@@ -40,6 +40,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(root)}
 
 
+@pytest.mark.cost(120)
 def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_trains(toy, tmp_path):
     """One search, the whole life cycle: the driver is interrupted (as by Ctrl-C) right
     after its first trial completes; --resume finishes the search without training
