@@ -36,6 +36,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=cost, reverse=True)
 
 
+UNMARKED_LONG_S = 45.0
+_unmarked_long: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Runs where the reports arrive (xdist's controller too), so the summary below sees
+    # the tests of every worker: a long test without a cost mark would start late.
+    if report.when == "call" and report.duration > UNMARKED_LONG_S and "cost" not in report.keywords:
+        _unmarked_long.append(f"{report.nodeid} ({report.duration:.0f} s)")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _unmarked_long:
+        terminalreporter.write_line(f"tests over {UNMARKED_LONG_S:.0f} s without @pytest.mark.cost (they start late in "
+                                    f"`make test`; give them one): " + ", ".join(_unmarked_long), yellow=True)
+
+
 def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
     """A preset shrunk for tests (CUTConfig.tiny): ngf/ndf 8, 3 blocks, 32 px crops,
     batch 2, fp32 NCHW unless a test asks (auto would pick bf16 on some CPUs; the tests
