@@ -42,8 +42,10 @@ _unmarked_long: list[str] = []
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # Runs where the reports arrive (xdist's controller too), so the summary below sees
-    # the tests of every worker: a long test without a cost mark would start late.
-    if report.when == "call" and report.duration > UNMARKED_LONG_S and "cost" not in report.keywords:
+    # the tests of every worker: a long test without a cost mark would start late. The
+    # serial tests run alone, one after another, where order saves nothing.
+    if (report.when == "call" and report.duration > UNMARKED_LONG_S
+            and "cost" not in report.keywords and "serial" not in report.keywords):
         _unmarked_long.append(f"{report.nodeid} ({report.duration:.0f} s)")
 
 
