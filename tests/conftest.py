@@ -97,10 +97,10 @@ def local_ray(_ray_session):
 
 def _cpus_back_or_restart(grace_s: float = 20.0) -> None:
     """After a test on the shared Ray: wait until every CPU is free again, else stop
-    that Ray (the next test that asks starts a clean one). A Ray Train run that a test
-    crashes on purpose can leave its controller's actors holding CPUs for a while, and
-    a translation job of the next test on that Ray would wait for CPUs forever (seen
-    once in `make test`, once the crash test was followed by the translate tests)."""
+    that Ray (the next test that asks starts a clean one). A Ray Train run can leave its
+    controller's actors holding CPUs for a while (most likely the run that a test crashes
+    on purpose), and a job of the next test on that Ray waits for CPUs that never come:
+    seen once in `make test`, a translate test behind an earlier training test's actors."""
     import ray
 
     if not ray.is_initialized():
