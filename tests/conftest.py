@@ -97,10 +97,10 @@ def local_ray(_ray_session):
 
 def _cpus_back_or_restart(grace_s: float = 20.0) -> None:
     """After a test on the shared Ray: wait until every CPU is free again, else stop
-    that Ray (the next test that asks starts a clean one). A Ray Train run can leave its
-    controller's actors holding CPUs for a while (most likely the run that a test crashes
-    on purpose), and a job of the next test on that Ray waits for CPUs that never come:
-    seen once in `make test`, a translate test behind an earlier training test's actors."""
+    that Ray (the next test that asks starts a clean one), so that no test's job waits
+    behind actors an earlier test left. Seen once in `make test`: a translate test behind
+    the actors of a failed Ray Train run, which Ray Train's leftover SIGINT handler kept
+    alive (fixed in `jobs.ray_runtime.train_run_released`; this stays as the guard)."""
     import ray
 
     if not ray.is_initialized():

@@ -48,6 +48,26 @@ def _checkpoint_at(run_dir: Path, step: int):
     return ready
 
 
+def _train_run_gone(within_s: float) -> str | None:
+    """None once no actor of a Ray Train run is alive on the shared local Ray and all its
+    CPUs are free; else, after ``within_s``, what is still there."""
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = sorted(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+        left = [n for n in alive if n in ("TrainController", "SplitCoordinator", "DatasetManager") or n.startswith("MapWorker")]
+        held = ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
+        if not left and held == 0:
+            return None
+        if time.monotonic() > deadline:
+            return f"after {within_s:g} s: actors {left} alive, {held:g} CPUs held"
+        time.sleep(0.5)
+
+
 @pytest.mark.cost(140)
 def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch) -> None:
     """One evaluated run's whole failure story: a worker killed after the first
@@ -65,6 +85,10 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
         run_train(_options(toy, storage, max_failures=1, eval_every=5, keep_checkpoints=1, sets=sets))
     killer.join(timeout=1)
     assert len(killer.killed) == 2, f"the run ended after {len(killer.killed)} kill(s)"
+    # The failed run leaves nothing on the caller's Ray: its controller and the Ray Data
+    # actors that it owned are gone and their CPUs free (until raycut put back the SIGINT
+    # handler that Ray Train leaves behind, they stayed for as long as the process ran).
+    assert _train_run_gone(within_s=20) is None
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (first,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
     assert first.info.status == "FAILED"

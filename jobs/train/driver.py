@@ -28,7 +28,7 @@ from pyarrow.fs import FileSelector, FileType
 from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.ray_runtime import start_ray, without_progress_bars
+from jobs.ray_runtime import start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, decode_head, read_domain, steps_per_epoch
 from pipelines.sources import Listing, list_source
@@ -262,7 +262,8 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
         dataset_config=ray.train.DataConfig(datasets_to_split="all" if job.workers > 1 else []),
     )
     try:
-        return trainer.fit()
+        with train_run_released():
+            return trainer.fit()
     except Exception as e:  # Ray wraps worker errors; keep the first line, point at --resume
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise RaycutError(f"training failed after {job.schedule.max_failures} restarts ({first}); fix the cause and run "
