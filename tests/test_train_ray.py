@@ -57,8 +57,10 @@ def _train_run_gone(within_s: float) -> str | None:
     from ray.util.state import list_actors
 
     deadline = time.monotonic() + within_s
+    # This Ray's own address: with two pytest workers, two local Rays run on the machine.
+    here = ray.get_runtime_context().gcs_address
     while True:
-        alive = sorted(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+        alive = sorted(a.class_name for a in list_actors(address=here, filters=[("state", "=", "ALIVE")]))
         left = [n for n in alive if n in ("TrainController", "SplitCoordinator", "DatasetManager") or n.startswith("MapWorker")]
         held = ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
         if not left and held == 0:
