@@ -105,15 +105,22 @@ def _cpus_back_or_restart(grace_s: float = 20.0) -> None:
 
     if not ray.is_initialized():
         return
+    held = cpus_held(grace_s)
+    if held:
+        print(f"conftest: {held:g} CPUs still held after the test: restarting the shared local Ray")
+        ray.shutdown()
+
+
+def cpus_held(within_s: float) -> float:
+    """The CPUs of this process's Ray that are still held after waiting up to
+    ``within_s`` for all of them to come free (0 as soon as they have)."""
+    import ray
+
     total = ray.cluster_resources().get("CPU", 0.0)
-    deadline = time.monotonic() + grace_s
-    while ray.available_resources().get("CPU", 0.0) < total:
-        if time.monotonic() > deadline:
-            print(f"conftest: {total - ray.available_resources().get('CPU', 0.0):g} CPUs still held after the test: "
-                  "restarting the shared local Ray")
-            ray.shutdown()
-            return
+    deadline = time.monotonic() + within_s
+    while (held := total - ray.available_resources().get("CPU", 0.0)) > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
+    return held
 
 
 def no_local_ray() -> None:

@@ -15,7 +15,7 @@ from cut_core.errors import RaycutError
 from jobs.train.driver import run_train
 from jobs.train.spec import Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, kill_train_workers_when
+from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when
 
 pytestmark = pytest.mark.slow
 
@@ -59,11 +59,11 @@ def _train_run_gone(within_s: float) -> str | None:
     deadline = time.monotonic() + within_s
     # This Ray's own address: with two pytest workers, two local Rays run on the machine.
     here = ray.get_runtime_context().gcs_address
+    held = cpus_held(within_s)  # the actors that held them go with them
     while True:
         alive = sorted(a.class_name for a in list_actors(address=here, filters=[("state", "=", "ALIVE")]))
         left = [n for n in alive if n in ("TrainController", "SplitCoordinator", "DatasetManager") or n.startswith("MapWorker")]
-        held = ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
-        if not left and held == 0:
+        if not left and not held:
             return None
         if time.monotonic() > deadline:
             return f"after {within_s:g} s: actors {left} alive, {held:g} CPUs held"
