@@ -67,14 +67,20 @@ def test_import_official_bad_input_is_one_line(tmp_path, content, words):
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     """A shortened demo: Ray Data, Ray Train on 2 workers, MLflow, the registry alias,
     batch translation and evaluation all run for real, and the model that Ray Train
-    trained (300 steps at 32 px), the checkpoint that scored best on the val pair,
+    trained (180 steps at 32 px), the checkpoint that scored best on the val pair,
     beats both baselines on the test pair. The margin over histogram matching varies
     between runs (Ray Data's order is not seeded): the last step's colour error was
     26-43 in most runs, and 59-73 against histogram's 61 in three of about twenty,
     where D won part-way (docs/quality.md); so the test asks for a win, not a factor."""
     from mlflow.tracking import MlflowClient
 
-    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", "300", cwd=tmp_path)
+    # 180 steps, scored every 30 (it was 300): with today's demo config the val error is
+    # far under histogram matching's from the first score on (a 300-step run, 2026-12-02
+    # on the AMD EPYC: 26.8 at step 50, 17.4 at 300; this test there: 21.5 on the test
+    # pair), and in the old runs where D took over it did so after step ~100, where the
+    # val-chosen checkpoint of an earlier step is what is judged (docs/quality.md).
+    steps = 180
+    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", str(steps), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "demo"
     for name in ("samples.png", "losses.png"):
@@ -94,9 +100,10 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     # The registered model is the best checkpoint on the val pair, one of those scored.
     chosen = summary["selected"]
     every = chosen["every"]
-    assert 0 < every < 300 and chosen["step"] in range(every, 301, every) and registered.tags["raycut.steps"] == str(chosen["step"])
+    assert every == steps // 6 and chosen["step"] in range(every, steps + 1, every)
+    assert registered.tags["raycut.steps"] == str(chosen["step"])
     scored = {int(m.step): m.value for m in client.get_metric_history(run.info.run_id, "eval_colour_err")}
-    assert set(range(every, 301, every)) <= set(scored) and chosen["val_colour_err"] == min(scored.values())
+    assert set(range(every, steps + 1, every)) <= set(scored) and chosen["val_colour_err"] == min(scored.values())
     assert f"checkpoint of step {chosen['step']}" in (out / "summary.md").read_text()
     for stage in range(1, 8):
         assert f"<== [{stage}/7] done in" in r.stdout
