@@ -29,11 +29,10 @@ demo: setup
 # Two pytest workers: most tests wait on a Ray start, a subprocess or MLflow for much of
 # their time, so on 2 cores the suite takes about 0.6x its time in one process
 # (docs/development.md), handed out one at a time, the costliest first (tests/conftest.py).
-# The tests marked serial (the autoscaling cluster: it stops every Ray on the machine)
-# run after, alone.
+# loadgroup: the autoscaling cluster's tests (xdist_group "cluster") go to one worker
+# together, so the cluster starts once; it runs beside the other worker's tests.
 test: setup
-	$(PY) -m pytest -q -n 2 --dist load --maxschedchunk 1 -m "not serial" --durations=25 tests
-	$(PY) -m pytest -q -m serial --durations=5 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 bench: setup
 	$(VENV)/bin/raycut bench train --out bench-train.json

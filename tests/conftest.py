@@ -23,12 +23,13 @@ os.environ.update(LOCAL_RAY_ENV)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The costliest tests first (``@pytest.mark.cost(seconds)``), the rest in file order.
 
-    `make test` hands tests to its two workers one at a time (``--dist load
-    --maxschedchunk 1``), so this is longest-first scheduling: the few tests of 1-3
-    minutes start at once on both workers and the many short ones fill the gaps, instead
-    of one worker ending the run alone on a 3-minute test while the other idles (what
-    ``--dist loadfile`` did: whole files, in name order). The sort is stable and the
-    same on every worker, as xdist requires."""
+    `make test` hands tests to its two workers one at a time (``--dist loadgroup``: each
+    test is a unit of its own, except the autoscaling cluster's tests, one unit that
+    xdist hands out first because it is the largest), so this is longest-first
+    scheduling: the few tests of 1-3 minutes start at once on both workers and the many
+    short ones fill the gaps, instead of one worker ending the run alone on a 3-minute
+    test while the other idles (what ``--dist loadfile`` did: whole files, in name
+    order). The sort is stable and the same on every worker, as xdist requires."""
     def cost(item: pytest.Item) -> float:
         mark = item.get_closest_marker("cost")
         return float(mark.args[0]) if mark else 0.0
@@ -42,10 +43,8 @@ _unmarked_long: list[str] = []
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # Runs where the reports arrive (xdist's controller too), so the summary below sees
-    # the tests of every worker: a long test without a cost mark would start late. The
-    # serial tests run alone, one after another, where order saves nothing.
-    if (report.when == "call" and report.duration > UNMARKED_LONG_S
-            and "cost" not in report.keywords and "serial" not in report.keywords):
+    # the tests of every worker: a long test without a cost mark would start late.
+    if report.when == "call" and report.duration > UNMARKED_LONG_S and "cost" not in report.keywords:
         _unmarked_long.append(f"{report.nodeid} ({report.duration:.0f} s)")
 
 

@@ -8,17 +8,22 @@ configuration files are checked for the keys and the safety settings they need."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -33,24 +38,40 @@ from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, no_local_ray
 
-# serial: the autoscaling head below starts and stops with `ray stop --force`, which
-# stops every Ray on the machine, so `make test` runs this module after the others.
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+# One pytest worker runs the whole module (`make test` runs --dist loadgroup), so the
+# cluster starts once; it runs beside the other worker's tests and their Rays.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 
 
 class FakeAutoscalingCluster(AutoscalingCluster):
-    """AutoscalingCluster reads its base config from an example YAML that Ray's wheel
-    does not ship; this is that config: Ray's fake multi-node provider, which starts
-    "nodes" as raylets on this machine when the autoscaler asks for them."""
+    """Ray's fake multi-node autoscaler as a cluster of its own beside any other Ray on
+    this machine: AutoscalingCluster runs `ray stop --force`, which stops every Ray here
+    (the other pytest worker's included), on the default ports. This one starts its head
+    on free ports and under a temp dir of its own, and stops only the processes under
+    that dir (and their children, the workers), so the suite runs it in parallel with the
+    rest. Its base config, which Ray's wheel does not ship, is Ray's fake multi-node
+    provider: it starts "nodes" as raylets on this machine when the autoscaler asks."""
+
+    def __init__(self, head_resources: dict, worker_node_types: dict) -> None:
+        self.ip = ray_services.get_node_ip_address()
+        self.gcs_port, self.dashboard_port, self.client_port, self.agent_port = _free_ports(4)
+        # Short: Ray's unix socket paths under it must fit in 107 characters.
+        self.temp_dir = tempfile.mkdtemp(prefix="rcf", dir="/tmp")
+        super().__init__(head_resources, worker_node_types)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{self.ip}:{self.gcs_port}"
 
     def _generate_config(self, head_resources, worker_node_types, autoscaler_v2=False, **config_kwargs):
         config = {
             "cluster_name": "raycut-fake", "max_workers": 8, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+            # gcs_address: the provider's nodes join this head (it assumes port 6379 without it).
             "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                         "disable_launch_config_check": True},
+                         "disable_launch_config_check": True, "gcs_address": self.gcs_address},
             "available_node_types": {**worker_node_types, "ray.head.default": {
                 "resources": head_resources, "node_config": {}, "max_workers": 0}},
             "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "file_mounts": {},
@@ -62,20 +83,56 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         config.update(config_kwargs)
         return config
 
-    def shutdown(self):
-        """`ray stop --force` as AutoscalingCluster does, quietly and without its 16 s
-        grace period: nothing of a test cluster needs saving, and the fake nodes'
-        raylets, their parent killed first, were waited on for all of it."""
-        subprocess.run(["ray", "stop", "--force", "--grace-period", "1"], check=True, capture_output=True, timeout=120)
+    def start(self, _system_config=None, override_env: dict | None = None) -> None:
+        """`ray start --head` as AutoscalingCluster runs it, less its `ray stop --force`,
+        on this cluster's own ports and temp dir."""
+        config = Path(self.temp_dir) / "autoscaling.json"
+        config.write_text(json.dumps(self._config))
+        cmd = ["ray", "start", "--head", f"--autoscaling-config={config}", f"--num-cpus={self._head_resources['CPU']}",
+               f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
+               f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={self.agent_port}",
+               f"--temp-dir={self.temp_dir}"]
+        env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", **(override_env or {})}
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"`ray start --head` failed: {r.stdout[-2000:]}{r.stderr[-2000:]}"
         ray_services.find_gcs_addresses.cache_clear()
+
+    def shutdown(self) -> None:
+        """SIGKILL every process whose command line names this cluster's temp dir (its GCS,
+        raylets, dashboard, agents, autoscaler) and every child of theirs (the workers,
+        whose names Ray rewrites); nothing of a test cluster needs saving, and no other
+        Ray on the machine is touched."""
+        own = [p for p in psutil.process_iter(["cmdline"]) if self.temp_dir in " ".join(p.info["cmdline"] or ())]
+        doomed = {p.pid: p for p in own}
+        for p in own:
+            with contextlib.suppress(psutil.Error):
+                doomed.update({c.pid: c for c in p.children(recursive=True)})
+        for p in doomed.values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(list(doomed.values()), timeout=30)
+        ray_services.find_gcs_addresses.cache_clear()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports that were free a moment ago (the OS's choice for port 0)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
 def head():
     """The cluster: a CPU-0 head (`ray start --head` with token authentication and the
-    job server on 127.0.0.1:8265) and up to three 2-CPU nodes that the autoscaler adds
-    on demand. Starting it stops any other Ray on this machine (AutoscalingCluster runs
-    `ray stop --force`), the tests' shared local Ray included."""
+    job server on 127.0.0.1) and up to three 2-CPU nodes that the autoscaler adds on
+    demand. Any other Ray on this machine runs on (this process's own shared one is
+    stopped first: the tests connect to the cluster)."""
     token = secrets.token_hex(16)
     # The head's jobs, and AutoscalingCluster itself, run `python` and `ray` from PATH:
     # this environment's, as on a cluster image.
@@ -91,7 +148,8 @@ def head():
     )
     try:
         cluster.start(override_env=auth)
-        yield {"address": "http://127.0.0.1:8265", "env": {**os.environ, **auth, "PATH": path}}
+        yield {"address": f"http://127.0.0.1:{cluster.dashboard_port}", "gcs_address": cluster.gcs_address,
+               "env": {**os.environ, **auth, "PATH": path}}
     finally:
         cluster.shutdown()
         os.environ["PATH"] = saved_path
@@ -121,6 +179,7 @@ def _assert_same_up_to_rounding(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
+@pytest.mark.cost(90)
 def test_submitted_train_grows_the_cluster_streams_its_logs_and_registers(head, tmp_path):
     """`raycut submit -- raycut train` to the CPU-0 head: the command waits and streams
     the job's lines; the trainers (strict-spread, gloo DDP) and each domain's decode pool
@@ -174,8 +233,8 @@ def test_submitted_train_grows_the_cluster_streams_its_logs_and_registers(head, 
     _assert_same_up_to_rounding(pyfunc.predict(saved["input"]), saved["output"])
     assert saved["output"].shape == (4, 32, 32, 3) and saved["output"].std() > 0
 
-    state = subprocess.run([sys.executable, "-c", _CLUSTER_STATE], env=head["env"], capture_output=True, text=True,
-                           timeout=120)
+    state = subprocess.run([sys.executable, "-c", _CLUSTER_STATE], env={**head["env"], "RAY_ADDRESS": head["gcs_address"]},
+                           capture_output=True, text=True, timeout=120)
     assert state.returncode == 0, state.stderr[-2000:]
     state = json.loads(state.stdout.strip().splitlines()[-1])
     for domain, nodes in state["decoders"].items():
