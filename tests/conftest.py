@@ -24,8 +24,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The costliest tests first (``@pytest.mark.cost(seconds)``), the rest in file order.
 
     `make test` hands tests to its two workers one at a time (``--dist loadgroup``: each
-    test is a unit of its own, except the autoscaling cluster's tests, one unit that
-    xdist hands out first because it is the largest), so this is longest-first
+    test is a unit of its own, except the autoscaling cluster's tests: one unit, handed
+    out where its costliest test sorts), so this is longest-first
     scheduling: the few tests of 1-3 minutes start at once on both workers and the many
     short ones fill the gaps, instead of one worker ending the run alone on a 3-minute
     test while the other idles (what ``--dist loadfile`` did: whole files, in name
