@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -120,6 +121,18 @@ def cpus_held(within_s: float) -> float:
     while (held := total - ray.available_resources().get("CPU", 0.0)) > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     return held
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that were free a moment ago (the OS's choice for port 0)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def no_local_ray() -> None:

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from cut_core.images import to_model_input, to_uint8_images
 from jobs.tracking import resolve_model_dir
 from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, no_local_ray
+from tests.conftest import TINY_SETS, free_ports, no_local_ray
 
 # One pytest worker runs the whole module (`make test` runs --dist loadgroup), so the
 # cluster starts once; it runs beside the other worker's tests and their Rays.
@@ -57,7 +56,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
 
     def __init__(self, head_resources: dict, worker_node_types: dict) -> None:
         self.ip = ray_services.get_node_ip_address()
-        self.gcs_port, self.dashboard_port, self.client_port, self.agent_port = _free_ports(4)
+        self.gcs_port, self.dashboard_port, self.client_port, self.agent_port = free_ports(4)
         # Short: Ray's unix socket paths under it must fit in 107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="rcf", dir="/tmp")
         super().__init__(head_resources, worker_node_types)
@@ -83,7 +82,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         config.update(config_kwargs)
         return config
 
-    def start(self, _system_config=None, override_env: dict | None = None) -> None:
+    def start(self, override_env: dict | None = None) -> None:
         """`ray start --head` as AutoscalingCluster runs it, less its `ray stop --force`,
         on this cluster's own ports and temp dir."""
         config = Path(self.temp_dir) / "autoscaling.json"
@@ -113,18 +112,6 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         psutil.wait_procs(list(doomed.values()), timeout=30)
         ray_services.find_gcs_addresses.cache_clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct ports that were free a moment ago (the OS's choice for port 0)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,7 @@ from cut_core import CUTConfig, save_generator
 from cut_core.networks import build_generator
 from cut_core.translate import translate_uint8
 from jobs import tracking
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_ports
 
 
 @pytest.fixture
@@ -88,7 +82,7 @@ def test_pyfunc_translates_a_ragged_batch_each_image_at_its_own_size(registered)
 
 def test_mlflow_models_serve_answers_a_rest_request(registered, tmp_path):
     uri, G, _ = registered
-    port = _free_port()
+    (port,) = free_ports(1)
     # The server runs `uvicorn` from PATH: this environment's, as in an activated venv.
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
