@@ -185,7 +185,14 @@ def test_bench_train_writes_the_record(tmp_path):
     work = rows["fastcut/fp32-eager@32"]["arith_vs_baseline"]
     assert 0.9 < work < 1.0 and rows["baseline/fastcut-official-schedule@32"]["arith_vs_baseline"] == 1.0
     assert rows["fastcut/auto@32"]["gflop_per_iter"] == rows["fastcut/fp32-eager@32"]["gflop_per_iter"] > 0
-    assert f"{work:.3f}" in r.stdout.split("fastcut/fp32-eager@32")[-1].splitlines()[0]
+    line = r.stdout.split("fastcut/fp32-eager@32")[-1].splitlines()[0]
+    assert f"{work:.3f}" in line
+    # ... and the rate the row ran its arithmetic at: the work ratio over the ratio of
+    # the rates is the row's time over the baseline's, up to the rounds' medians.
+    rate = rows["fastcut/fp32-eager@32"]["gflop_per_s"]
+    assert rate == pytest.approx(rows["fastcut/fp32-eager@32"]["gflop_per_iter"] / rows["fastcut/fp32-eager@32"]["value"] * 1000, abs=0.1)
+    row = next(x for x in r.stdout.splitlines() if x.startswith("fastcut/fp32-eager@32 "))
+    assert row[97:105].strip() == f"{rate:.0f}", row  # the GFLOP/s column
 
 
 @pytest.mark.cost(30)

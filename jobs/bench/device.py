@@ -273,7 +273,7 @@ def bench_train(
             kind = "official" if name.startswith("baseline/") else "raycut"
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
                          "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts],
-                         **_arith_fields(arith, kind), **extra})
+                         **_arith_fields(arith, kind, med), **extra})
             log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra.get("resolved") else ""))
     return rows
 
@@ -292,8 +292,10 @@ def _arithmetic(preset: str, cfg: CUTConfig, device: str, baseline: bool, log: C
     return out
 
 
-def _arith_fields(arith: dict[str, float], kind: str) -> dict[str, float]:
-    fields = {"gflop_per_iter": round(arith[kind], 2)}
+def _arith_fields(arith: dict[str, float], kind: str, ms: float) -> dict[str, float]:
+    """A row's arithmetic per step, the rate it ran at (median time), and its share of
+    the baseline's arithmetic."""
+    fields = {"gflop_per_iter": round(arith[kind], 2), "gflop_per_s": round(arith[kind] / ms * 1000.0, 1)}
     if "official" in arith:
         fields["arith_vs_baseline"] = round(arith[kind] / arith["official"], 3)
     return fields
@@ -454,20 +456,23 @@ def format_table(rows: list[dict[str, object]]) -> str:
     """One line per row name: ms/iter (median +- half the IQR) or images/s, peak memory
     where measured, and the speed-up over the in-run baseline of the same preset (for
     rows timed round by round with it: the median of the per-round speed-ups), and for
-    training rows the arithmetic of a step as a fraction of the baseline's ("work").
+    training rows the arithmetic of a step as a fraction of the baseline's ("work") and
+    the rate it ran at ("GFLOP/s": a row's time over the baseline's is its work ratio
+    over the ratio of these rates, so the column says which of the two a path gains by).
     Rows whose medians lie closer than their spreads are marked: they cannot be ranked."""
     by_name: dict[str, dict[str, object]] = {}
     for r in rows:
         entry = by_name.setdefault(str(r["name"]), {})
         entry[str(r["metric"])] = r["value"]
-        for k in ("spread_ms", "skipped", "resolved", "model_busy", "paired_vs_baseline", "arith_vs_baseline"):
+        for k in ("spread_ms", "skipped", "resolved", "model_busy", "paired_vs_baseline", "arith_vs_baseline",
+                  "gflop_per_s"):
             if k in r:
                 entry[k] = r[k]
-    lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s} {'work':>6s}"]
+    lines = [f"{'name':44s} {'speed':>22s} {'peak MB':>9s} {'vs baseline':>11s} {'work':>6s} {'GFLOP/s':>8s}"]
     for name, m in by_name.items():
         note = ""
         if m.get("skipped"):
-            lines.append(f"{name:44s} {'-':>22s} {'':>9s} {'':>11s} {'':>6s}  {m['skipped']}")
+            lines.append(f"{name:44s} {'-':>22s} {'':>9s} {'':>11s} {'':>6s} {'':>8s}  {m['skipped']}")
             continue
         if "ms_per_iter" in m:
             speed = f"{m['ms_per_iter']:.0f} ms/iter" + (f" +-{m['spread_ms']:.0f}" if "spread_ms" in m else "")
@@ -502,7 +507,8 @@ def format_table(rows: list[dict[str, object]]) -> str:
                 continue
         peak = m.get("peak_mem_mb")
         work = f"{float(m['arith_vs_baseline']):.3f}" if "arith_vs_baseline" in m else ""
-        lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s} {work:>6s}{note}")
+        rate = f"{float(m['gflop_per_s']):.0f}" if "gflop_per_s" in m else ""
+        lines.append(f"{name:44s} {speed:>22s} {'' if peak is None else f'{peak:9.0f}':>9s} {ratio:>11s} {work:>6s} {rate:>8s}{note}")
     return "\n".join(lines)
 
 
