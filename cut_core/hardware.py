@@ -26,7 +26,8 @@ cached per machine (CPU or GPU model, torch version, ISA limits in the environme
 thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``), so each process
 pays for it once per machine, not once per run.
 
-Pure PyTorch, no IO but the cache file.
+Pure PyTorch, no IO but the cache file (and, on a CPU, glibc's malloc settings:
+cut_core.allocator).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from cut_core.allocator import keep_freed_memory
 from cut_core.config import CUTConfig, PerfConfig
 from cut_core.networks import build_generator  # the probe times the layers of the real G
 
@@ -432,6 +434,7 @@ class ResolvedPerf:
     requested: PerfConfig
     paths: FastPaths | None  # None when nothing was left to auto and no check was needed
     warnings: tuple[str, ...] = ()
+    malloc: str = ""  # on a CPU: what cut_core.allocator did to this process's malloc
 
     @property
     def summary(self) -> str:
@@ -449,6 +452,8 @@ class ResolvedPerf:
                                   "resolved_channels_last": self.perf.channels_last}
         if self.paths is not None:
             out["fast_paths_reason"] = self.paths.reason[:500]
+        if self.malloc:
+            out["cpu_malloc"] = self.malloc
         return out
 
 
@@ -464,10 +469,12 @@ def emulation_warning(paths: FastPaths, variant: str) -> str | None:
 
 def resolve_perf(perf: PerfConfig, device: torch.device | str = "cpu", *, use_cache: bool = True) -> ResolvedPerf:
     """Settle ``auto`` for ``device`` from the (cached) probe. An explicit bf16 on a
-    device that runs it slowly is kept, with a warning that names the measured cost."""
+    device that runs it slowly is kept, with a warning that names the measured cost.
+    On a CPU, also tunes this process's malloc for training (cut_core.allocator)."""
+    malloc = keep_freed_memory() if torch.device(device).type == "cpu" else ""
     needs_probe = perf.precision in ("auto", "bf16") or perf.channels_last == "auto"
     if not needs_probe:
-        return ResolvedPerf(perf, perf, None)
+        return ResolvedPerf(perf, perf, None, malloc=malloc)
     paths = fast_paths(device, use_cache=use_cache)
     precision = paths.precision if perf.precision == "auto" else perf.precision
     if perf.channels_last == "auto":
@@ -479,7 +486,8 @@ def resolve_perf(perf: PerfConfig, device: torch.device | str = "cpu", *, use_ca
         line = emulation_warning(paths, "bf16")
         if line:
             warnings.append(line)
-    return ResolvedPerf(replace(perf, precision=precision, channels_last=channels_last), perf, paths, tuple(warnings))
+    return ResolvedPerf(replace(perf, precision=precision, channels_last=channels_last), perf, paths, tuple(warnings),
+                        malloc=malloc)
 
 
 @dataclass(frozen=True)
@@ -502,7 +510,11 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
                         int8_ok: bool = True, use_cache: bool = True) -> TranslationPaths:
     """Settle translation's ``auto``: int8 where its kernels are fast here (a CPU with
     VNNI, measured) and ``int8_ok`` (a ResNet G, ranges at hand), else bf16 where
-    native and faster, else fp32. int8 runs NHWC by construction (channels_last off)."""
+    native and faster, else fp32. int8 runs NHWC by construction (channels_last off).
+    On a CPU, also tunes this process's malloc (cut_core.allocator: a 2048x1024 image's
+    activations are hundreds of MB, mapped and zeroed again for every image otherwise)."""
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     needs = precision in ("auto", "bf16") or channels_last == "auto"
     paths = fast_paths(device, use_cache=use_cache) if needs else None
     chosen = precision

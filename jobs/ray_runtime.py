@@ -65,8 +65,14 @@ def start_ray(train_cpus: float) -> None:
 
     if ray.is_initialized():
         return
+    from cut_core.allocator import worker_env
+
+    # Ray's workers (trainers, translation and decode actors) start with glibc's malloc
+    # tuned to reuse freed memory (cut_core.allocator): it must be in their environment
+    # when they start, and only theirs (not the raylet's or the GCS's).
+    malloc_env = worker_env()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
+        ray.init(logging_level="warning", runtime_env={"env_vars": {**QUIET_ENV, **malloc_env}})
         filter_worker_logs()
         return
     for k, v in {**QUIET_ENV, **LOCAL_RAY_ENV}.items():  # local workers inherit the driver's environment
@@ -80,7 +86,7 @@ def start_ray(train_cpus: float) -> None:
     # every start; the default is what raycut wants, so the notice is only noise.
     # (Setting RAY_AUTH_MODE here instead is too late: Ray reads it at import.)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=cpus, logging_level="warning")
+    ray.init(address="local", num_cpus=cpus, logging_level="warning", runtime_env={"env_vars": malloc_env})
     filter_worker_logs()
 
 

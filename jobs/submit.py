@@ -31,7 +31,7 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Forwarded into every job when set here: where it tracks and where it checkpoints.
 # Credentials are not forwarded unless named with --env (they would show in the
 # job's runtime environment on the dashboard).
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "RAYCUT_STORAGE_PATH")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "RAYCUT_STORAGE_PATH", "RAYCUT_MALLOC")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 TAIL_LINES = 20
 

@@ -90,7 +90,10 @@ def local_ray(_ray_session):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, log_to_driver=False)
+        from cut_core.allocator import worker_env
+
+        # Its workers start as raycut's own local Ray starts them (jobs.ray_runtime).
+        ray.init(address="local", num_cpus=4, log_to_driver=False, runtime_env={"env_vars": worker_env()})
     yield
     _cpus_back_or_restart()
 

@@ -113,6 +113,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     resolved = summary["fast_paths"]["resolved_precision"]
     assert resolved in ("fp32", "bf16") and run.data.params["resolved_precision"] == resolved
     assert "fp32's time" in run.data.params["fast_paths_reason"]
+    assert run.data.params["cpu_malloc"] and f"malloc: {run.data.params['cpu_malloc']}" in r.stdout  # cut_core.allocator
     assert f"precision auto -> {resolved}" in text
     assert f"fast paths on cpu: precision auto -> {resolved}" in r.stdout
     # A run that works prints no ERROR-level line and no deprecation warning.
@@ -193,6 +194,10 @@ def test_bench_train_writes_the_record(tmp_path):
     assert rate == pytest.approx(rows["fastcut/fp32-eager@32"]["gflop_per_iter"] / rows["fastcut/fp32-eager@32"]["value"] * 1000, abs=0.1)
     row = next(x for x in r.stdout.splitlines() if x.startswith("fastcut/fp32-eager@32 "))
     assert row[97:105].strip() == f"{rate:.0f}", row  # the GFLOP/s column
+    # The baseline steps in a process of its own with glibc's malloc as it comes, as the
+    # reference code runs; raycut's rows in the bench's process, whose malloc it tuned.
+    assert rows["baseline/fastcut-official-schedule@32"]["malloc"].startswith("glibc as it comes")
+    assert rows["fastcut/fp32-eager@32"]["malloc"] == rows["fastcut/auto@32"]["malloc"] != ""
 
 
 @pytest.mark.cost(30)

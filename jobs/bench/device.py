@@ -48,8 +48,15 @@ TRAIN_VARIANTS: dict[str, dict[str, object]] = {
     # in bf16; "image" is plain "bf16".
     "bf16-minibatch-negatives": {"precision": "bf16", "nce_includes_all_negatives_from_minibatch": True},
     "bf16-bank-negatives": {"precision": "bf16", "nce_bank_size": 16384},
+    # fp32-eager in a process of its own with glibc's malloc as it comes (HostedStep):
+    # the gain of cut_core.allocator, measured round by round beside the others.
+    "fp32-eager-glibc-malloc": {},
 }
 DEFAULT_VARIANTS = ("auto", "fp32-eager", "channels_last", "bf16", "bf16-channels_last")
+# Rows whose step runs in a child process with malloc left as glibc has it: the
+# reference implementation's schedule (it runs so: it does not tune malloc), and the
+# variant that shows what raycut's malloc settings gain.
+GLIBC_MALLOC_VARIANTS = ("fp32-eager-glibc-malloc",)
 
 
 def machine_info(device: str) -> dict[str, object]:
@@ -201,6 +208,67 @@ def in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
         return pool.submit(fn, *args).result()
 
 
+class HostedStep:
+    """A bench row's training step in a child interpreter of its own whose malloc is
+    left as glibc has it (``RAYCUT_MALLOC=default``): the bench process tunes its own
+    malloc (cut_core.allocator) when it builds its first state, and that setting is
+    process-wide, so a row that must run without it needs another process. Calling the
+    object runs one step there and returns when it is done, so the row is timed round
+    by round with the others, from this process."""
+
+    def __init__(self, preset: str, kind: str, cfg: CUTConfig, device: str) -> None:
+        import multiprocessing
+
+        self._conn, child = multiprocessing.get_context("spawn").Pipe()
+        self._proc = multiprocessing.get_context("spawn").Process(
+            target=_host_step, args=(child, kind, cfg.to_dict(), device), daemon=True, name=f"bench-{preset}-{kind}")
+        self._proc.start()
+        child.close()
+        self._reply()  # "ready", once the state is built
+
+    def _reply(self) -> object:
+        try:
+            reply = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the bench's child process {self._proc.name} died (exit code {self._proc.exitcode})") from None
+        if isinstance(reply, BaseException):
+            raise RuntimeError(f"the bench's child process {self._proc.name} failed: {reply}") from reply
+        return reply
+
+    def __call__(self) -> None:
+        self._conn.send("step")
+        self._reply()
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._conn.send("stop")
+            self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _host_step(conn, kind: str, cfg: dict[str, object], device: str) -> None:
+    """HostedStep's child: build the row's state, then one step per "step" message."""
+    from cut_core.allocator import OPT_OUT_ENV
+    from jobs.bench.processes import die_with_parent
+
+    die_with_parent()
+    os.environ[OPT_OUT_ENV] = "default"  # before the first state: glibc's malloc as it comes
+    try:
+        config = CUTConfig.from_dict(cfg)
+        state = state_for(kind, config, device)
+        a, b = fixed_pair((config.optim.batch_size, 3, config.data.crop_size, config.data.crop_size), device)
+        step = official_schedule_step if kind == "official" else train_step
+        conn.send("ready")
+        while conn.recv() == "step":
+            step(state, a, b)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            conn.send("done")
+    except Exception as e:  # reported by the parent, which raises it
+        conn.send(RuntimeError(f"{type(e).__name__}: {e}"))
+
+
 def skipped_as_emulated(overrides: dict[str, object], paths: FastPaths) -> str | None:
     """Why a variant is not worth timing on this device (bf16 that the probe found
     emulated: it would take tens of times longer), or None."""
@@ -232,6 +300,9 @@ def bench_train(
     suffix = "" if crop == 256 else f"@{crop}"
     paths = fast_paths(device)
     log(f"  fast paths here: {paths.precision}, channels_last {'on' if paths.channels_last else 'off'} ({paths.reason})")
+    if baseline:
+        log("  the baseline steps in a process of its own with glibc's malloc as it comes (the reference code does not"
+            " tune it); raycut's rows in this one (cut_core.allocator)")
     for preset in presets:
         base = CUTConfig.from_preset(preset)
         # Single-image presets keep their load_size (the largest random width).
@@ -244,6 +315,7 @@ def bench_train(
         for v in variants:
             runs.append((f"{preset}/{v}{suffix}", "raycut", {**plain, **TRAIN_VARIANTS[v]}))
         timed: list[tuple[str, Callable[[], object], dict[str, object]]] = []
+        hosts: list[HostedStep] = []
         for name, kind, perf in runs:
             why = skipped_as_emulated(perf, paths)
             if why:
@@ -251,15 +323,24 @@ def bench_train(
                 log(f"  {name}: {why}")
                 continue
             cfg = base.with_overrides({**shape, **perf})
+            if kind == "official" or name.split("/")[-1].split("@")[0] in GLIBC_MALLOC_VARIANTS:
+                hosts.append(HostedStep(preset, kind, cfg, device))
+                timed.append((name, hosts[-1], {"malloc": "glibc as it comes (a process of its own)"}))
+                continue
             state = state_for(kind, cfg, device)
             a, b = fixed_pair((batch_size, 3, crop, crop), device)
             step = official_schedule_step if kind == "official" else train_step
-            timed.append((name, functools.partial(step, state, a, b), {"resolved": state.fast.summary} if v_is_auto(perf) else {}))
+            extra = {"resolved": state.fast.summary} if v_is_auto(perf) else {}
+            timed.append((name, functools.partial(step, state, a, b), {**extra, "malloc": state.fast.malloc}))
         def show(r: int, ms: dict[str, float]) -> None:
             log(f"  round {r + 1}/{iters}: " + ", ".join(f"{n.split('/')[-1]} {v:.0f}" for n, v in ms.items()))
 
-        by_name, _ = interleaved_ms({name: fn for name, fn, _ in timed}, device, rounds=iters, warmup=max(1, warmup),
-                                    on_round=show)
+        try:
+            by_name, _ = interleaved_ms({name: fn for name, fn, _ in timed}, device, rounds=iters, warmup=max(1, warmup),
+                                        on_round=show)
+        finally:
+            for host in hosts:
+                host.close()
         times = [by_name[name] for name, _, _ in timed]
         arith = _arithmetic(preset, base.with_overrides({**shape, **plain}), device, baseline, log)
         base_ts = next((ts for (name, _, _), ts in zip(timed, times) if name.startswith("baseline/")), None)

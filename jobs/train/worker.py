@@ -158,7 +158,8 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
 
     fast = state.fast
     why = f" ({fast.paths.reason})" if fast.paths is not None else ""
-    sys.stdout.write(f"[train] fast paths on {state.device}: {fast.summary}{why}\n")
+    malloc = f"; malloc: {fast.malloc}" if fast.malloc else ""
+    sys.stdout.write(f"[train] fast paths on {state.device}: {fast.summary}{why}{malloc}\n")
     for line in fast.warnings:
         sys.stdout.write(f"[train] warning: {line}\n")
     sys.stdout.flush()

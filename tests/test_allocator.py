@@ -1,0 +1,100 @@
+"""cut_core.allocator: with glibc's malloc tuned, freed tensors are reused instead of
+mapped and zeroed again by the kernel, which page faults count. Each check runs in a
+fresh interpreter: the setting is process-wide and must not leak into the suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+pytestmark = pytest.mark.skipif(not GLIBC, reason="the tuning applies to glibc's malloc only")
+
+# Allocate, touch and free two 40 MB tensors (above glibc's largest mmap threshold, as a
+# 256 px step's activations are) 16 times in a thread started after the setting (Ray
+# Train runs its loop in one), appending each round's page faults to `out`.
+ROUNDS = r"""
+import resource, threading, torch
+
+def rounds(out):
+    for _ in range(16):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.ones(10 * 2**20); y = x * 2; del x, y
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+def in_a_thread():
+    out = []
+    t = threading.Thread(target=rounds, args=(out,)); t.start(); t.join()
+    return out
+"""
+PAGES = 2 * 40 * 2**20 // 4096  # a round's two tensors, in 4 KiB pages
+# The same in the main thread and then in a later thread; `tune` calls cut_core.allocator first.
+FAULTS = ROUNDS + r"""
+import json, sys
+from cut_core.allocator import keep_freed_memory
+status = keep_freed_memory() if sys.argv[1] == "tune" else "untouched"
+main = []
+rounds(main)
+print(json.dumps({"status": status, "main": main, "thread": in_a_thread()}))
+"""
+
+
+def settled(faults: list[int]) -> bool:
+    """The heap grows for a few rounds (torch's aligned blocks leave small pieces between
+    the freed ones, so a freed block is not always where the next one fits), then its
+    freed blocks serve the rounds: over the last six, at most one round's worth of new
+    pages (seen: none)."""
+    return sum(faults[-6:]) <= PAGES
+
+
+def _faults(mode: str, **env: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_freed_tensors_are_reused_in_the_main_thread_and_in_later_threads():
+    plain = _faults("plain")
+    # glibc as it comes: every round maps and zeroes both tensors again.
+    assert min(plain["main"] + plain["thread"]) > 0.9 * PAGES, plain
+    tuned = _faults("tune")
+    assert tuned["status"] == "glibc: freed memory kept for reuse (mmap off, trim off, one arena)"
+    assert settled(tuned["main"]) and settled(tuned["thread"]), tuned
+    assert sum(tuned["main"] + tuned["thread"]) < 0.5 * sum(plain["main"] + plain["thread"]), (tuned, plain)
+    # The opt-out leaves malloc as it is, and says so.
+    opted = _faults("tune", RAYCUT_MALLOC="default")
+    assert opted["status"] == "glibc default (RAYCUT_MALLOC=default)"
+    assert min(opted["main"] + opted["thread"]) > 0.9 * PAGES, opted
+
+
+@pytest.mark.cost(60)
+def test_ray_workers_start_with_the_settings(tmp_path):
+    """raycut's Ray (jobs.ray_runtime.start_ray) gives its workers the settings as
+    glibc's environment variables: an actor's thread reuses freed tensors too."""
+    script = ROUNDS + r"""
+import json, os
+import ray
+from jobs.ray_runtime import start_ray
+start_ray(1)
+
+@ray.remote(num_cpus=0)
+class Worker:
+    def faults(self):
+        return {"env": os.environ.get("MALLOC_ARENA_MAX"), "thread": in_a_thread()}
+
+print(json.dumps(ray.get(Worker.remote().faults.remote())))
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["env"] == "1" and settled(got["thread"]), got
