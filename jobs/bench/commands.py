@@ -292,7 +292,8 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
     from cut_core import load_generator
     from jobs.translate.driver import run_translate
     from jobs.translate.spec import TranslateOptions
-    from jobs.bench.translate_speed import bench_output_formats, full_size_model, load_generator_output, reference_loop, write_frames
+    from jobs.bench.translate_speed import (bench_output_formats, full_size_model, load_generator_output,
+                                            reference_loop_as_it_runs, write_frames)
 
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -303,7 +304,8 @@ def bench_translate_job(sizes: tuple[tuple[int, int], ...] = ((512, 1024), (1024
             src = root / f"in-{w}x{h}"
             files = [Path(f) for f in write_frames(src, h, w, n)]
             log(f"  baseline: {n} frames of {w}x{h}, batch 1, fp32, serial, PIL save in the main thread ...")
-            base = reference_loop(G, [str(f) for f in files], root / f"base-{w}x{h}")
+            base = benchmark.in_fresh_process(reference_loop_as_it_runs, str(model), [str(f) for f in files],
+                                              root / f"base-{w}x{h}")
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 4), "unit": "images/s"})
             log(f"    {base:.4f} images/s")
             for precision in precisions:

@@ -399,30 +399,56 @@ def bench_translate(
     """Full-resolution translation with the preset's G (CUT: ngf 64 ResNet): rows
     ``translate/<variant>@HxW`` (``translate-<preset>/...`` for other presets) in
     images_per_s, batch 1, no grad. A variant is a precision, optionally with
-    ``-channels_last`` (weights and input in channels_last memory)."""
+    ``-channels_last`` (weights and input in channels_last memory), and optionally
+    ``-glibc-malloc``: timed in a process of its own with malloc as glibc has it, where
+    the others run in this process with raycut's (cut_core.allocator), as translation
+    does."""
+    from cut_core.allocator import keep_freed_memory
+
+    h, w = size
+    malloc = keep_freed_memory() if torch.device(device).type == "cpu" else ""
+    rows: list[dict[str, object]] = []
+    for variant in variants:
+        name = f"translate{'' if preset == 'cut' else '-' + preset}/{variant}@{h}x{w}"
+        log(f"  timing {name} ...")
+        plain, glibc, _ = variant.partition("-glibc-malloc")
+        if glibc:
+            t = in_fresh_process(_time_translation_as_glibc_has_it, preset, size, plain, device, warmup, iters)
+        else:
+            t = _time_translation(preset, size, plain, device, warmup, iters)
+        rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s",
+                     "malloc": "glibc as it comes (a process of its own)" if glibc else malloc})
+        rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
+        log(f"    {t.median_ms:9.1f} ms/image   peak {t.peak_mem_mb:8.1f} MB")
+    return rows
+
+
+def _time_translation(preset: str, size: tuple[int, int], variant: str, device: str, warmup: int, iters: int) -> Timing:
+    """One full-resolution translation variant (precision[-channels_last]) of the
+    preset's G, built from seed 0."""
     h, w = size
     cfg = CUTConfig.from_preset(preset)
     torch.manual_seed(0)
     G = build_generator(cfg.model).to(device).eval()
-    rows: list[dict[str, object]] = []
-    for variant in variants:
-        prec, _, layout = variant.partition("-")
-        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        perf = cfg.with_overrides({"precision": prec, "channels_last": layout == "channels_last"}).perf
-        G.to(memory_format=memory_format)
-        x = (torch.rand(1, 3, h, w) * 2 - 1).to(device).contiguous(memory_format=memory_format)
+    prec, _, layout = variant.partition("-")
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    perf = cfg.with_overrides({"precision": prec, "channels_last": layout == "channels_last"}).perf
+    G.to(memory_format=memory_format)
+    x = (torch.rand(1, 3, h, w) * 2 - 1).to(device).contiguous(memory_format=memory_format)
 
-        def run() -> None:
-            with torch.no_grad(), autocast(perf, device):
-                G(x)
+    def run() -> None:
+        with torch.no_grad(), autocast(perf, device):
+            G(x)
 
-        name = f"translate{'' if preset == 'cut' else '-' + preset}/{variant}@{h}x{w}"
-        log(f"  timing {name} ...")
-        t = time_calls(run, device=device, warmup=warmup, iters=iters)
-        rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s"})
-        rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
-        log(f"    {t.median_ms:9.1f} ms/image   peak {t.peak_mem_mb:8.1f} MB")
-    return rows
+    return time_calls(run, device=device, warmup=warmup, iters=iters)
+
+
+def _time_translation_as_glibc_has_it(*args: object) -> Timing:
+    """``_time_translation`` in a fresh process that leaves malloc alone."""
+    from cut_core.allocator import OPT_OUT_ENV
+
+    os.environ[OPT_OUT_ENV] = "default"
+    return _time_translation(*args)  # type: ignore[arg-type]
 
 
 def sanity_check(device: str, log: Callable[[str], None] = print) -> None:
@@ -606,13 +632,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", nargs="+", default=["cut", "fastcut"])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(TRAIN_VARIANTS))
-    p.add_argument("--crops", nargs="+", type=int, default=[256])
+    p.add_argument("--crops", nargs="*", type=int, default=[256], help="training crops to time (none: translation only)")
     p.add_argument("--batch-size", type=int, default=1, help="images per step (the negative sources differ from 2 up)")
     p.add_argument("--iters", type=int, default=5, help="timed rounds (each times every variant once)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--translate", default="", help="also time translation at HxW, e.g. 1024x2048")
     p.add_argument("--translate-preset", default="cut", help="whose G --translate times (sincut: the StyleGAN2 G)")
+    p.add_argument("--translate-variants", nargs="+", default=["fp32", "bf16", "bf16-channels_last"],
+                   help="precision[-channels_last][-glibc-malloc] (the last: malloc as glibc has it, in a process of its own)")
     p.add_argument("--check", action="store_true", help="run a correctness check first")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -632,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                             log=log)
     if args.translate:
         h, w = (int(v) for v in args.translate.lower().split("x"))
-        rows += bench_translate((h, w), device=args.device, preset=args.translate_preset, log=log)
+        rows += bench_translate((h, w), tuple(args.translate_variants), device=args.device, preset=args.translate_preset,
+                                log=log)
     write_record(args.out, "train", rows, args.device)
     print(format_table(rows))
     return 0

@@ -16,6 +16,7 @@ Ray job's own figures (``raycut bench translate``) are the ones to quote for it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ import torch
 from PIL import Image
 
 from cut_core import CUTConfig, save_generator
-from jobs.bench.device import format_table, machine_info, write_record
+from jobs.bench.device import format_table, in_fresh_process, machine_info, write_record
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.model_dir import load_generator
 from cut_core.translate import translate_uint8
@@ -74,6 +75,17 @@ def reference_loop(G: torch.nn.Module, files: list[str], out: Path, device: str 
             x = to_model_input(np.asarray(Image.open(f).convert("RGB"))[None]).to(device)
             Image.fromarray(to_uint8_images(G(x))[0]).save(out / Path(f).name)
     return len(files) / (time.perf_counter() - t)
+
+
+def reference_loop_as_it_runs(model_dir: str, files: list[str], out: Path, device: str = "cpu") -> float:
+    """``reference_loop`` in a fresh process whose malloc is left as glibc has it (run it
+    with jobs.bench.device.in_fresh_process): the reference code does not tune malloc,
+    and this bench's own process has (cut_core.allocator) once any translation path
+    ran in it."""
+    from cut_core.allocator import OPT_OUT_ENV
+
+    os.environ[OPT_OUT_ENV] = "default"
+    return reference_loop(load_generator(model_dir, device=device), files, out, device)
 
 
 def staged_threads(files: list[str], spec: TranslateSpec, device: str, workers: int) -> tuple[float, float]:
@@ -140,7 +152,7 @@ def run(device: str, sizes: list[tuple[int, int]], frames: int, precisions: list
         G = load_generator(model, device=device)
         for h, w in sizes:
             files = write_frames(root / f"in-{w}x{h}", h, w, frames)
-            base = reference_loop(G, files, root / f"base-{w}x{h}", device)
+            base = in_fresh_process(reference_loop_as_it_runs, str(model), files, root / f"base-{w}x{h}", device)
             rows.append({"name": f"baseline/reference-test-loop@{w}x{h}", "metric": "images_per_s", "value": round(base, 3), "unit": "images/s"})
             log(f"  baseline {w}x{h}: {base:.3f} images/s")
             for precision in precisions:
