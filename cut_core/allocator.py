@@ -7,9 +7,10 @@ of 33 MB (64 channels x 256 x 256 x batch 2 in fp32) dozens of times, so each st
 made the kernel map, zero and unmap the same memory again: measured on a 2-core AMD
 EPYC (2026-12-02), 709k page faults and 1.4 s of system time in an 8.9 s fp32 CUT
 step. With mmap and trimming off, freed blocks stay in the heap and the next step
-reuses them: 161 faults per step, and the step 0.90x its time (bf16 channels_last
-0.95x, FastCUT fp32 0.93x; docs/benchmarks.md). jemalloc or tcmalloc do the same
-through LD_PRELOAD; this needs nothing installed.
+reuses them: no faults a step once the heap has grown, and the step 0.89x its time
+(bf16 channels_last 0.95x, FastCUT fp32 0.93x; a 2048x1024 translation 0.59x in
+fp32; docs/benchmarks.md). jemalloc or tcmalloc do the same through LD_PRELOAD; this
+needs nothing installed.
 
 Threads: glibc gives each thread that allocates its own arena, whose heaps are at
 most 64 MB and are unmapped when empty, so a training loop in a thread (Ray Train
@@ -80,6 +81,13 @@ def _mallopt() -> str:
     if refused:
         return f"unchanged: mallopt refused {', '.join(refused)}"
     return "glibc: freed memory kept for reuse (mmap off, trim off, one arena)"
+
+
+def leave_as_it_comes() -> None:
+    """For a process that must run with glibc's malloc as it comes (a benchmark's
+    baseline, as the reference code runs): call before anything else here; later
+    ``keep_freed_memory`` calls then change nothing."""
+    os.environ[OPT_OUT_ENV] = "default"
 
 
 def worker_env() -> dict[str, str]:

@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -34,6 +34,8 @@ from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interle
 from cut_core.networks import build_generator, use_reference_layers
 from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import TrainState, build_train_state, flip_coin, train_step
+
+T = TypeVar("T")
 
 # variant name -> PerfConfig overrides
 TRAIN_VARIANTS: dict[str, dict[str, object]] = {
@@ -57,6 +59,7 @@ DEFAULT_VARIANTS = ("auto", "fp32-eager", "channels_last", "bf16", "bf16-channel
 # reference implementation's schedule (it runs so: it does not tune malloc), and the
 # variant that shows what raycut's malloc settings gain.
 GLIBC_MALLOC_VARIANTS = ("fp32-eager-glibc-malloc",)
+GLIBC_AS_IT_COMES = "glibc as it comes (a process of its own)"  # such a row's ``malloc`` in the record
 
 
 def machine_info(device: str) -> dict[str, object]:
@@ -199,7 +202,7 @@ def time_train_variant(preset: str, kind: str, overrides: dict[str, object], dev
     return time_calls(lambda: step(state, a, b), device=device, warmup=warmup + (2 if cfg.perf.compile else 0), iters=iters)
 
 
-def in_fresh_process(fn: Callable[..., Timing], *args: object) -> Timing:
+def in_fresh_process(fn: Callable[..., T], *args: object) -> T:
     """Run ``fn(*args)`` in a new interpreter: clean memory high-water mark, no
     allocator or autotuning state carried from the variant measured before."""
     from jobs.bench.processes import spawn_pool
@@ -249,11 +252,11 @@ class HostedStep:
 
 def _host_step(conn, kind: str, cfg: dict[str, object], device: str) -> None:
     """HostedStep's child: build the row's state, then one step per "step" message."""
-    from cut_core.allocator import OPT_OUT_ENV
+    from cut_core.allocator import leave_as_it_comes
     from jobs.bench.processes import die_with_parent
 
     die_with_parent()
-    os.environ[OPT_OUT_ENV] = "default"  # before the first state: glibc's malloc as it comes
+    leave_as_it_comes()  # before the first state
     try:
         config = CUTConfig.from_dict(cfg)
         state = state_for(kind, config, device)
@@ -325,7 +328,7 @@ def bench_train(
             cfg = base.with_overrides({**shape, **perf})
             if kind == "official" or name.split("/")[-1].split("@")[0] in GLIBC_MALLOC_VARIANTS:
                 hosts.append(HostedStep(preset, kind, cfg, device))
-                timed.append((name, hosts[-1], {"malloc": "glibc as it comes (a process of its own)"}))
+                timed.append((name, hosts[-1], {"malloc": GLIBC_AS_IT_COMES}))
                 continue
             state = state_for(kind, cfg, device)
             a, b = fixed_pair((batch_size, 3, crop, crop), device)
@@ -417,7 +420,7 @@ def bench_translate(
         else:
             t = _time_translation(preset, size, plain, device, warmup, iters)
         rows.append({"name": name, "metric": "images_per_s", "value": round(1000 / t.median_ms, 3), "unit": "images/s",
-                     "malloc": "glibc as it comes (a process of its own)" if glibc else malloc})
+                     "malloc": GLIBC_AS_IT_COMES if glibc else malloc})
         rows.append({"name": name, "metric": "peak_mem_mb", "value": round(t.peak_mem_mb, 1), "unit": "MB"})
         log(f"    {t.median_ms:9.1f} ms/image   peak {t.peak_mem_mb:8.1f} MB")
     return rows
@@ -445,9 +448,9 @@ def _time_translation(preset: str, size: tuple[int, int], variant: str, device: 
 
 def _time_translation_as_glibc_has_it(*args: object) -> Timing:
     """``_time_translation`` in a fresh process that leaves malloc alone."""
-    from cut_core.allocator import OPT_OUT_ENV
+    from cut_core.allocator import leave_as_it_comes
 
-    os.environ[OPT_OUT_ENV] = "default"
+    leave_as_it_comes()
     return _time_translation(*args)  # type: ignore[arg-type]
 
 

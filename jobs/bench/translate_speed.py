@@ -16,7 +16,6 @@ Ray job's own figures (``raycut bench translate``) are the ones to quote for it.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -82,9 +81,9 @@ def reference_loop_as_it_runs(model_dir: str, files: list[str], out: Path, devic
     with jobs.bench.device.in_fresh_process): the reference code does not tune malloc,
     and this bench's own process has (cut_core.allocator) once any translation path
     ran in it."""
-    from cut_core.allocator import OPT_OUT_ENV
+    from cut_core.allocator import leave_as_it_comes
 
-    os.environ[OPT_OUT_ENV] = "default"
+    leave_as_it_comes()
     return reference_loop(load_generator(model_dir, device=device), files, out, device)
 
 
