@@ -24,8 +24,9 @@ The probe takes about a second where bf16 is native, two to three where it is no
 (the emulated variant is timed once, then dropped). Its result is
 cached per machine (CPU or GPU model, torch version, ISA limits in the environment,
 thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``): the first three
-processes on a machine probe, the cache keeps each variant's fastest time over their
-probes (a busy moment only adds time), and later processes read it.
+training processes on a machine probe, the cache keeps each variant's fastest time over
+their probes (a busy moment only adds time), and later processes read it (translation
+reads it from the first probe on).
 
 Pure PyTorch, no IO but the cache file (and, on a CPU, glibc's malloc settings:
 cut_core.allocator).
@@ -399,11 +400,11 @@ def _write_cache(key: str, paths: FastPaths) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _fast_paths(key: str, device: str, use_cache: bool) -> FastPaths:
+def _fast_paths(key: str, device: str, use_cache: bool, refine: bool = True) -> FastPaths:
     # The first caller may be inside no_grad or inference_mode (a calibration, an
     # actor's set-up): the probe times backward passes, so it needs autograd on.
     with torch.inference_mode(False), torch.enable_grad():
-        return _probe_or_cached(key, device, use_cache)
+        return _probe_or_cached(key, device, use_cache, refine)
 
 
 PROBES_ENV = "RAYCUT_PROBES"  # how many probes the cache gathers before it is trusted
@@ -417,13 +418,15 @@ def probes_to_trust() -> int:
         return PROBES_TO_TRUST
 
 
-def _probe_or_cached(key: str, device: str, use_cache: bool) -> FastPaths:
+def _probe_or_cached(key: str, device: str, use_cache: bool, refine: bool = True) -> FastPaths:
     """The cache's answer once it holds ``probes_to_trust()`` probes; until then probe
     again and keep each variant's fastest time over the probes. Another process on the
     cores only adds time, so the fastest over a few processes' probes is the quiet
     machine's: seen on a 2-core EPYC, one probe taken while the machine was busy put
     channels_last at 0.98x NCHW's time in bf16 (so off) where quiet probes measure
-    0.75x, and a cache that trusted its first probe kept that answer for good."""
+    0.75x, and a cache that trusted its first probe kept that answer for good.
+    ``refine=False`` (translation, whose actors start for short jobs too) takes any
+    cached entry as it is and probes only where there is none; training refines it."""
     earlier: FastPaths | None = None
     if use_cache:
         hit = _read_cache().get(key)
@@ -432,7 +435,7 @@ def _probe_or_cached(key: str, device: str, use_cache: bool) -> FastPaths:
                 earlier = FastPaths.from_json(hit)
             except (KeyError, TypeError, ValueError):
                 pass  # an older or damaged entry: measure again
-            if earlier is not None and earlier.probes >= probes_to_trust():
+            if earlier is not None and (earlier.probes >= probes_to_trust() or not refine):
                 return earlier
     probe_ms, gave_up = probe(device)
     probes = 1
@@ -445,13 +448,14 @@ def _probe_or_cached(key: str, device: str, use_cache: bool) -> FastPaths:
     return paths
 
 
-def fast_paths(device: torch.device | str = "cpu", *, use_cache: bool = True) -> FastPaths:
+def fast_paths(device: torch.device | str = "cpu", *, use_cache: bool = True, refine: bool = True) -> FastPaths:
     """The fastest variants of ``device``: from this process's memory, else the cache
-    file, else a probe (which then fills both)."""
+    file, else a probe (which then fills both). With ``refine`` (the default) a cache
+    entry that holds fewer than ``probes_to_trust()`` probes is probed again and merged."""
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    return _fast_paths(machine_key(dev), str(dev), use_cache)
+    return _fast_paths(machine_key(dev), str(dev), use_cache, refine)
 
 
 @dataclass(frozen=True)
@@ -544,7 +548,7 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
     if torch.device(device).type == "cpu":
         keep_freed_memory()
     needs = precision in ("auto", "bf16") or channels_last == "auto"
-    paths = fast_paths(device, use_cache=use_cache) if needs else None
+    paths = fast_paths(device, use_cache=use_cache, refine=False) if needs else None
     chosen = precision
     if precision == "auto":
         assert paths is not None

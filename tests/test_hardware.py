@@ -170,6 +170,28 @@ def test_the_probe_runs_from_inside_no_grad_and_inference_mode(tmp_path, monkeyp
     hardware._fast_paths.cache_clear()
 
 
+def test_translation_takes_an_unrefined_cache_as_it_is_and_training_refines_it(tmp_path, monkeypatch):
+    """Translation actors start for short jobs too: they read any cached probe as it is;
+    training, which runs long, adds its probe until the cache holds RAYCUT_PROBES."""
+    from cut_core import hardware
+
+    monkeypatch.setenv("RAYCUT_CACHE", str(tmp_path))
+    monkeypatch.setenv("RAYCUT_PROBES", "3")
+    hardware._fast_paths.cache_clear()
+    try:
+        first = hardware.fast_paths("cpu")
+        assert not first.cached and first.probes == 1
+        hardware._fast_paths.cache_clear()
+        read = hardware.fast_paths("cpu", refine=False)
+        assert read.cached and read.probes == 1 and read.probe_ms == first.probe_ms
+        hardware._fast_paths.cache_clear()
+        refined = hardware.fast_paths("cpu")
+        assert not refined.cached and refined.probes == 2
+        assert all(refined.probe_ms[k] <= first.probe_ms[k] for k in first.probe_ms if k in refined.probe_ms)
+    finally:
+        hardware._fast_paths.cache_clear()
+
+
 def test_variants_are_timed_in_a_new_order_each_round_and_an_emulated_one_once():
     """The probe and `raycut bench train` share interleaved_ms: every round calls every
     variant once, shuffled (no variant always follows the same neighbour), and a variant
