@@ -30,7 +30,7 @@ import torch
 from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
-from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interleaved_ms
+from cut_core.hardware import ISA_ENV, FastPaths, cpu_model, fast_paths, interleaved_ms, sync
 from cut_core.networks import build_generator, use_reference_layers
 from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import TrainState, build_train_state, flip_coin, train_step
@@ -219,57 +219,36 @@ class HostedStep:
     object runs one step there and returns when it is done, so the row is timed round
     by round with the others, from this process."""
 
-    def __init__(self, preset: str, kind: str, cfg: CUTConfig, device: str) -> None:
-        import multiprocessing
+    def __init__(self, kind: str, cfg: CUTConfig, device: str) -> None:
+        from jobs.bench.processes import spawn_pool
 
-        self._conn, child = multiprocessing.get_context("spawn").Pipe()
-        self._proc = multiprocessing.get_context("spawn").Process(
-            target=_host_step, args=(child, kind, cfg.to_dict(), device), daemon=True, name=f"bench-{preset}-{kind}")
-        self._proc.start()
-        child.close()
-        self._reply()  # "ready", once the state is built
-
-    def _reply(self) -> object:
-        try:
-            reply = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the bench's child process {self._proc.name} died (exit code {self._proc.exitcode})") from None
-        if isinstance(reply, BaseException):
-            raise RuntimeError(f"the bench's child process {self._proc.name} failed: {reply}") from reply
-        return reply
+        self._pool = spawn_pool(1)  # one worker: it keeps the state between calls
+        self._pool.submit(_hosted_build, kind, cfg.to_dict(), device).result()
 
     def __call__(self) -> None:
-        self._conn.send("step")
-        self._reply()
+        self._pool.submit(_hosted_step).result()
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            self._conn.send("stop")
-            self._proc.join(timeout=30)
-        if self._proc.is_alive():
-            self._proc.kill()
+        self._pool.shutdown(cancel_futures=True)
 
 
-def _host_step(conn, kind: str, cfg: dict[str, object], device: str) -> None:
-    """HostedStep's child: build the row's state, then one step per "step" message."""
+_HOSTED: list[Callable[[], None]] = []  # in a HostedStep's worker: its one step
+
+
+def _hosted_build(kind: str, cfg: dict[str, object], device: str) -> None:
     from cut_core.allocator import leave_as_it_comes
-    from jobs.bench.processes import die_with_parent
 
-    die_with_parent()
     leave_as_it_comes()  # before the first state
-    try:
-        config = CUTConfig.from_dict(cfg)
-        state = state_for(kind, config, device)
-        a, b = fixed_pair((config.optim.batch_size, 3, config.data.crop_size, config.data.crop_size), device)
-        step = official_schedule_step if kind == "official" else train_step
-        conn.send("ready")
-        while conn.recv() == "step":
-            step(state, a, b)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            conn.send("done")
-    except Exception as e:  # reported by the parent, which raises it
-        conn.send(RuntimeError(f"{type(e).__name__}: {e}"))
+    config = CUTConfig.from_dict(cfg)
+    state = state_for(kind, config, device)
+    a, b = fixed_pair((config.optim.batch_size, 3, config.data.crop_size, config.data.crop_size), device)
+    step = official_schedule_step if kind == "official" else train_step
+    _HOSTED[:] = [functools.partial(step, state, a, b), functools.partial(sync, device)]
+
+
+def _hosted_step() -> None:
+    for call in _HOSTED:  # the step, then waiting for the device's queued work
+        call()
 
 
 def skipped_as_emulated(overrides: dict[str, object], paths: FastPaths) -> str | None:
@@ -327,7 +306,7 @@ def bench_train(
                 continue
             cfg = base.with_overrides({**shape, **perf})
             if kind == "official" or name.split("/")[-1].split("@")[0] in GLIBC_MALLOC_VARIANTS:
-                hosts.append(HostedStep(preset, kind, cfg, device))
+                hosts.append(HostedStep(kind, cfg, device))
                 timed.append((name, hosts[-1], {"malloc": GLIBC_AS_IT_COMES}))
                 continue
             state = state_for(kind, cfg, device)
