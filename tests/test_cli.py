@@ -172,6 +172,7 @@ def test_bench_train_writes_the_record(tmp_path):
         assert bf16["value"] is None and "emulated" in bf16["skipped"]
     for name in ("fastcut/auto@32", "fastcut/fp32-eager@32", "baseline/fastcut-official-schedule@32"):
         assert rows[name]["value"] > 0 and len(rows[name]["times_ms"]) == 2 and rows[name]["spread_ms"] >= 0
+        assert rows[name]["steps_per_round"] == 2  # an unflipped and a flipped step, times per step
     # Each row's speed-up is the median of its per-round ratios to the baseline beside it.
     base = rows["baseline/fastcut-official-schedule@32"]["times_ms"]
     for name in ("fastcut/auto@32", "fastcut/fp32-eager@32"):

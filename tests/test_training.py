@@ -170,3 +170,32 @@ def test_checkpoint_refuses_another_architecture(tmp_path) -> None:
     save_train_state(build_train_state(tiny("cut")), tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="different architecture"):
         load_train_state(build_train_state(tiny("cut", ngf=16)), tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("kind", ["raycut", "official"])
+def test_a_bench_round_times_one_unflipped_and_one_flipped_fastcut_step(images, kind):
+    """FastCUT's coin changes a step's work, so each timed round of `raycut bench train`
+    runs one step of each side (forced through the step's first draw, its coin), and the
+    rows compare mean steps; a preset without the coin runs one step a round."""
+    from cut_core.training import flip_coin
+    from jobs.bench.device import official_schedule_step, state_for, steps_of_a_round
+
+    a, b = images
+    for preset in ("fastcut", "cut"):
+        state = state_for(kind, tiny(preset), "cpu")
+        coins: list[bool] = []
+        real_step = official_schedule_step if kind == "official" else train_step
+
+        def step(state, a, b):
+            before = state.rng.get_state()
+            coins.append(flip_coin(state.rng))  # the coin this step is about to draw
+            state.rng.set_state(before)
+            return real_step(state, a, b)
+
+        round_ = steps_of_a_round(step, state, a, b)
+        round_()
+        round_()
+        if preset == "fastcut":
+            assert coins == [False, True, False, True]
+        else:  # CUT has no flip: one step a round
+            assert len(coins) == 2 and not state.config.loss.flip_equivariance

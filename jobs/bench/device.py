@@ -146,15 +146,40 @@ def step_gflop(kind: str, cfg: CUTConfig, device: str, a: torch.Tensor, b: torch
     from torch.utils.flop_counter import FlopCounterMode
 
     step = official_schedule_step if kind == "official" else train_step
-    coins = (False, True) if cfg.loss.flip_equivariance else (False,)
+    coins = coins_per_round(cfg)
     total = 0
     for flipped in coins:
         state = state_for(kind, cfg, device)
-        _next_coin(state.rng, flipped)
+        if flipped is not None:
+            _next_coin(state.rng, flipped)
         with FlopCounterMode(display=False) as counter:
             step(state, a, b)
         total += counter.get_total_flops()
     return total / len(coins) / 1e9
+
+
+def coins_per_round(cfg: CUTConfig) -> tuple[bool | None, ...]:
+    """The flip coins of one timed round of a row: FastCUT's step does different work
+    when its coin says flip (it must encode the unflipped source again), so a round of
+    one step would time whichever side the coin fell on, and the rows' coins part ways
+    after the first step (their steps draw from their generators differently). A
+    round of one step of each side times the mean step, the same in every row."""
+    return (False, True) if cfg.loss.flip_equivariance else (None,)  # None: no coin to force
+
+
+def steps_of_a_round(step: Callable[[TrainState, torch.Tensor, torch.Tensor], object], state: TrainState,
+                     a: torch.Tensor, b: torch.Tensor) -> Callable[[], None]:
+    """One timed round of a row: a step per coin of ``coins_per_round`` (forced, where the
+    preset flips: the step's first draw from ``state.rng`` is its coin), on ``a``, ``b``."""
+    coins = coins_per_round(state.config)
+
+    def run() -> None:
+        for flipped in coins:
+            if flipped is not None:
+                _next_coin(state.rng, flipped)
+            step(state, a, b)
+
+    return run
 
 
 def _next_coin(rng: torch.Generator, flipped: bool) -> None:
@@ -243,7 +268,7 @@ def _hosted_build(kind: str, cfg: dict[str, object], device: str) -> None:
     state = state_for(kind, config, device)
     a, b = fixed_pair((config.optim.batch_size, 3, config.data.crop_size, config.data.crop_size), device)
     step = official_schedule_step if kind == "official" else train_step
-    _HOSTED[:] = [functools.partial(step, state, a, b), functools.partial(sync, device)]
+    _HOSTED[:] = [steps_of_a_round(step, state, a, b), functools.partial(sync, device)]
 
 
 def _hosted_step() -> None:
@@ -274,7 +299,8 @@ def bench_train(
     """Rows ``<preset>/<variant>`` (and ``baseline/<preset>-official-schedule``) in
     ms_per_iter, all at one crop size. The variants of a preset are timed **round by
     round in one process** (one step of each, in an order shuffled each round, ``iters`` rounds
-    after ``warmup``), so a machine that slows down for a minute slows every row alike;
+    after ``warmup``; for FastCUT, whose flip coin changes a step's work, an unflipped and a
+    flipped step of each, reported per step), so a machine that slows down for a minute slows every row alike;
     each row gets its median and spread. ``auto`` is what cut_core.hardware resolves to
     here, timed as a row of its own; a bf16 variant that the probe finds emulated is
     listed as skipped with the probe's figure instead of being timed for an hour."""
@@ -313,9 +339,12 @@ def bench_train(
             a, b = fixed_pair((batch_size, 3, crop, crop), device)
             step = official_schedule_step if kind == "official" else train_step
             extra = {"resolved": state.fast.summary} if v_is_auto(perf) else {}
-            timed.append((name, functools.partial(step, state, a, b), {**extra, "malloc": state.fast.malloc}))
+            timed.append((name, steps_of_a_round(step, state, a, b), {**extra, "malloc": state.fast.malloc}))
+        per_round = len(coins_per_round(base))
+
         def show(r: int, ms: dict[str, float]) -> None:
-            log(f"  round {r + 1}/{iters}: " + ", ".join(f"{n.split('/')[-1]} {v:.0f}" for n, v in ms.items()))
+            log(f"  round {r + 1}/{iters}, ms a step: "
+                + ", ".join(f"{n.split('/')[-1]} {v / per_round:.0f}" for n, v in ms.items()))
 
         try:
             by_name, _ = interleaved_ms({name: fn for name, fn, _ in timed}, device, rounds=iters, warmup=max(1, warmup),
@@ -323,7 +352,7 @@ def bench_train(
         finally:
             for host in hosts:
                 host.close()
-        times = [by_name[name] for name, _, _ in timed]
+        times = [[t / per_round for t in by_name[name]] for name, _, _ in timed]  # per step
         arith = _arithmetic(preset, base.with_overrides({**shape, **plain}), device, baseline, log)
         base_ts = next((ts for (name, _, _), ts in zip(timed, times) if name.startswith("baseline/")), None)
         for (name, _, extra), ts in zip(timed, times):
@@ -336,6 +365,7 @@ def bench_train(
             kind = "official" if name.startswith("baseline/") else "raycut"
             rows.append({"name": name, "metric": "ms_per_iter", "value": round(med, 1), "unit": "ms",
                          "spread_ms": round(spread(ts), 1), "times_ms": [round(x, 1) for x in ts],
+                         "steps_per_round": per_round,
                          **_arith_fields(arith, kind, med), **extra})
             log(f"    {name:44s} {med:9.1f} ms/iter  +- {spread(ts):7.1f}" + (f"  ({extra['resolved']})" if extra.get("resolved") else ""))
     return rows
