@@ -86,6 +86,6 @@ def test_two_ranks_equal_one_batch_of_two(tmp_path: Path, preset: str) -> None:
 def test_resume_under_ddp_is_exact_on_cpu() -> None:
     """The check `python -m jobs.bench.device --check` runs on a GPU machine, here on
     the CPU, where it must be bit-exact."""
-    from jobs.bench.device import check_resume_under_ddp
+    from jobs.bench.device_checks import check_resume_under_ddp
 
     assert check_resume_under_ddp("cpu", log=lambda s: None) == 0.0

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cut_core import build_train_state, set_epoch, train_step
-from jobs.bench.device import channels_last_agreement
+from jobs.bench.device_checks import channels_last_agreement
 from cut_core.config import OptimConfig
 from cut_core.training import lr_factor
 from tests.conftest import tiny
@@ -178,7 +178,7 @@ def test_a_bench_round_times_one_unflipped_and_one_flipped_fastcut_step(images, 
     runs one step of each side (forced through the step's first draw, its coin), and the
     rows compare mean steps; a preset without the coin runs one step a round."""
     from cut_core.training import flip_coin
-    from jobs.bench.device import official_schedule_step, state_for, steps_of_a_round
+    from jobs.bench.reference_schedule import official_schedule_step, state_for, steps_of_a_round
 
     a, b = images
     for preset in ("fastcut", "cut"):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from jobs.bench import device as benchmark
 from cut_core.errors import RaycutError
+from jobs.bench import device as benchmark
+from jobs.bench.records import format_table, write_record
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -18,8 +19,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.which == "ingest":
         log(f"raycut bench ingest: decode + scale_width_and_crop 1024 -> 512 crops, {args.workers} workers")
         rows = bench_ingest(n=args.images, workers=args.workers, log=log)
-        out = benchmark.write_record(args.out, "ingest", rows, "cpu")
-        print(benchmark.format_table(rows))
+        out = write_record(args.out, "ingest", rows, "cpu")
+        print(format_table(rows))
         print(f"wrote {out}")
         return 0
     if args.which == "translate":
@@ -27,8 +28,8 @@ def run_bench(args: argparse.Namespace) -> int:
             "against the reference test loop; output formats")
         rows = bench_translate_job(n=args.images if args.images != 16 else 4, precisions=tuple(args.precisions_translate),
                                    log=log)
-        out = benchmark.write_record(args.out, "translate", rows, "cpu")
-        print(benchmark.format_table(rows))
+        out = write_record(args.out, "translate", rows, "cpu")
+        print(format_table(rows))
         print(f"wrote {out}")
         return 0
     if args.which == "quality":
@@ -51,7 +52,7 @@ def run_bench(args: argparse.Namespace) -> int:
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
                                   variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log,
                                   eval_every=args.steps // 6 if args.eval_every is None else args.eval_every)
-        out = benchmark.write_record(args.out, "quality", rows, "cpu")
+        out = write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))
         print(f"wrote {out} and {plot}; each run's result in {runs_log}")
@@ -60,8 +61,8 @@ def run_bench(args: argparse.Namespace) -> int:
         log(f"raycut bench train --ray: {', '.join(args.presets)} at {args.crop} px, precision auto, Ray Train 1 and 2 workers "
             "against the bare cut_core step")
         rows = bench_train_ray(tuple(args.presets), crop=args.crop, log=log)
-        out = benchmark.write_record(args.out, "train-ray", rows, "cpu")
-        print(benchmark.format_table(rows))
+        out = write_record(args.out, "train-ray", rows, "cpu")
+        print(format_table(rows))
         print(f"wrote {out}")
         return 0
     variants = list(args.variants or benchmark.DEFAULT_VARIANTS)
@@ -78,8 +79,8 @@ def run_bench(args: argparse.Namespace) -> int:
         f"batch 1, {args.iters} rounds after {args.warmup} warm-up, variants interleaved in one process, on {args.device}")
     rows = benchmark.bench_train(tuple(args.presets), tuple(variants), crop=args.crop, device=args.device,
                                  warmup=args.warmup, iters=args.iters, log=log)
-    out = benchmark.write_record(args.out, "train", rows, args.device)
-    print(benchmark.format_table(rows))
+    out = write_record(args.out, "train", rows, args.device)
+    print(format_table(rows))
     print(f"wrote {out}")
     return 0
 

@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from cut_core import CUTConfig, save_generator
-from jobs.bench.device import format_table, in_fresh_process, machine_info, write_record
+from jobs.bench.device import in_fresh_process
+from jobs.bench.records import format_table, machine_info, write_record
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.model_dir import load_generator
 from cut_core.translate import translate_uint8
