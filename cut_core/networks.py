@@ -28,6 +28,7 @@ from torch import nn
 
 from cut_core.antialias import BlurDownsample, BlurUpsample, is_channels_last
 from cut_core.config import CUTConfig, ModelConfig
+from cut_core.narrow_conv import NarrowOutputConv2d
 from cut_core.padding import ReflectionPad2d
 from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
@@ -135,7 +136,8 @@ class ResnetGenerator(nn.Module):
                 _instance_norm(ngf * mult // 2),
                 nn.ReLU(),
             ]
-        layers += [ReflectionPad2d(3), nn.Conv2d(ngf, cfg.output_nc, kernel_size=7), nn.Tanh()]
+        # To 3 channels: oneDNN runs that shape slowly, so its fp32 CPU backward is a matmul.
+        layers += [ReflectionPad2d(3), NarrowOutputConv2d(ngf, cfg.output_nc, kernel_size=7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         assert len(self.model) == cfg.n_generator_layers
 
@@ -282,12 +284,15 @@ Discriminator = PatchGANDiscriminator | StyleGAN2Discriminator
 def use_reference_layers(module: nn.Module) -> nn.Module:
     """Run ``module``'s layers as the reference code runs them, computing the same
     function: the upsampling as a replicate pad and a depthwise transposed conv (raycut
-    interpolates bilinearly, 2x faster on a CPU) and every (Leaky)ReLU in place (on an
-    instance norm's output, a view, autograd then copies the tensor back). For the
-    benchmark's baseline, which times the reference implementation's work."""
+    interpolates bilinearly, 2x faster on a CPU), G's last conv through oneDNN's
+    backward (raycut's is a matmul: cut_core.narrow_conv) and every (Leaky)ReLU in
+    place (on an instance norm's output, a view, autograd then copies the tensor back).
+    For the benchmark's baseline, which times the reference implementation's work."""
     for m in module.modules():
         if isinstance(m, BlurUpsample):
             m.as_transposed_conv = True
+        elif isinstance(m, NarrowOutputConv2d):
+            m.as_plain_conv = True
         elif isinstance(m, (nn.ReLU, nn.LeakyReLU)):
             m.inplace = True
     return module

@@ -201,6 +201,26 @@ def test_bench_train_writes_the_record(tmp_path):
     assert rows["fastcut/fp32-eager@32"]["malloc"] == rows["fastcut/auto@32"]["malloc"] != ""
 
 
+def test_bench_layers_times_g_last_conv_both_ways(tmp_path):
+    """`python -m jobs.bench.layers`: oneDNN's and the matmul backward of G's last conv,
+    round by round; the matmul row's speed-up is the median of the per-round ratios."""
+    out = tmp_path / "layers.json"
+    r = subprocess.run([sys.executable, "-m", "jobs.bench.layers", "--crops", "32", "--batches", "1", "2",
+                        "--rounds", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert record["bench"] == "layers" and record["machine"]["device"] == "cpu"
+    rows = {row["name"]: row for row in record["results"]}
+    assert set(rows) == {f"g-last-conv/{v}@32px-b{b}" for v in ("oneDNN", "matmul-backward") for b in (1, 2)}
+    for row in rows.values():
+        assert row["value"] > 0 and row["spread_ms"] >= 0 and row["rounds"] == 3
+    for b in (1, 2):
+        speedup = rows[f"g-last-conv/matmul-backward@32px-b{b}"]["paired_vs_baseline"]
+        assert speedup > 0
+        line = r.stdout.split(f"g-last-conv/matmul-backward@32px-b{b}")[-1].splitlines()[0]
+        assert f"{speedup:.2f}x" in line
+
+
 @pytest.mark.cost(30)
 def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     """Each (variant, seed) trains in its own process and is scored on the toy pair's

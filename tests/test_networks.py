@@ -176,6 +176,8 @@ def test_reference_layers_compute_the_same_function_and_gradients():
     for net in nets:
         ref = use_reference_layers(copy.deepcopy(net))
         assert any(getattr(m, "as_transposed_conv", False) for m in ref.modules()) == (net is nets[0])
+        assert any(getattr(m, "as_plain_conv", False) for m in ref.modules()) == (net is nets[0])
+        assert not any(getattr(m, "as_plain_conv", False) for m in net.modules())
         assert all(m.inplace for m in ref.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU)))
         outs, grads = [], []
         for m in (net, ref):
@@ -219,3 +221,68 @@ def test_blur_downsampling_gradients_are_exact(memory_format):
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x = x.contiguous(memory_format=memory_format).requires_grad_()
     assert torch.autograd.gradcheck(BlurDownsample(3).double(), (x,), atol=1e-8, rtol=1e-6)
+
+
+def test_narrow_conv_backward_as_matmul_is_the_convolution_gradient():
+    """G's last conv (few output channels) takes its gradients from two matmuls over the
+    output gradient spread across the kernel offsets: gradcheck in fp64 on the function,
+    and the layer against nn.Conv2d in fp32, for every combination of what needs a
+    gradient; the forward is nn.Conv2d's, bit for bit."""
+    from cut_core.narrow_conv import NarrowOutputConv2d, _NarrowConvBackwardAsMatmul
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_NarrowConvBackwardAsMatmul.apply, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: _NarrowConvBackwardAsMatmul.apply(x, w, None), (x, w))
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        layer = NarrowOutputConv2d(8, 3, kernel_size=7, bias=bias)
+        plain = torch.nn.Conv2d(8, 3, kernel_size=7, bias=bias)
+        plain.load_state_dict(layer.state_dict())
+        for x_grad, w_grad in ((True, True), (False, True), (True, False)):
+            x = torch.randn(2, 8, 30, 26).requires_grad_(x_grad)
+            for p in (*layer.parameters(), *plain.parameters()):
+                p.requires_grad_(w_grad)
+                p.grad = None
+            assert layer._backward_as_matmul(x)
+            y, y_ref = layer(x), plain(x)
+            assert torch.equal(y, y_ref)
+            out_grad = torch.randn_like(y)
+            wrt = [t for t in (x, *layer.parameters()) if t.requires_grad]
+            wrt_ref = [t for t in (x, *plain.parameters()) if t.requires_grad]
+            got = torch.autograd.grad(y, wrt, out_grad)
+            want = torch.autograd.grad(y_ref, wrt_ref, out_grad)
+            for a, e in zip(got, want, strict=True):
+                torch.testing.assert_close(a, e, atol=1e-4 * e.abs().max().item(), rtol=1e-4)
+
+
+def test_narrow_conv_keeps_the_plain_path_where_the_matmul_does_not_apply():
+    """No gradient, bf16 autocast, channels_last, another dtype, a spread gradient over
+    the memory cap, or the baseline's flag: nn.Conv2d's own path, with its output."""
+    from cut_core import narrow_conv
+    from cut_core.narrow_conv import NarrowOutputConv2d
+
+    layer = NarrowOutputConv2d(8, 3, kernel_size=7)
+    x = torch.randn(1, 8, 20, 20, requires_grad=True)
+    assert layer._backward_as_matmul(x)
+    with torch.no_grad():
+        assert not layer._backward_as_matmul(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer._backward_as_matmul(x)
+        assert layer(x).dtype == torch.bfloat16
+    assert not layer._backward_as_matmul(x.detach().contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert not layer._backward_as_matmul(x.detach().double().requires_grad_())
+    layer.as_plain_conv = True
+    assert not layer._backward_as_matmul(x)
+    layer.as_plain_conv = False
+    cap = narrow_conv.MAX_SPREAD_BYTES
+    try:
+        narrow_conv.MAX_SPREAD_BYTES = 49 * 3 * 20 * 20 * 4 - 1
+        assert not layer._backward_as_matmul(x)
+    finally:
+        narrow_conv.MAX_SPREAD_BYTES = cap
+    with pytest.raises(ValueError, match="stride 1"):
+        NarrowOutputConv2d(8, 3, kernel_size=3, padding=1)
