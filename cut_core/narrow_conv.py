@@ -18,7 +18,8 @@ the layer's input channels). Then both gradients are products with large inner s
     grad_x[n, c, :]      = sum_(ky, kx, o) w[o, c, ky, kx] gz[n, (ky, kx, o), :]
 
 which the CPU's matrix kernels run near their peak: the layer's forward + backward took
-0.58-0.66x oneDNN's time natively and 0.74-0.90x under an AVX2-only emulation. The
+0.62-0.68x oneDNN's time natively and 0.79-0.88x under an AVX2-only emulation (256 and
+512 px, batch 1 and 2; docs/bench/layers_cpu_epyc_avx512bf16*.json). The
 forward is the plain convolution, so outputs are bit for bit what nn.Conv2d gives;
 the gradients differ by float rounding (summation order), as a gradcheck checks.
 
