@@ -45,7 +45,6 @@ class _NarrowConvBackwardAsMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
         return F.conv2d(x, w, b)
 
     @staticmethod
@@ -67,7 +66,7 @@ class _NarrowConvBackwardAsMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             w_rows = w.permute(2, 3, 0, 1).reshape(kh * kw * o, c)  # rows ordered as gz's
             grad_x = torch.matmul(w_rows.t(), gz).view(n, c, h, wd)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False for a bias of None
             grad_b = g.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
 
