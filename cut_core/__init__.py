@@ -38,6 +38,7 @@ _EXPORTS = {
     "TrainState": "cut_core.training",
     "build_train_state": "cut_core.training",
     "set_epoch": "cut_core.training",
+    "set_step_lr": "cut_core.training",
     "train_step": "cut_core.training",
 }
 __all__ = sorted(_EXPORTS)
@@ -63,4 +64,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from cut_core.model_dir import import_official_generator, load_generator, save_generator
     from cut_core.networks import PatchGANDiscriminator, PatchSampleMLP, ResnetGenerator
     from cut_core.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
-    from cut_core.training import TrainState, build_train_state, set_epoch, train_step
+    from cut_core.training import TrainState, build_train_state, set_epoch, set_step_lr, train_step

@@ -31,6 +31,7 @@ from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.hardware import ResolvedPerf, resolve_perf
+from cut_core.lr_schedule import lr_factor, schedule_epoch
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
 from cut_core.networks import (
     Discriminator,
@@ -61,7 +62,8 @@ class TrainState:
     rng: torch.Generator  # CPU generator: patch ids and flips
     device: torch.device
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0  # of the LR schedule (schedule_epoch), not passes over the data
+    lr_set: bool = False  # set_epoch has run: the optimizers hold the schedule's LR
     # The callables the phases run: the modules' methods, or their torch.compile'd
     # versions. Kept apart from the modules so state dicts keep their plain keys.
     run: dict[str, Callable] = field(default_factory=dict)
@@ -169,23 +171,27 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
 # ---- learning rate ----------------------------------------------------------------
 
 
-def lr_factor(optim: OptimConfig, epoch: int) -> float:
-    """Official 'linear' policy at 0-based ``epoch``: 1 for ``n_epochs`` epochs, then
-    down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1))."""
-    return 1.0 - max(0, epoch + 1 - optim.n_epochs) / float(optim.n_epochs_decay + 1)
-
-
 def set_epoch(state: TrainState, epoch: int) -> float:
-    """Enter ``epoch``: set every optimizer's LR from the schedule; returns the LR.
+    """Enter schedule ``epoch``: set every optimizer's LR from the schedule; returns the LR.
 
     The LR is derived from the epoch rather than kept in a scheduler object, so a
     resumed run only needs the epoch number to be exact."""
-    state.epoch = epoch
+    state.epoch, state.lr_set = epoch, True
     lr = state.config.optim.lr * lr_factor(state.config.optim, epoch)
     for opt in state.optimizers().values():
         for group in opt.param_groups:
             group["lr"] = lr
     return lr
+
+
+def set_step_lr(state: TrainState, total_steps: int) -> float:
+    """The LR of the run's next step (``state.step``), the schedule fitted to
+    ``total_steps`` (schedule_epoch); returns it. Cheap: only a new schedule epoch
+    touches the optimizers."""
+    epoch = schedule_epoch(state.config.optim, state.step, total_steps)
+    if epoch != state.epoch or not state.lr_set:
+        return set_epoch(state, epoch)
+    return state.opt_G.param_groups[0]["lr"]
 
 
 # ---- phases -----------------------------------------------------------------------

@@ -11,9 +11,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from cut_core import CUTConfig
 from cut_core.errors import RaycutError
+from cut_core.lr_schedule import lr_factor, schedule_epoch
 from jobs.train.driver import run_train
-from jobs.train.spec import Schedule, TrainOptions
+from jobs.train.spec import SPEC_NAME, Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
 from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when
 
@@ -110,6 +112,14 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     assert run.data.params["n_layers_D"] == "auto" and run.data.params["resolved_n_layers_D"] == "1"
     steps = {h.step for h in client.get_metric_history(run.info.run_id, "NCE")}
     assert {5, 20} <= steps
+    # The LR: FastCUT's 150 + 50 epochs fitted to the planned 20 steps (constant through
+    # step 15, then the decay), the same across the restart and the resume.
+    optim = CUTConfig.from_dict(json.loads((run_dir / SPEC_NAME).read_text())["config"]).optim
+    assert run.data.params["lr_constant_steps"] == "15" and "fitted" in run.data.params["lr_schedule"]
+    lrs = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "lr")}
+    assert sorted(lrs) == [5, 10, 15, 20]
+    assert [lrs[s] for s in (5, 10, 15)] == [pytest.approx(optim.lr)] * 3
+    assert lrs[20] == pytest.approx(optim.lr * lr_factor(optim, schedule_epoch(optim, 19, 20))) and lrs[20] < optim.lr
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
     assert {"samples/step_0000010.png", "samples/step_0000020.png"} <= artifacts
     # ... and in MLflow's image view, by key and step

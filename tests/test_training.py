@@ -4,7 +4,7 @@ import torch
 from cut_core import build_train_state, set_epoch, train_step
 from jobs.bench.device_checks import channels_last_agreement
 from cut_core.config import OptimConfig
-from cut_core.training import lr_factor
+from cut_core.lr_schedule import constant_steps, describe_schedule, lr_factor, schedule_epoch
 from tests.conftest import tiny
 
 
@@ -65,6 +65,45 @@ def test_linear_decay_schedule_matches_the_official_policy():
     state = build_train_state(tiny("cut", n_epochs=3, n_epochs_decay=2, lr=1e-3))
     assert set_epoch(state, 4) == pytest.approx(1e-3 / 3)
     assert all(g["lr"] == pytest.approx(1e-3 / 3) for opt in state.optimizers().values() for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("n_epochs, n_decay, steps_per_epoch", [(150, 50, 7), (3, 2, 1), (0, 4, 5), (6, 0, 3)])
+def test_a_run_of_the_configs_length_keeps_the_official_schedule(n_epochs, n_decay, steps_per_epoch):
+    o = OptimConfig(n_epochs=n_epochs, n_epochs_decay=n_decay)
+    total = (n_epochs + n_decay) * steps_per_epoch
+    assert [schedule_epoch(o, s, total) for s in range(total)] == [s // steps_per_epoch for s in range(total)]
+    assert describe_schedule(o, total, steps_per_epoch).count("fitted") == 0
+
+
+def test_a_shorter_or_longer_run_gets_the_schedule_fitted_to_its_length():
+    """FastCUT's 150 + 50 epochs over 1500 steps (23 epochs of 64 images): the full LR
+    for three quarters of the run, then the decay, down to the last epoch's 1/51."""
+    o = OptimConfig(n_epochs=150, n_epochs_decay=50, lr=2e-4)
+    factors = [lr_factor(o, schedule_epoch(o, s, 1500)) for s in range(1500)]
+    assert constant_steps(o, 1500) == 1125 == sum(f == 1.0 for f in factors)
+    assert factors[1124] == 1.0 > factors[1125] and factors[-1] == pytest.approx(1 / 51)
+    assert all(x >= y for x, y in zip(factors, factors[1:]))
+    assert "constant for 1125 steps, then a linear decay over the last 375" in describe_schedule(o, 1500, 64)
+    assert "fitted to this run's 23.4" in describe_schedule(o, 1500, 64)
+    # Taken literally, 4x the config's epochs ran into negative LRs; fitted, never.
+    long = [lr_factor(o, schedule_epoch(o, s, 800 * 3)) for s in range(800 * 3)]
+    assert min(long) == pytest.approx(1 / 51) and constant_steps(o, 2400) == 1800
+
+
+def test_set_step_lr_follows_the_fitted_schedule_through_training():
+    """train_in_process sets the LR of every step from the schedule fitted to its steps:
+    1 + 1 epochs over 4 steps are two steps at the full LR, then two at half of it."""
+    import numpy as np
+
+    from jobs.train.in_process import train_in_process
+
+    cfg = tiny("fastcut", n_epochs=1, n_epochs_decay=1, lr=1e-3)
+    side = cfg.data.crop_size
+    imgs = [np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(4)]
+    seen = []
+    train_in_process(cfg, imgs[:2], imgs[2:], steps=4, log_every=1, progress=False,
+                     on_log=lambda step, row, state: seen.append(state.opt_G.param_groups[0]["lr"]))
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
 
 
 def test_step_rejects_mismatched_batches():

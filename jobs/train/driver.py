@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from pyarrow.fs import FileSelector, FileType
 
 from cut_core.errors import RaycutError
+from cut_core.lr_schedule import constant_steps, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray, train_run_released, without_progress_bars
@@ -196,7 +197,9 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
     params = {**cfg.flat(), "data_a": job.data_a, "data_b": job.data_b, "workers": job.workers,
               "global_batch": job.global_batch, "steps": job.steps, "steps_per_epoch": job.steps_per_epoch,
               "images_a": job.extra["images_a"], "images_b": job.extra["images_b"],
-              "gpus_per_worker": job.gpus_per_worker}
+              "gpus_per_worker": job.gpus_per_worker,
+              "lr_constant_steps": constant_steps(cfg.optim, job.steps),
+              "lr_schedule": describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}
     if cfg.model.netD == "basic":  # the depth n_layers_D (auto) built; a StyleGAN2 D has none
         params["resolved_n_layers_D"] = cfg.d_layers
     tags = {"raycut.run": job.name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}

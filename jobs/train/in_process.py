@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from cut_core import CUTConfig, TrainState, build_train_state, set_epoch, train_step
+from cut_core import CUTConfig, TrainState, build_train_state, set_step_lr, train_step
 from cut_core.d_balance import WinWatch
 from cut_core.images import to_model_input
 from cut_core.translate import translate_uint8
@@ -33,14 +33,12 @@ def train_in_process(
     state = build_train_state(cfg, device=device)
     rng = np.random.default_rng(cfg.seed)
     batches = unpaired_array_batches(images_a, images_b, cfg.data, cfg.optim.batch_size, rng)
-    steps_per_epoch = max(1, max(len(images_a), len(images_b)) // cfg.optim.batch_size)
     bar = Progress("train", steps, every=log_every) if progress else None
     history: list[dict[str, float]] = []
     acc: dict[str, float] = {}
     watch = WinWatch.for_config(cfg)
     for step in range(steps):
-        if step % steps_per_epoch == 0:
-            set_epoch(state, step // steps_per_epoch)
+        set_step_lr(state, steps)  # the config's schedule fitted to these steps
         a, b = next(batches)
         out = train_step(state, to_model_input(a).to(device), to_model_input(b).to(device))
         for k, v in out.items():

@@ -108,8 +108,10 @@ class TrainOptions:
     gpus_per_worker: float = opt(0.0, "GPUs per worker")
     cpus_per_worker: float | None = opt(None, "CPUs (and torch threads) per worker (default: on a local Ray, the "
                                         "cores / --workers; 1 on a cluster)")
-    steps: int | None = opt(None, "total training steps", group="length")
-    epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config)", group="length")
+    steps: int | None = opt(None, "total training steps (the LR schedule's n_epochs + n_epochs_decay are fitted to "
+                            "them, keeping its shape)", group="length")
+    epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config; the LR schedule "
+                             "is fitted to them, keeping its shape)", group="length")
     register: str = opt("", "register the final model in the MLflow Model Registry under this name")
     register_raw_g: bool = opt(False, "when an EMA of G is kept (the cut preset's default, or --set ema_decay=...): save "
                                "and register the raw G, not its moving average "

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 from safetensors.numpy import save_file as save_numpy
 
-from cut_core import build_train_state, save_generator, set_epoch, train_step
+from cut_core import build_train_state, save_generator, set_step_lr, train_step
+from cut_core.lr_schedule import describe_schedule
 from cut_core.d_balance import WinWatch
 from cut_core.distributed import replica_divergence, wrap_data_parallel
 from cut_core.images import to_model_input
@@ -86,7 +87,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         where = f"resuming at step {resumed_from}" if resumed_from else "starting"
         sys.stdout.write(f"[train] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
                          f"worker per step (global batch {job.global_batch}), {job.steps} steps of "
-                         f"{job.steps_per_epoch} per epoch; {cfg.d_summary}\n")
+                         f"{job.steps_per_epoch} per epoch; {cfg.d_summary}\n"
+                         f"[train] {describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}\n")
         sys.stdout.flush()
     if logger and resumed_from:
         logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
@@ -103,9 +105,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         waited += time.perf_counter() - t
         if pair is None:
             break
-        epoch = state.step // job.steps_per_epoch
-        if epoch != state.epoch or state.step == resumed_from:
-            lr = set_epoch(state, epoch)
+        lr = set_step_lr(state, job.steps)  # the config's schedule fitted to the planned steps
         a, b = (to_model_input(x).to(device, non_blocking=True) for x in pair)
         losses = train_step(state, a, b)
         for k, v in losses.items():
@@ -117,7 +117,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {k: float(v) / window_steps for k, v in sums.items()}
-        metrics.update(step=step, epoch=state.epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
+        metrics.update(step=step, epoch=(step - 1) // job.steps_per_epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
                        images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
         if save:  # every rank takes part
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0

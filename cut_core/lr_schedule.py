@@ -1,0 +1,45 @@
+"""The learning rate over a run: the official 'linear' policy (constant for
+``n_epochs``, then linear decay to zero over ``n_epochs_decay``), fitted to the run's
+length. Plain arithmetic on an OptimConfig, no torch: the driver logs it before any
+worker starts, and ``training.set_step_lr`` applies it."""
+
+from __future__ import annotations
+
+from cut_core.config import OptimConfig
+
+
+def lr_factor(optim: OptimConfig, epoch: int) -> float:
+    """Official 'linear' policy at 0-based schedule ``epoch``: 1 for ``n_epochs`` epochs,
+    then down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1))."""
+    return 1.0 - max(0, epoch + 1 - optim.n_epochs) / float(optim.n_epochs_decay + 1)
+
+
+def schedule_epoch(optim: OptimConfig, step: int, total_steps: int) -> int:
+    """The epoch of the LR schedule that 0-based ``step`` of a ``total_steps`` run is in:
+    the config's ``n_epochs + n_epochs_decay`` epochs spread evenly over the run.
+
+    For a run exactly that many data epochs long (total_steps = epochs * steps_per_epoch)
+    this is ``step // steps_per_epoch``, the official schedule unchanged. A shorter run
+    gets the same shape, compressed: with the epoch counts taken literally, a 1500-step
+    FastCUT run on 64 images (23 epochs of its 150 + 50) never reached its decay and
+    ended on a swinging G (docs/quality.md); a longer run never reaches a negative LR."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps} must be >= 1")
+    return min(step, total_steps - 1) * (optim.n_epochs + optim.n_epochs_decay) // total_steps
+
+
+def constant_steps(optim: OptimConfig, total_steps: int) -> int:
+    """How many steps of the run train at the full ``optim.lr`` before the decay."""
+    total_epochs = optim.n_epochs + optim.n_epochs_decay
+    return min(total_steps, -(-optim.n_epochs * total_steps // total_epochs))
+
+
+def describe_schedule(optim: OptimConfig, total_steps: int, steps_per_epoch: int) -> str:
+    """One line on what the LR does over this run, for the console and MLflow."""
+    flat = constant_steps(optim, total_steps)
+    shape = (f"constant for {flat} steps, then a linear decay over the last {total_steps - flat}"
+             if flat < total_steps else f"constant for all {total_steps} steps")
+    data_epochs = total_steps / max(1, steps_per_epoch)
+    fitted = "" if total_steps == (optim.n_epochs + optim.n_epochs_decay) * steps_per_epoch else (
+        f" (the config's {optim.n_epochs}+{optim.n_epochs_decay} epochs fitted to this run's {data_epochs:.3g})")
+    return f"lr {optim.lr:g} {shape}{fitted}"
