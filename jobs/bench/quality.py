@@ -103,6 +103,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     torch.set_num_threads(1)
     from cut_core.d_balance import WinWatch
+    from cut_core.lr_schedule import describe_schedule
     from jobs.train.evaluation import Evaluator, plan_eval
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
@@ -132,8 +133,9 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
             if plan.better(value, best.get("value")):
                 best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
 
-    state, history = train_in_process(cfg, load_folder(root / "trainA"), load_folder(root / "trainB"), steps=steps,
-                                      progress=False, log_every=10, on_log=report)
+    images_a, images_b = load_folder(root / "trainA"), load_folder(root / "trainB")
+    epoch = max(1, max(len(images_a), len(images_b)) // cfg.optim.batch_size)
+    state, history = train_in_process(cfg, images_a, images_b, steps=steps, progress=False, log_every=10, on_log=report)
     watch = WinWatch.for_config(cfg)
     for row in history:
         watch.observe(row["D"], 10, row.get("D_rt"))
@@ -148,6 +150,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "baseline_mIoU": {k.split("/")[-1]: rows[k]["mIoU"] for k in rows if k not in translations},
            "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
+           "lr_schedule": describe_schedule(cfg.optim, steps, epoch),
            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
     if best:
         out.update(best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
@@ -276,6 +279,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      "truth_mIoU": round(miou["truth (paired real)"], 4),
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
                      "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
+                     "lr_schedule": rs[0]["lr_schedule"],
                      "histories": [r["history"] for r in rs]})
         if "best_step" in rs[0]:
             best = [r["best_colour_err"] for r in rs]
