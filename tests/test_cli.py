@@ -242,7 +242,7 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
         assert [h["step"] for h in row["histories"][0]] == [10, 20] and "D_rt" in row["histories"][0][-1]
         # The record says what the learning rate did: FastCUT's 150 + 50 epochs over 20 steps.
-        assert row["lr_schedule"].startswith("lr 0.0002 constant for 15 steps, then a linear decay over the last 5")
+        assert "constant for 15 steps, then a linear decay over the last 5 (the config's 150+50" in row["lr_schedule"]
         # Label preservation, read by the toy segmenter: the paired truth is what it
         # reads best; a 20-step G keeps some of the labels.
         assert row["mIoU_per_seed"] == [row["mIoU"]] and 0 < row["mIoU"] < row["truth_mIoU"] <= 1
