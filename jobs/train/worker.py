@@ -30,10 +30,10 @@ import torch.distributed as dist
 from safetensors.numpy import save_file as save_numpy
 
 from cut_core import build_train_state, save_generator, set_step_lr, train_step
-from cut_core.lr_schedule import describe_schedule
 from cut_core.d_balance import WinWatch
 from cut_core.distributed import replica_divergence, wrap_data_parallel
 from cut_core.images import to_model_input
+from cut_core.lr_schedule import describe_schedule
 from cut_core.translate import translate_uint8
 from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import TrainState
@@ -117,8 +117,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {k: float(v) / window_steps for k, v in sums.items()}
-        metrics.update(step=step, epoch=(step - 1) // job.steps_per_epoch, lr=lr, nodes=nodes, resumed_from_step=resumed_from,
-                       images_per_s=window_steps * job.global_batch / elapsed, data_wait_frac=waited / elapsed)
+        metrics.update(step=step, epoch=(step - 1) // job.steps_per_epoch, lr=lr, nodes=nodes,
+                       resumed_from_step=resumed_from, images_per_s=window_steps * job.global_batch / elapsed,
+                       data_wait_frac=waited / elapsed)
         if save:  # every rank takes part
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
         new_best = False
