@@ -63,7 +63,6 @@ class TrainState:
     device: torch.device
     step: int = 0
     epoch: int = 0  # of the LR schedule (schedule_epoch), not passes over the data
-    lr_set: bool = False  # set_epoch has run: the optimizers hold the schedule's LR
     # The callables the phases run: the modules' methods, or their torch.compile'd
     # versions. Kept apart from the modules so state dicts keep their plain keys.
     run: dict[str, Callable] = field(default_factory=dict)
@@ -176,7 +175,7 @@ def set_epoch(state: TrainState, epoch: int) -> float:
 
     The LR is derived from the epoch rather than kept in a scheduler object, so a
     resumed run only needs the epoch number to be exact."""
-    state.epoch, state.lr_set = epoch, True
+    state.epoch = epoch
     lr = state.config.optim.lr * lr_factor(state.config.optim, epoch)
     for opt in state.optimizers().values():
         for group in opt.param_groups:
@@ -185,13 +184,10 @@ def set_epoch(state: TrainState, epoch: int) -> float:
 
 
 def set_step_lr(state: TrainState, total_steps: int) -> float:
-    """The LR of the run's next step (``state.step``), the schedule fitted to
-    ``total_steps`` (schedule_epoch); returns it. Cheap: only a new schedule epoch
-    touches the optimizers."""
-    epoch = schedule_epoch(state.config.optim, state.step, total_steps)
-    if epoch != state.epoch or not state.lr_set:
-        return set_epoch(state, epoch)
-    return state.opt_G.param_groups[0]["lr"]
+    """Set the LR of the run's next step (``state.step``) from the schedule fitted to
+    ``total_steps`` (lr_schedule.schedule_epoch); returns it. Called every step: a few
+    dict writes, nothing next to the step itself."""
+    return set_epoch(state, schedule_epoch(state.config.optim, state.step, total_steps))
 
 
 # ---- phases -----------------------------------------------------------------------
