@@ -8,6 +8,14 @@ from __future__ import annotations
 from cut_core.config import OptimConfig
 
 
+def data_steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: int = 1) -> int:
+    """Steps in one data epoch: max(|A|, |B|) images per domain, as in the official
+    unaligned loader, spread over ``workers`` data-parallel ranks of ``batch_size`` each.
+    Here, not in the ingest pipeline, so processes without Ray (the quality bench's
+    trainers) count epochs the same way."""
+    return max(1, max(size_a, size_b) // (batch_size * workers))
+
+
 def lr_factor(optim: OptimConfig, epoch: int) -> float:
     """Official 'linear' policy at 0-based schedule ``epoch``: 1 for ``n_epochs`` epochs,
     then down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1))."""

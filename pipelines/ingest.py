@@ -244,12 +244,6 @@ def domain_size(spec: str | Source | Listing) -> int:
     return list_source(spec).size
 
 
-def steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: int = 1) -> int:
-    """An epoch is max(|A|, |B|) images per domain, as in the official unaligned loader,
-    spread over ``workers`` data-parallel ranks of ``batch_size`` each."""
-    return max(1, max(size_a, size_b) // (batch_size * workers))
-
-
 def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
                      packed: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``steps`` pairs of (B, crop, crop, 3) uint8 batches from two Ray Data iterators

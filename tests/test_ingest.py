@@ -129,7 +129,8 @@ def test_augmentation_presets(data, shape, out):
 
 @pytest.mark.cost(12)
 def test_unpaired_batches_cycle_the_smaller_domain(local_ray, toy, tmp_path):
-    from pipelines.ingest import domain_size, steps_per_epoch, unpaired_batches
+    from cut_core.lr_schedule import data_steps_per_epoch
+    from pipelines.ingest import domain_size, unpaired_batches
 
     small = tmp_path / "small"
     small.mkdir()
@@ -137,7 +138,7 @@ def test_unpaired_batches_cycle_the_smaller_domain(local_ray, toy, tmp_path):
         (small / p.name).write_bytes(p.read_bytes())
     a_spec, b_spec = f"cyclegan:{toy}:trainA", str(small)
     assert (domain_size(a_spec), domain_size(b_spec)) == (10, 3)
-    steps = steps_per_epoch(10, 3, batch_size=2)
+    steps = data_steps_per_epoch(10, 3, batch_size=2)
     assert steps == 5  # max(|A|, |B|) / batch
     a_it = read_domain(a_spec, CROP).iterator()
     b_it = read_domain(b_spec, CROP).iterator()

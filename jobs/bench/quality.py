@@ -103,7 +103,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     torch.set_num_threads(1)
     from cut_core.d_balance import WinWatch
-    from cut_core.lr_schedule import describe_schedule
+    from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
     from jobs.train.evaluation import Evaluator, plan_eval
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
@@ -134,7 +134,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
                 best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
 
     images_a, images_b = load_folder(root / "trainA"), load_folder(root / "trainB")
-    epoch = max(1, max(len(images_a), len(images_b)) // cfg.optim.batch_size)
+    epoch = data_steps_per_epoch(len(images_a), len(images_b), batch_size=cfg.optim.batch_size)
     state, history = train_in_process(cfg, images_a, images_b, steps=steps, progress=False, log_every=10, on_log=report)
     watch = WinWatch.for_config(cfg)
     for row in history:

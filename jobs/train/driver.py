@@ -26,12 +26,12 @@ from typing import Any, Sequence
 from pyarrow.fs import FileSelector, FileType
 
 from cut_core.errors import RaycutError
-from cut_core.lr_schedule import constant_steps, describe_schedule
+from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
-from pipelines.ingest import IngestOptions, decode_head, read_domain, steps_per_epoch
+from pipelines.ingest import IngestOptions, decode_head, read_domain
 from pipelines.sources import Listing, list_source
 from pipelines.sources import filesystem_for
 
@@ -119,7 +119,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
     else:
         listings = {"A": list_source(opts.data_a), "B": list_source(opts.data_b)}
         size_a, size_b = listings["A"].size, listings["B"].size
-        spe = steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
+        spe = data_steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
     epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
     steps = opts.steps or epochs * spe
     name = opts.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
