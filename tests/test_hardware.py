@@ -49,7 +49,9 @@ def _resolve_in_subprocess(precision: str, cache, **env: str) -> dict:
 
 @pytest.mark.cost(15)
 def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_path):
-    got = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY)
+    # One probe is trusted here (RAYCUT_PROBES 1): the forced call below reads it from the
+    # cache instead of probing again (the gathering of probes is the next test's).
+    got = _resolve_in_subprocess("auto", tmp_path, **AVX2_ONLY, RAYCUT_PROBES="1")
     assert got["isa"] == "AVX2" and got["bf16_capability"] is False  # the emulation took hold
     assert got["precision"] == "fp32" and got["summary"].startswith("precision auto -> fp32")
     # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 12-20x on an
@@ -60,7 +62,8 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
     layout = got["probe"]["G-fp32-channels_last"] / got["probe"]["G-fp32"]
     assert layout > WIN_MARGIN and got["channels_last"] is False, got["probe"]
     assert f"channels_last {layout:.2f}x NCHW's time in fp32" in got["reason"]
-    forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY)
+    forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY, RAYCUT_PROBES="1")
+    assert forced["cached"] is True and forced["probe"] == got["probe"]
     assert forced["precision"] == "bf16"  # an explicit choice still runs ...
     assert len(forced["warnings"]) == 1  # ... with one line that names the measured cost
     assert "emulated" in forced["warnings"][0] and "x the time of fp32" in forced["warnings"][0]
