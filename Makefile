@@ -3,13 +3,15 @@
 #   make test   set up .venv and run the test suite
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
-# The interpreter of .venv: PYTHON if given, else the quickest Python 3.11 on this
-# machine (PATH's, then the distribution's), timed by a short pure-Python loop, else
-# python3. Builds differ: pyenv's default build has no profile-guided optimisation,
-# Debian's does, and on a 2-core AMD EPYC a tiny `raycut train` spent 11% less CPU
-# under Debian's (docs/development.md). The suite is bound by the CPU of Python
-# start-up and imports in its ~20 processes per Ray run, so this is its time too.
-PYTHON ?=
+# The interpreter of .venv: PYTHON if given, else the distribution's Python 3.11
+# (/usr/bin/python3.11) where it can make venvs, else python3.11 on PATH, else python3.
+# Builds differ: pyenv's default build has no profile-guided optimisation, Debian's
+# does. On a 2-core AMD EPYC without AVX-512, a tiny 10-step `raycut train` (about 20
+# processes) took 82-83 CPU-seconds under Debian's 3.11 and 91-95 under pyenv's
+# default build, and importing torch, MLflow or ray.train 10-30% less
+# (docs/development.md). The suite is bound by that kind of CPU, so this is its time too.
+PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do \
+  command -v $$p >/dev/null && $$p -c "import ensurepip, venv" 2>/dev/null && { command -v $$p; break; }; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The local package index of these machines prints a warning per package; keep the log readable.
@@ -20,35 +22,10 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 
 setup: $(VENV)/.installed
 
-# PICK_PYTHON: print the quickest Python 3.11 that can make a venv (each candidate's
-# best of three runs of PY_TIMER, a dict-and-string loop, in ms), else python3.
-define PICK_PYTHON
-best=; best_ms=; \
-for p in $$(type -ap python3.11) /usr/bin/python3.11 /usr/local/bin/python3.11; do \
-  [ -x "$$p" ] || continue; \
-  ms=$$("$$p" -c "$$PY_TIMER" 2>/dev/null) || continue; \
-  echo "  $$p: $$ms ms" >&2; \
-  if [ -z "$$best" ] || [ "$$ms" -lt "$$best_ms" ]; then best=$$p; best_ms=$$ms; fi; \
-done; \
-echo "$${best:-$$(command -v python3)}"
-endef
-define PY_TIMER
-import ensurepip, time, venv
-def run():
-    t = time.perf_counter(); d = {}
-    for i in range(200000):
-        d[str(i)] = i * i % 7
-    return time.perf_counter() - t
-print(round(1000 * min(run() for _ in range(3))))
-endef
-export PY_TIMER
-BASE_PYTHON = if [ -n "$(PYTHON)" ]; then echo "$(PYTHON)"; else \
-  echo "choosing the quickest Python 3.11 (PYTHON=... to choose one):" >&2; $(PICK_PYTHON); fi
-
 # requirements.lock pins every package of the resolved set (a constraints file: it pins
 # versions, raycut itself comes from this checkout).
 $(VENV)/.installed: pyproject.toml requirements.lock
-	@py=$$($(BASE_PYTHON)); echo "python for $(VENV): $$py"; "$$py" -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, torchvision, ray, mlflow, safetensors; print('installed torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
@@ -70,7 +47,7 @@ bench: setup
 
 # Re-resolve from the top-level pins (constraints.txt) in a scratch venv and write the lock.
 lock:
-	rm -rf .lock-venv && py=$$($(BASE_PYTHON)) && "$$py" -m venv .lock-venv
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	.lock-venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' 2>&1 | $(QUIET_PIP)
 	{ echo "# The whole resolved set that CI and the Makefile install (pip freeze of a fresh"; \
