@@ -55,15 +55,14 @@ def _train_run_gone(within_s: float) -> str | None:
     CPUs are free; else, after ``within_s``, what is still there."""
     import time
 
-    import ray
-    from ray.util.state import list_actors
+    from ray._private.state import actors
 
     deadline = time.monotonic() + within_s
-    # This Ray's own address: with two pytest workers, two local Rays run on the machine.
-    here = ray.get_runtime_context().gcs_address
     held = cpus_held(within_s)  # the actors that held them go with them
     while True:
-        alive = sorted(a.class_name for a in list_actors(address=here, filters=[("state", "=", "ALIVE")]))
+        # The GCS's actor table of this process's Ray (the shared local Ray runs no
+        # dashboard, so not the State API; Ray is pinned: requirements.lock).
+        alive = sorted(a["ActorClassName"] for a in actors().values() if a["State"] == "ALIVE")
         left = [n for n in alive if n in ("TrainController", "SplitCoordinator", "DatasetManager") or n.startswith("MapWorker")]
         if not left and not held:
             return None
