@@ -25,6 +25,7 @@ setup: $(VENV)/.installed
 # requirements.lock pins every package of the resolved set (a constraints file: it pins
 # versions, raycut itself comes from this checkout).
 $(VENV)/.installed: pyproject.toml requirements.lock
+	$(if $(PYTHON),,$(error no Python 3.11 that can make venvs found: install python3.11 (and its venv module) or pass PYTHON=/path/to/python3.11))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]' 2>&1 | $(QUIET_PIP)
