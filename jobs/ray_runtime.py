@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from typing import Iterator
 
@@ -65,20 +66,21 @@ def start_ray(train_cpus: float) -> None:
 
     if ray.is_initialized():
         return
-    from cut_core.allocator import worker_env
-
-    # Ray's workers (trainers, translation and decode actors) start with glibc's malloc
-    # tuned to reuse freed memory (cut_core.allocator): it must be in their environment
-    # when they start, and only theirs (not the raylet's or the GCS's).
-    malloc_env = worker_env()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level="warning", runtime_env={"env_vars": {**QUIET_ENV, **malloc_env}})
+        ray.init(logging_level="warning", runtime_env={"env_vars": QUIET_ENV})
         filter_worker_logs()
         return
     for k, v in {**QUIET_ENV, **LOCAL_RAY_ENV}.items():  # local workers inherit the driver's environment
         os.environ.setdefault(k, v)
     cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
     # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
+    # Its workers find that API by RAY_API_SERVER_ADDRESS, else by looking for a Ray on
+    # this machine; with a second Ray here (a notebook's, another raycut command's) the
+    # look fails ("Found multiple active Ray instances"), Ray Train's placement-group
+    # cleaner printed that traceback and stopped watching, and its actor stayed alive
+    # until the driver exited. So this Ray's dashboard gets a port chosen here, and its
+    # workers are told the address.
+    dashboard = _dashboard_address()
     # address="local": always a new in-process Ray here. Without it ray.init joins the
     # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
     # a crash), which is what RAY_ADDRESS is for.
@@ -86,8 +88,38 @@ def start_ray(train_cpus: float) -> None:
     # every start; the default is what raycut wants, so the notice is only noise.
     # (Setting RAY_AUTH_MODE here instead is too late: Ray reads it at import.)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address="local", num_cpus=cpus, logging_level="warning", runtime_env={"env_vars": malloc_env})
+    ray.init(address="local", num_cpus=cpus, logging_level="warning", dashboard_host=dashboard[0],
+             dashboard_port=dashboard[1],
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": "http://%s:%d" % dashboard}})
     filter_worker_logs()
+
+
+def compute_runtime_env() -> dict:
+    """The runtime env of raycut's compute processes, the Ray Train workers and the
+    translation actors: glibc's malloc tuned to reuse freed tensors
+    (cut_core.allocator), which must be in a process's environment when it starts.
+
+    Only these carry it. Ray's own processes and Ray Data's decode and IO workers gain
+    nothing from it and would keep their peak heap. And a worker's exit is where Ray has
+    a bug that shows: in two of about a hundred worker exits on a 2-core AMD EPYC
+    (2026-12-03, Ray 2.60; an idle pooled worker that had split Ray Data blocks, and a
+    decode actor), a thread of the exiting worker found one of Ray's locks overwritten
+    (once with the text "=submit": memory freed and reused) and aborted with a stack on
+    the console. Every worker then carried the setting, which reuses freed memory at
+    once; whether that makes the abort likelier is not measured, but no process should
+    carry a setting it gains nothing from."""
+    from cut_core.allocator import worker_env
+
+    env = worker_env()
+    return {"env_vars": env} if env else {}
+
+
+def _dashboard_address() -> tuple[str, int]:
+    """A free local port for the dashboard of the Ray this process starts (the OS
+    picks it; the moment between this and Ray binding it is the only race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return "127.0.0.1", s.getsockname()[1]
 
 
 

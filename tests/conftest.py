@@ -90,17 +90,15 @@ def local_ray(_ray_session):
     import ray
 
     if not ray.is_initialized():
-        from cut_core.allocator import worker_env
-
-        # Its workers start as raycut's own local Ray starts them (jobs.ray_runtime).
+        # raycut's trainers and translation actors get their malloc settings from their
+        # own runtime env (jobs.ray_runtime.compute_runtime_env), on this Ray as on any.
         # Without the dashboard: nothing these tests run in process needs it (two 10-step
         # Ray Train runs passed without it, 9 CPU-s cheaper), and an idle local Ray
         # costs 4.9% of a core without it against 8.7% with it (2026-12-03, the AVX2-only
         # EPYC): two shared Rays, one per pytest worker, idle through much of the suite.
         # raycut's own local Ray keeps its dashboard; the tests that run `raycut` as a
         # command (the demo, tune, the cluster) run that one.
-        ray.init(address="local", num_cpus=4, log_to_driver=False, include_dashboard=False,
-                 runtime_env={"env_vars": worker_env()})
+        ray.init(address="local", num_cpus=4, log_to_driver=False, include_dashboard=False)
     yield
     _cpus_back_or_restart()
 

@@ -22,15 +22,15 @@ pytestmark = pytest.mark.skipif(not GLIBC, reason="the tuning applies to glibc's
 ROUNDS = r"""
 import resource, threading, torch
 
-def rounds(out):
-    for _ in range(16):
+def rounds(out, n=16):
+    for _ in range(n):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         x = torch.ones(10 * 2**20); y = x * 2; del x, y
         out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
-def in_a_thread():
+def in_a_thread(n=16):
     out = []
-    t = threading.Thread(target=rounds, args=(out,)); t.start(); t.join()
+    t = threading.Thread(target=rounds, args=(out, n)); t.start(); t.join()
     return out
 """
 PAGES = 2 * 40 * 2**20 // 4096  # a round's two tensors, in 4 KiB pages
@@ -74,22 +74,34 @@ def test_freed_tensors_are_reused_in_the_main_thread_and_in_later_threads():
     assert min(opted["main"] + opted["thread"]) > 0.9 * PAGES, opted
 
 
+def mostly_reused(faults: list[int]) -> bool:
+    """At least half the rounds map (almost) no new pages. In a Ray worker, Ray's own
+    threads allocate from the same single arena between the rounds' blocks, so the heap
+    grows for more rounds than in a plain process before it serves them all: seen up to
+    9 of 16 (2026-12-03, the AVX2-only EPYC), then none."""
+    return sum(f < PAGES // 100 for f in faults) >= len(faults) / 2
+
+
 @pytest.mark.cost(60)
-def test_ray_workers_start_with_the_settings(tmp_path):
-    """raycut's Ray (jobs.ray_runtime.start_ray) gives its workers the settings as
-    glibc's environment variables: an actor's thread reuses freed tensors too."""
+def test_raycuts_compute_workers_start_with_the_settings_and_rays_own_do_not(tmp_path):
+    """On raycut's Ray (jobs.ray_runtime.start_ray), an actor started with
+    ``compute_runtime_env`` (as Ray Train's workers and the translation actors are)
+    has the settings as glibc's environment variables, and its thread reuses freed
+    tensors; any other worker (Ray's own, Ray Data's decode and IO) keeps glibc's
+    malloc as it comes, and maps every round anew."""
     script = ROUNDS + r"""
 import json, os
 import ray
-from jobs.ray_runtime import start_ray
+from jobs.ray_runtime import compute_runtime_env, start_ray
 start_ray(1)
 
 @ray.remote(num_cpus=0)
 class Worker:
     def faults(self):
-        return {"env": os.environ.get("MALLOC_ARENA_MAX"), "thread": in_a_thread()}
+        return {"env": os.environ.get("MALLOC_ARENA_MAX"), "thread": in_a_thread(32)}
 
-print(json.dumps(ray.get(Worker.remote().faults.remote())))
+compute = Worker.options(runtime_env=compute_runtime_env()).remote()
+print(json.dumps({"compute": ray.get(compute.faults.remote()), "other": ray.get(Worker.remote().faults.remote())}))
 ray.shutdown()
 """
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -97,21 +109,6 @@ ray.shutdown()
                        env={**env, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["env"] == "1" and settled(got["thread"]), got
-
-
-def test_the_translation_bench_times_glibc_malloc_in_a_process_of_its_own(tmp_path):
-    """`python -m jobs.bench.device --crops --translate HxW --translate-variants fp32
-    fp32-glibc-malloc`: the plain row in the bench's process, tuned as translation
-    tunes it; the other in a fresh process that leaves malloc alone."""
-    out = tmp_path / "record.json"
-    r = subprocess.run([sys.executable, "-m", "jobs.bench.device", "--crops", "--translate", "64x96", "--translate-variants",
-                        "fp32", "fp32-glibc-malloc", "--iters", "1", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0, r.stderr[-3000:]
-    record = json.loads(out.read_text())
-    rows = {row["name"]: row for row in record["results"] if row["metric"] == "images_per_s"}
-    assert set(rows) == {"translate/fp32@64x96", "translate/fp32-glibc-malloc@64x96"}
-    assert all(row["value"] > 0 for row in rows.values())
-    assert rows["translate/fp32@64x96"]["malloc"].startswith("glibc: freed memory kept")
-    assert rows["translate/fp32-glibc-malloc@64x96"]["malloc"].startswith("glibc as it comes")
+    compute, other = got["compute"], got["other"]
+    assert compute["env"] == "1" and mostly_reused(compute["thread"]), compute["thread"]
+    assert other["env"] is None and min(other["thread"]) > 0.9 * PAGES, other["thread"]

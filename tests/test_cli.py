@@ -12,8 +12,15 @@ from PIL import Image
 from cut_core.errors import RaycutError
 
 
-# An ERROR-level line of Python's logging or of Ray's C++ log, or a deprecation warning.
-CONSOLE_PROBLEM = re.compile(r"\bERROR\b|,\d{3} E \d+ \d+\]|[Dd]eprecat")
+# An ERROR-level line of Python's logging or of Ray's C++ log, a deprecation warning,
+# or a Python traceback.
+CONSOLE_PROBLEM = re.compile(r"\bERROR\b|,\d{3} E \d+ \d+\]|[Dd]eprecat|Traceback \(most recent call last\)")
+# Ray 2.60's own fault, seen twice in ~2100 worker exits (2026-12-03, the AVX2-only EPYC;
+# jobs.ray_runtime.compute_runtime_env): a Ray worker that exits as it should (idle, or
+# its actor done) finds one of Ray's locks overwritten and aborts, and Ray forwards the
+# stack. A worker's line, never the driver's; the run and its outputs are unaffected.
+RAY_WORKER_EXIT_ABORT = re.compile(r"^\S*\(\S+ pid=\d+\)\S* \[[^]]+ E \d+ \d+\] logging\.cc:\d+: "
+                                   r"(\*\*\* SIG[A-Z]+ received at time=|PC: @|\s+@\s)")
 
 
 def raycut(*args, cwd=None):
@@ -64,9 +71,10 @@ def test_import_official_bad_input_is_one_line(tmp_path, content, words):
 
 
 @pytest.mark.cost(180)
-def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
+def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
     """A shortened demo: Ray Data, Ray Train on 2 workers, MLflow, the registry alias,
-    batch translation and evaluation all run for real, and the model that Ray Train
+    batch translation and evaluation all run for real, next to another Ray on this
+    machine (this test process's, as a notebook's would be), and the model that Ray Train
     trained (180 steps at 32 px), the checkpoint that scored best on the val pair,
     beats both baselines on the test pair. The margin over histogram matching varies
     between runs (Ray Data's order is not seeded): the last step's colour error was
@@ -116,12 +124,16 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     assert run.data.params["cpu_malloc"] and f"malloc: {run.data.params['cpu_malloc']}" in r.stdout  # cut_core.allocator
     assert f"precision auto -> {resolved}" in text
     assert f"fast paths on cpu: precision auto -> {resolved}" in r.stdout
-    # A run that works prints no ERROR-level line and no deprecation warning.
+    # A run that works prints no ERROR-level line, no deprecation warning and no
+    # traceback: with another Ray here, Ray Train's placement-group cleaner once printed
+    # "Found multiple active Ray instances" (jobs.ray_runtime.start_ray).
     # Nor any line of the noise that jobs.console drops (Ray Data's progress-bar notice
     # is a Python log line of the driver, which the fd-2 filter does not see).
     from jobs.console import is_noise
 
-    problems = [line for line in (r.stdout + r.stderr).splitlines() if CONSOLE_PROBLEM.search(line) or is_noise(line)]
+    lines = (r.stdout + r.stderr).splitlines()
+    problems = [line for line in lines if (CONSOLE_PROBLEM.search(line) or is_noise(line))
+                and not RAY_WORKER_EXIT_ABORT.search(line)]
     assert not problems, problems[:5]
 
 

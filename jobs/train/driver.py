@@ -29,7 +29,7 @@ from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.ray_runtime import start_ray, train_run_released, without_progress_bars
+from jobs.ray_runtime import compute_runtime_env, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, decode_head, read_domain
 from pipelines.sources import Listing, list_source
@@ -257,6 +257,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.schedule.keep_checkpoints, **score),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
+            worker_runtime_env=compute_runtime_env(),
         ),
         datasets=datasets,
         # One worker reads each domain whole, from its own process: splitting for one

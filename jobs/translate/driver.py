@@ -23,7 +23,7 @@ from pathlib import Path
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
-from jobs.ray_runtime import on_this_machine, parse_pool, start_ray, without_progress_bars
+from jobs.ray_runtime import compute_runtime_env, on_this_machine, parse_pool, start_ray, without_progress_bars
 from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, FLUSH_ROWS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
@@ -144,13 +144,14 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
                             batch_size=opts.batch_size, batch_format="numpy", num_cpus=1)
         ds = ds.map_batches(GeneratorStage, fn_constructor_kwargs=model_args, batch_size=opts.batch_size,
                             batch_format="numpy", compute=pool, num_gpus=opts.gpus_per_actor,
-                            num_cpus=1 if use_gpu else threads)
+                            num_cpus=1 if use_gpu else threads, runtime_env=compute_runtime_env())
         ds = ds.map_batches(encode_and_write, fn_kwargs={"spec": asdict(spec)}, batch_size=opts.batch_size,
                             batch_format="numpy", num_cpus=1)
     else:  # the single-actor job: every stage in one actor (kept for the benchmark)
         ds = ds.map_batches(TranslateFiles, fn_constructor_kwargs={**model_args, "filesystem": fs},
                             batch_size=opts.batch_size, batch_format="numpy", compute=pool,
-                            num_gpus=opts.gpus_per_actor, num_cpus=1 if use_gpu else threads)
+                            num_gpus=opts.gpus_per_actor, num_cpus=1 if use_gpu else threads,
+                            runtime_env=compute_runtime_env())
     bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
     pending: list[dict] = []
     run = new_manifest_run(spec.out_root)  # this run's parts sort after every earlier run's
