@@ -98,19 +98,23 @@ def compute_runtime_env() -> dict:
     """The runtime env of raycut's compute processes, the Ray Train workers and the
     translation actors: glibc's malloc tuned to reuse freed tensors
     (cut_core.allocator), which must be in a process's environment when it starts.
+    Where the driver has ``RAYCUT_MALLOC=default``, that opt-out is what they get, so
+    it reaches a cluster's nodes too.
 
     Only these carry it. Ray's own processes and Ray Data's decode and IO workers gain
-    nothing from it and would keep their peak heap. And a worker's exit is where Ray has
-    a bug that shows: in two of about a hundred worker exits on a 2-core AMD EPYC
-    (2026-12-03, Ray 2.60; an idle pooled worker that had split Ray Data blocks, and a
-    decode actor), a thread of the exiting worker found one of Ray's locks overwritten
-    (once with the text "=submit": memory freed and reused) and aborted with a stack on
-    the console. Every worker then carried the setting, which reuses freed memory at
-    once; whether that makes the abort likelier is not measured, but no process should
-    carry a setting it gains nothing from."""
-    from cut_core.allocator import worker_env
+    nothing from it and would keep their peak heap. And a worker's exit is where Ray
+    has a bug that shows: in 2 of the ~2100 Ray worker processes in one day's logs on
+    a 2-core AMD EPYC (2026-12-03, Ray 2.60: an idle pooled worker that had split Ray
+    Data blocks, and a translation actor), a thread of the exiting worker found one of
+    Ray's locks overwritten (once with the text "=submit": memory freed and reused) and
+    aborted with a stack on the console. Every worker then carried the setting, which
+    reuses freed memory at once; whether that makes the abort likelier is not measured,
+    but no process should carry a setting it gains nothing from."""
+    from cut_core.allocator import OPT_OUT_ENV, worker_env
 
     env = worker_env()
+    if not env and os.environ.get(OPT_OUT_ENV):
+        env = {OPT_OUT_ENV: os.environ[OPT_OUT_ENV]}
     return {"env_vars": env} if env else {}
 
 

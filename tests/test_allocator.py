@@ -112,3 +112,16 @@ ray.shutdown()
     compute, other = got["compute"], got["other"]
     assert compute["env"] == "1" and mostly_reused(compute["thread"]), compute["thread"]
     assert other["env"] is None and min(other["thread"]) > 0.9 * PAGES, other["thread"]
+
+
+def test_the_compute_env_carries_the_settings_or_the_opt_out(monkeypatch):
+    """What Ray Train's workers and the translation actors are started with: glibc's
+    variables, or, where the driver opted out, the opt-out itself (a cluster's nodes do
+    not see the driver's environment)."""
+    from jobs.ray_runtime import compute_runtime_env
+
+    monkeypatch.delenv("RAYCUT_MALLOC", raising=False)
+    tuned = compute_runtime_env()["env_vars"]
+    assert tuned["MALLOC_ARENA_MAX"] == "1" and tuned["MALLOC_MMAP_MAX_"] == "0" and "RAYCUT_MALLOC" not in tuned
+    monkeypatch.setenv("RAYCUT_MALLOC", "default")
+    assert compute_runtime_env() == {"env_vars": {"RAYCUT_MALLOC": "default"}}
