@@ -76,10 +76,9 @@ def start_ray(train_cpus: float) -> None:
     # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
     # Its workers find that API by RAY_API_SERVER_ADDRESS, else by looking for a Ray on
     # this machine; with a second Ray here (a notebook's, another raycut command's) the
-    # look fails ("Found multiple active Ray instances"), Ray Train's placement-group
-    # cleaner printed that traceback and stopped watching, and its actor stayed alive
-    # until the driver exited. So this Ray's dashboard gets a port chosen here, and its
-    # workers are told the address.
+    # look fails ("Found multiple active Ray instances"): Ray Train's placement-group
+    # cleaner printed that traceback and stopped watching for a dead controller. So this
+    # Ray's dashboard gets a port chosen here, and its workers are told the address.
     dashboard = _dashboard_address()
     # address="local": always a new in-process Ray here. Without it ray.init joins the
     # cluster named in /tmp/ray/ray_current_cluster (left by `ray start`, or stale after
@@ -124,7 +123,6 @@ def _dashboard_address() -> tuple[str, int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return "127.0.0.1", s.getsockname()[1]
-
 
 
 def without_progress_bars() -> None:
