@@ -125,3 +125,20 @@ def test_the_compute_env_carries_the_settings_or_the_opt_out(monkeypatch):
     assert tuned["MALLOC_ARENA_MAX"] == "1" and tuned["MALLOC_MMAP_MAX_"] == "0" and "RAYCUT_MALLOC" not in tuned
     monkeypatch.setenv("RAYCUT_MALLOC", "default")
     assert compute_runtime_env() == {"env_vars": {"RAYCUT_MALLOC": "default"}}
+
+
+def test_the_translation_bench_times_glibc_malloc_in_a_process_of_its_own(tmp_path):
+    """`python -m jobs.bench.device --crops --translate HxW --translate-variants fp32
+    fp32-glibc-malloc`: the plain row in the bench's process, tuned as translation
+    tunes it; the other in a fresh process that leaves malloc alone."""
+    out = tmp_path / "record.json"
+    r = subprocess.run([sys.executable, "-m", "jobs.bench.device", "--crops", "--translate", "64x96", "--translate-variants",
+                        "fp32", "fp32-glibc-malloc", "--iters", "1", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads(out.read_text())
+    rows = {row["name"]: row for row in record["results"] if row["metric"] == "images_per_s"}
+    assert set(rows) == {"translate/fp32@64x96", "translate/fp32-glibc-malloc@64x96"}
+    assert all(row["value"] > 0 for row in rows.values())
+    assert rows["translate/fp32@64x96"]["malloc"].startswith("glibc: freed memory kept")
+    assert rows["translate/fp32-glibc-malloc@64x96"]["malloc"].startswith("glibc as it comes")
