@@ -9,7 +9,8 @@ SHELL := bash
 # CONFIG_ARGS say so); Debian's build flags are its own, and it measured faster. On a
 # 2-core AMD EPYC without AVX-512, a tiny 10-step `raycut train` (about 20 processes)
 # took 82-83 CPU-seconds under Debian's 3.11 and 91-95 under pyenv's default build,
-# and importing torch, MLflow or ray.train 10-30% less (docs/development.md). The suite is bound by that kind of CPU, so this is its time too.
+# and importing torch, MLflow or ray.train 10-30% less (docs/development.md). The
+# suite is bound by that kind of CPU, so this is its time too.
 PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do \
   command -v $$p >/dev/null && $$p -c "import ensurepip, venv" 2>/dev/null && { command -v $$p; break; }; done)
 VENV ?= .venv
