@@ -20,13 +20,16 @@ others. So ``auto`` is settled by a short probe in two stages, forward and backw
    convolutions' backward at full resolution. The slice reproduces both (0.58-0.65x
    and 1.09-1.18x).
 
-The probe takes about a second where bf16 is native, two to three where it is not
-(the emulated variant is timed once, then dropped). Its result is
-cached per machine (CPU or GPU model, torch version, ISA limits in the environment,
-thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``): the first three
-training processes on a machine probe, the cache keeps each variant's fastest time over
-their probes (a busy moment only adds time), and later processes read it (translation
-reads it from the first probe on).
+The probe takes about a second on an AMX Xeon, where everything is fast, and up to
+6.5 s on one thread of an older AVX2-only EPYC (2026-12-03), where one call of the
+slice of G takes 1.2 s: the slice's timed rounds stop after LAYOUT_BUDGET_S (three
+rounds made that probe 12 s), and an emulated variant is timed once, then dropped. Its
+result is cached per machine (CPU or GPU model, torch version, ISA limits in the
+environment, thread count) in ``$RAYCUT_CACHE`` (default ``~/.cache/raycut``): the
+first three training processes on a machine probe, the cache keeps each variant's
+fastest time over their probes (a busy moment only adds time), and later processes read
+it (translation reads it from the first probe on). A probe during which other processes
+crowded the cores (cut_core.machine_load) is not counted: see merge_probe.
 
 Pure PyTorch, no IO but the cache file (and, on a CPU, glibc's malloc settings:
 cut_core.allocator).
@@ -49,10 +52,12 @@ import torch.nn.functional as F
 
 from cut_core.allocator import keep_freed_memory
 from cut_core.config import CUTConfig, PerfConfig
+from cut_core.machine_load import Load, LoadWindow
 from cut_core.networks import build_generator  # the probe times the layers of the real G
 
-PROBE_VERSION = 6  # 4: variants timed round by round, in a shuffled order; 5: layout on a slice of G;
-# 6: each variant's fastest round, not the median (on a busy machine, see _fastest)
+PROBE_VERSION = 7  # 4: variants timed round by round, in a shuffled order; 5: layout on a slice of G;
+# 6: each variant's fastest round, not the median (on a busy machine, see _fastest);
+# 7: probes on crowded cores kept apart (cut_core.machine_load), the layout's rounds on a budget
 # Environment variables that change which kernels run, and so the probe's answer.
 ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE")
 # A fast path must beat the plain one by this much to be chosen: rows closer than
@@ -146,7 +151,14 @@ class FastPaths:
     probe_ms: dict[str, float] = field(default_factory=dict)
     gave_up: tuple[str, ...] = ()
     cached: bool = False  # read from the cache file, not measured in this process
-    probes: int = 1  # how many probes' fastest times ``probe_ms`` holds (see _probe_or_cached)
+    probes: int = 1  # how many probes' fastest times ``probe_ms`` holds (see merge_probe)
+    crowded_probes: int = 0  # probes taken on crowded cores, kept apart from the counted ones
+
+    def trusted(self) -> bool:
+        """Whether the cache's entry is final: ``probes_to_trust()`` counted probes, or
+        twice that many in all on a machine that is never quiet (a probe costs seconds)."""
+        n = probes_to_trust()
+        return self.probes >= n or self.probes + self.crowded_probes >= 2 * n
 
     def layout_for(self, precision: str) -> bool:
         """channels_last for ``precision``: the probe's choice for the precision it
@@ -176,7 +188,15 @@ class FastPaths:
                 parts.append(f"{v} {self.slowdown(v):.2f}x fp32's time" + (" (emulated; gave up)" if v in self.gave_up else ""))
         if f"G-{self.precision}" in self.probe_ms:
             parts.append(f"channels_last {self.layout_ratio():.2f}x NCHW's time in {self.precision} on a slice of G")
-        return "; ".join(parts) + (" [cached probe]" if self.cached else f" [probe {self.probes} of {probes_to_trust()}]")
+        return "; ".join(parts) + f" [{self._provenance()}]"
+
+    def _provenance(self) -> str:
+        crowded = f"{self.crowded_probes} on crowded cores" if self.crowded_probes else ""
+        if self.cached:
+            return "cached probe" + (f"; {crowded}" if crowded else "")
+        if not self.probes:
+            return f"no quiet probe yet; {crowded}"
+        return f"probe {self.probes} of {probes_to_trust()}" + (f"; {crowded}" if crowded else "")
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -190,7 +210,8 @@ class FastPaths:
                    channels_last=bool(data["channels_last"]), int8=bool(data["int8"]), capabilities=caps,
                    probe_ms={str(k): float(v) for k, v in dict(data["probe_ms"]).items()},  # type: ignore[arg-type]
                    gave_up=tuple(data.get("gave_up", ())), cached=True,  # type: ignore[arg-type]
-                   probes=int(data.get("probes", 1)))  # type: ignore[arg-type]
+                   probes=int(data.get("probes", 1)),  # type: ignore[arg-type]
+                   crowded_probes=int(data.get("crowded_probes", 0)))  # type: ignore[arg-type]
 
 
 # ---- the probe ---------------------------------------------------------------------
@@ -214,6 +235,7 @@ def timed_ms(fn: Callable[[], object], device: torch.device | str) -> float:
 def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device | str, *, rounds: int,
                    warmup: int = 1, give_up_against: str | None = None, seed: int = 0,
                    on_round: Callable[[int, dict[str, float]], None] | None = None,
+                   budget_s: float | None = None,
                    ) -> tuple[dict[str, list[float]], tuple[str, ...]]:
     """ms per call of each variant over ``rounds`` rounds; each round calls every
     variant once, in an order shuffled anew each round (seeded). Timed one variant after
@@ -222,7 +244,8 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device 
     Rotating a fixed order is not enough either: each variant would always follow the
     same neighbour. ``warmup`` calls each first (one-off set-up); a variant whose first
     call takes more than ``2 * GIVE_UP_RATIO`` times that of ``give_up_against`` is
-    emulated: it is not timed again and its list holds that one call. Returns
+    emulated: it is not timed again and its list holds that one call. With ``budget_s``
+    no round starts once the timed rounds have taken that long (one round at least). Returns
     ({variant: [ms per round]}, variants given up on); ``on_round(r, {variant: ms})``
     after each round."""
     dev = torch.device(device)
@@ -236,7 +259,10 @@ def interleaved_ms(calls: dict[str, Callable[[], object]], device: torch.device 
     sync(dev)
     times: dict[str, list[float]] = {n: [] for n in live}
     order, rng = list(live), random.Random(seed)
+    started = time.perf_counter()
     for r in range(rounds):
+        if r and budget_s is not None and time.perf_counter() - started >= budget_s:
+            break
         rng.shuffle(order)
         for name in order:
             times[name].append(timed_ms(calls[name], dev))
@@ -255,14 +281,33 @@ def _training_pass(dev: torch.device, dtype: torch.dtype | None, forward: Callab
     return run
 
 
-def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> tuple[dict[str, float], tuple[str, ...]]:
+@dataclass(frozen=True)
+class Probe:
+    """One probe: {variant: fastest ms} (``fp32``, ``bf16``, ``fp32-forward``, ``int8``,
+    and ``G-<precision>`` with ``G-<precision>-channels_last``), the variants given up on
+    after one slow call, and the machine's load while it ran (None: not a CPU probe)."""
+
+    ms: dict[str, float]
+    gave_up: tuple[str, ...] = ()
+    load: Load | None = None
+
+    @property
+    def crowded(self) -> bool:
+        return self.load is not None and self.load.crowded
+
+
+def probe(device: torch.device | str = "cpu", *, size: int = 24, reps: int = 5) -> Probe:
     """Stage 1: one residual-block convolution of CUT's G (1 x 256 x size x size, 3x3,
     forward + backward) in fp32 and bf16, and its forward in int8 (CPU). Stage 2: the
     layout of the precision that stage 1 chose, on a slice of G (``_probe_layout``).
-    Returns ({variant: fastest ms}, variants given up on after one slow call): ``fp32``,
-    ``bf16``, ``fp32-forward``, ``int8``, and ``G-<precision>`` with
-    ``G-<precision>-channels_last``."""
+    On a CPU it also records whether other processes crowded the cores meanwhile."""
     dev = torch.device(device)
+    with LoadWindow(torch.get_num_threads()) as window:
+        ms, gave_up = _probe_stages(dev, size, reps)
+    return Probe(ms, gave_up, window.load if dev.type == "cpu" else None)
+
+
+def _probe_stages(dev: torch.device, size: int, reps: int) -> tuple[dict[str, float], tuple[str, ...]]:
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(1, 256, size, size, generator=g).to(dev)
     w0 = (torch.randn(256, 256, 3, 3, generator=g) * 0.02).to(dev)
@@ -293,11 +338,20 @@ def _fastest(ms: list[float]) -> float:
     return min(ms)
 
 
+# The layout's timed rounds stop after this many seconds: a call of the slice takes
+# 0.1-0.2 s on an AMX Xeon (three rounds fit) but 1.2 s on one thread of an older
+# AVX2-only EPYC, where three rounds made the probe 12 s; the cache gathers the
+# rounds of three processes' probes anyway.
+LAYOUT_BUDGET_S = 1.5
+
+
 def _probe_layout(dev: torch.device, precision: str, *, size: int = 128, rounds: int = 3) -> dict[str, float]:
     """Fastest ms of a slice of CUT's G (ngf 64, one residual block; 1 x 3 x size x size),
     forward + backward in ``precision``, in NCHW (``G-<precision>``) and channels_last
-    (``G-<precision>-channels_last``), timed round by round. 128 px: at 64 px the
-    full-resolution backward that makes channels_last slow on an AVX2 CPU barely shows."""
+    (``G-<precision>-channels_last``), timed round by round (up to ``rounds``, within
+    LAYOUT_BUDGET_S after the warm-up call). 128 px: at 64 px the full-resolution
+    backward that makes channels_last slow on an AVX2 CPU barely shows (0.98x against
+    1.17x at 128 px on the older AVX2 EPYC, 1.09x at 96 px)."""
     cfg = CUTConfig.from_preset("cut").with_overrides({"n_blocks": 1})
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(dev)
@@ -310,7 +364,8 @@ def _probe_layout(dev: torch.device, precision: str, *, size: int = 128, rounds:
         return _training_pass(dev, dtype, lambda: net(x))
 
     name = f"G-{precision}"
-    ms, _ = interleaved_ms({name: slice_call(False), f"{name}-channels_last": slice_call(True)}, dev, rounds=rounds)
+    ms, _ = interleaved_ms({name: slice_call(False), f"{name}-channels_last": slice_call(True)}, dev, rounds=rounds,
+                           budget_s=LAYOUT_BUDGET_S)
     return {k: round(_fastest(v), 3) for k, v in ms.items()}
 
 
@@ -418,15 +473,34 @@ def probes_to_trust() -> int:
         return PROBES_TO_TRUST
 
 
+def merge_probe(earlier: FastPaths | None, caps: Capabilities, new: Probe) -> FastPaths:
+    """The cache's entry after probe ``new``. Counted probes (cores not crowded) keep
+    each variant's fastest time over them: another process that leaves the probe its
+    cores only adds time, in bursts (seen on a 2-core EPYC: one probe taken while the
+    machine was busy put channels_last at 0.98x NCHW's time in bf16, so off, where quiet
+    probes measure 0.75x; a cache that trusted its first probe kept that for good).
+    A probe on crowded cores is biased, not just slow (cut_core.machine_load: 0.71x
+    against 1.17x): it decides only until a counted probe exists, which then replaces
+    its times instead of merging with them, and it never merges into counted ones."""
+    crowded = new.crowded
+    ms, gave_up = dict(new.ms), tuple(new.gave_up)
+    probes, crowded_probes = (0, 1) if crowded else (1, 0)
+    if earlier is not None:
+        probes += earlier.probes
+        crowded_probes += earlier.crowded_probes
+        if crowded and earlier.probes:
+            ms, gave_up = dict(earlier.probe_ms), tuple(earlier.gave_up)  # the counted times stand
+        elif crowded or earlier.probes:
+            ms = {k: min(v, earlier.probe_ms.get(k, v)) for k, v in ms.items()}
+            gave_up = tuple(sorted(set(gave_up) | set(earlier.gave_up)))
+    return replace(decide(caps, ms, gave_up), probes=probes, crowded_probes=crowded_probes)
+
+
 def _probe_or_cached(key: str, device: str, use_cache: bool, refine: bool = True) -> FastPaths:
-    """The cache's answer once it holds ``probes_to_trust()`` probes; until then probe
-    again and keep each variant's fastest time over the probes. Another process on the
-    cores only adds time, so the fastest over a few processes' probes is the quiet
-    machine's: seen on a 2-core EPYC, one probe taken while the machine was busy put
-    channels_last at 0.98x NCHW's time in bf16 (so off) where quiet probes measure
-    0.75x, and a cache that trusted its first probe kept that answer for good.
-    ``refine=False`` (translation, whose actors start for short jobs too) takes any
-    cached entry as it is and probes only where there is none; training refines it."""
+    """The cache's answer once it is trusted (FastPaths.trusted); until then probe again
+    and merge (merge_probe). ``refine=False`` (translation, whose actors start for short
+    jobs too) takes any cached entry as it is and probes only where there is none;
+    training refines it."""
     earlier: FastPaths | None = None
     if use_cache:
         hit = _read_cache().get(key)
@@ -435,14 +509,9 @@ def _probe_or_cached(key: str, device: str, use_cache: bool, refine: bool = True
                 earlier = FastPaths.from_json(hit)
             except (KeyError, TypeError, ValueError):
                 pass  # an older or damaged entry: measure again
-            if earlier is not None and (earlier.probes >= probes_to_trust() or not refine):
+            if earlier is not None and (earlier.trusted() or not refine):
                 return earlier
-    probe_ms, gave_up = probe(device)
-    probes = 1
-    if earlier is not None:
-        probe_ms = {k: min(v, earlier.probe_ms.get(k, v)) for k, v in probe_ms.items()}
-        gave_up, probes = tuple(sorted(set(gave_up) | set(earlier.gave_up))), earlier.probes + 1
-    paths = replace(decide(capabilities(device), probe_ms, gave_up), probes=probes)
+    paths = merge_probe(earlier, capabilities(device), probe(device))
     if use_cache:
         _write_cache(key, paths)
     return paths
@@ -569,4 +638,4 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
 
 
 __all__ = ["TranslationPaths", "resolve_translation", "Capabilities", "FastPaths", "ResolvedPerf", "cache_dir", "capabilities", "decide", "emulation_warning",
-           "fast_paths", "interleaved_ms", "machine_key", "probe", "resolve_perf"]
+           "fast_paths", "interleaved_ms", "machine_key", "merge_probe", "probe", "Probe", "resolve_perf"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -19,6 +20,12 @@ torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
 # Every Ray a test starts (in process, `ray start`, ray.cluster_utils) as `raycut` starts
 # its local one: without idle workers prestarted (jobs.ray_runtime.LOCAL_RAY_ENV).
 os.environ.update(LOCAL_RAY_ENV)
+# The suite's probes of `auto` (cut_core.hardware) go to a cache of their own, shared by
+# both pytest workers: a probe taken beside the other worker's tests must not settle the
+# fast paths of the user's later runs in ~/.cache/raycut.
+if "RAYCUT_CACHE" not in os.environ:
+    _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    os.environ["RAYCUT_CACHE"] = os.path.join(tempfile.gettempdir(), f"raycut-test-cache-{_run}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from cut_core.config import PerfConfig
-from cut_core.hardware import WIN_MARGIN, Capabilities, capabilities, decide, resolve_perf
+from cut_core.hardware import WIN_MARGIN, Capabilities, FastPaths, Probe, capabilities, decide, merge_probe, resolve_perf
+from cut_core.machine_load import Load, LoadWindow
 
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 # oneDNN capped below AMX: on a Xeon with AMX this is the Xeon whose hypervisor hides
@@ -33,7 +35,7 @@ r = resolve_perf(PerfConfig(precision=sys.argv[1]), "cpu")
 print(json.dumps({"precision": r.perf.precision, "channels_last": r.perf.channels_last, "warnings": list(r.warnings),
                   "cached": r.paths.cached, "isa": torch.backends.cpu.get_cpu_capability(),
                   "bf16_capability": capabilities().bf16, "probe": r.paths.probe_ms, "summary": r.summary,
-                  "reason": r.paths.reason}))
+                  "reason": r.paths.reason, "probes": r.paths.probes, "crowded_probes": r.paths.crowded_probes}))
 """
 
 
@@ -63,7 +65,8 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
     assert layout > WIN_MARGIN and got["channels_last"] is False, got["probe"]
     assert f"channels_last {layout:.2f}x NCHW's time in fp32" in got["reason"]
     forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY, RAYCUT_PROBES="1")
-    assert forced["cached"] is True and forced["probe"] == got["probe"]
+    if got["probes"]:  # one counted probe is trusted here; one on crowded cores is not (merge_probe)
+        assert forced["cached"] is True and forced["probe"] == got["probe"]
     assert forced["precision"] == "bf16"  # an explicit choice still runs ...
     assert len(forced["warnings"]) == 1  # ... with one line that names the measured cost
     assert "emulated" in forced["warnings"][0] and "x the time of fp32" in forced["warnings"][0]
@@ -94,19 +97,29 @@ def test_auto_on_a_cpu_with_native_bf16_takes_what_the_probe_measured_faster(tmp
 
 @pytest.mark.cost(25)
 def test_the_probe_is_cached_per_machine_and_isa_limit(tmp_path):
-    """The cache is trusted once it holds RAYCUT_PROBES probes (2 here, 3 by default),
-    each variant at its fastest over them: a probe taken while the machine was busy
-    does not decide for good."""
+    """The cache is trusted once it holds RAYCUT_PROBES counted probes (2 here, 3 by
+    default), each variant at its fastest over them: a probe taken while the machine was
+    busy does not decide for good. (A probe on crowded cores is not counted: the parallel
+    suite can crowd one, so the loop runs until the cache answers; merge_probe's own
+    test covers that rule.)"""
     two = {**AVX2_ONLY, "RAYCUT_PROBES": "2"}
-    first = _resolve_in_subprocess("auto", tmp_path, **two)
-    assert first["cached"] is False and "[probe 1 of 2]" in first["reason"]
+    runs = [_resolve_in_subprocess("auto", tmp_path, **two)]
+    first = runs[0]
+    assert first["cached"] is False and ("[probe 1 of 2]" in first["reason"] or "[no quiet probe yet" in first["reason"])
     entries = json.loads((tmp_path / "fast_paths.json").read_text())
     assert len(entries) == 1 and "ONEDNN_MAX_CPU_ISA=AVX2" in next(iter(entries))
-    second = _resolve_in_subprocess("auto", tmp_path, **two)
-    assert second["cached"] is False and "[probe 2 of 2]" in second["reason"]
-    assert first["probe"] and all(second["probe"][k] <= first["probe"][k] for k in first["probe"])  # the fastest of the two
-    third = _resolve_in_subprocess("auto", tmp_path, **two)
-    assert third["cached"] is True and third["probe"] == second["probe"] and third["precision"] == second["precision"]
+    while not runs[-1]["cached"]:
+        assert len(runs) <= 4, runs  # 2 counted probes, or 4 in all
+        runs.append(_resolve_in_subprocess("auto", tmp_path, **two))
+    *probed, cached = runs
+    last = probed[-1]
+    assert last["probes"] == 2 or last["probes"] + last["crowded_probes"] == 4, probed
+    assert len(probed) == last["probes"] + last["crowded_probes"]
+    if [r["probes"] for r in probed[:2]] == [1, 2]:  # the usual case: both counted
+        second = probed[1]
+        assert "[probe 2 of 2]" in second["reason"]
+        assert all(second["probe"][k] <= first["probe"][k] for k in first["probe"])  # the fastest of the two
+    assert cached["probe"] == last["probe"] and cached["precision"] == last["precision"]
     # Without the ISA limit it is another machine as far as kernels go: probed anew.
     other = _resolve_in_subprocess("auto", tmp_path, RAYCUT_PROBES="2")
     assert other["cached"] is False
@@ -183,14 +196,17 @@ def test_translation_takes_an_unrefined_cache_as_it_is_and_training_refines_it(t
     hardware._fast_paths.cache_clear()
     try:
         first = hardware.fast_paths("cpu")
-        assert not first.cached and first.probes == 1
+        # One probe, counted, or kept apart if the parallel suite crowded the cores.
+        assert not first.cached and first.probes + first.crowded_probes == 1
         hardware._fast_paths.cache_clear()
         read = hardware.fast_paths("cpu", refine=False)
-        assert read.cached and read.probes == 1 and read.probe_ms == first.probe_ms
+        assert read.cached and (read.probes, read.crowded_probes) == (first.probes, first.crowded_probes)
+        assert read.probe_ms == first.probe_ms
         hardware._fast_paths.cache_clear()
         refined = hardware.fast_paths("cpu")
-        assert not refined.cached and refined.probes == 2
-        assert all(refined.probe_ms[k] <= first.probe_ms[k] for k in first.probe_ms if k in refined.probe_ms)
+        assert not refined.cached and refined.probes + refined.crowded_probes == 2
+        if refined.probes == 2:  # both counted: each variant at its fastest of the two
+            assert all(refined.probe_ms[k] <= first.probe_ms[k] for k in first.probe_ms if k in refined.probe_ms)
     finally:
         hardware._fast_paths.cache_clear()
 
@@ -221,3 +237,80 @@ def test_variants_are_timed_in_a_new_order_each_round_and_an_emulated_one_once()
     assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
     before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
     assert before_a == {"fp32", "b"}  # a follows each of the others in some round
+
+
+def _load(others: float | None, threads: int = 1, cores: int = 2) -> Load:
+    return Load(wall_s=2.0, own_cpu_s=2.0 * threads, others_cores=others, threads=threads, cores=cores)
+
+
+@pytest.mark.parametrize("load, crowded", [
+    # Measured on the 2-core AVX2-only EPYC (cut_core.machine_load): a 1-thread probe
+    # beside one busy process kept its layout ratio (1.15x); a 2-thread one did not.
+    (_load(1.0, threads=1), False),
+    (_load(0.8, threads=2), True),
+    (_load(0.02, threads=2), False),
+    (_load(0.1, threads=16, cores=16), False),
+    (_load(15.6, threads=1, cores=16), True),
+    (_load(None, threads=2), False),  # no /proc/stat: unknown, taken as quiet
+])
+def test_cores_count_as_crowded_when_others_overflow_the_free_ones(load, crowded):
+    assert load.crowded is crowded
+
+
+def test_a_window_beside_busy_processes_is_crowded():
+    """Real processes: twice as many busy loops as cores take more than the one core
+    this thread leaves free."""
+    cores = os.cpu_count() or 1
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 30: pass"
+    others = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2 * cores)]
+    try:
+        time.sleep(0.5)  # let them start
+        with LoadWindow(threads=1) as w:
+            t = time.perf_counter()
+            while time.perf_counter() - t < 1.5:
+                pass
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+    assert w.load is not None and w.load.wall_s >= 1.5 and w.load.own_cpu_s > 0.1
+    if w.load.others_cores is None:
+        pytest.skip("no /proc/stat here: the others' load is unknown")
+    assert w.load.crowded and w.load.others_cores > cores - 1, w.load.describe()
+
+
+def _fake_probe(ms: float, crowded: bool) -> Probe:
+    times = {"fp32": ms, "bf16": 10 * ms, "G-fp32": 20 * ms, "G-fp32-channels_last": 24 * ms, "int8": ms}
+    return Probe(times, ("bf16",), _load(1.5 if crowded else 0.0, threads=2))
+
+
+AVX2_CAPS = Capabilities("cpu", "c", "AVX2", bf16=False, vnni=False)
+
+
+def test_a_crowded_probe_decides_only_until_a_counted_one_replaces_it(monkeypatch):
+    monkeypatch.setenv("RAYCUT_PROBES", "2")
+    entry = merge_probe(None, AVX2_CAPS, _fake_probe(5.0, crowded=True))
+    assert (entry.probes, entry.crowded_probes) == (0, 1) and not entry.trusted()
+    assert entry.probe_ms["fp32"] == 5.0 and "no quiet probe yet; 1 on crowded cores" in entry.reason
+    # The first counted probe replaces a crowded probe's times, even where they were lower.
+    entry = merge_probe(entry, AVX2_CAPS, _fake_probe(6.0, crowded=False))
+    assert (entry.probes, entry.crowded_probes) == (1, 1) and entry.probe_ms["fp32"] == 6.0
+    # A crowded probe never merges into counted times.
+    entry = merge_probe(entry, AVX2_CAPS, _fake_probe(1.0, crowded=True))
+    assert (entry.probes, entry.crowded_probes) == (1, 2) and entry.probe_ms["fp32"] == 6.0 and not entry.trusted()
+    # Counted probes keep each variant's fastest; two of them are trusted.
+    entry = merge_probe(entry, AVX2_CAPS, _fake_probe(5.5, crowded=False))
+    assert (entry.probes, entry.crowded_probes) == (2, 2) and entry.probe_ms["fp32"] == 5.5 and entry.trusted()
+    assert "probe 2 of 2; 2 on crowded cores" in entry.reason
+
+
+def test_a_machine_never_quiet_trusts_twice_as_many_crowded_probes(monkeypatch):
+    monkeypatch.setenv("RAYCUT_PROBES", "2")
+    entry = None
+    for i, ms in enumerate([5.0, 4.0, 6.0, 4.5]):
+        assert entry is None or not entry.trusted()
+        entry = merge_probe(entry, AVX2_CAPS, _fake_probe(ms, crowded=True))
+        assert entry.crowded_probes == i + 1
+    assert entry.trusted() and entry.probes == 0 and entry.probe_ms["fp32"] == 4.0  # the fastest of them
+    # The cache file keeps the count (an entry of before has none: 0).
+    assert FastPaths.from_json(entry.to_json()).crowded_probes == 4
