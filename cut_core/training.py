@@ -333,6 +333,10 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
             loss_G = loss_G + loss_idt
             out["idt"] = loss_idt.detach()
     loss_G.backward()
+    # The size of this step's update, before Adam rescales it: where a loss jumps (a
+    # PatchNCE spike on one toy seed, docs/quality.md), these show which net it came from.
+    out["G_grad_norm"] = _grad_norm(state.G)
+    out["F_grad_norm"] = _grad_norm(state.F)
     state.opt_G.step()
     state.opt_F.step()
     if state.key_encoder is not None and state.bank is not None:
@@ -342,6 +346,14 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
         p.requires_grad_(True)
     out["G"] = loss_G.detach()
     return out
+
+
+def _grad_norm(net: torch.nn.Module) -> torch.Tensor:
+    """The L2 norm of all of ``net``'s gradients together (0 where none has one)."""
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads).detach().float()
 
 
 def _patch_nce_per_image(
@@ -385,7 +397,8 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     """One CUT iteration (a CycleGAN one for the cyclegan preset: cut_core.cyclegan).
     real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
     Returns detached scalars: the losses D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt,
-    D_R1), D's balance D_rt (+ D_aug_p, the augmentation probability, when on)."""
+    D_R1), D's balance D_rt (+ D_aug_p, the augmentation probability, when on), and the
+    norms of G's and F's gradients in this step, G_grad_norm and F_grad_norm."""
     _check_batch(real_A, real_B)
     perf = state.perf
     real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)

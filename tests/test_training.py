@@ -17,7 +17,7 @@ def test_one_step_changes_G_D_and_F_and_returns_finite_scalars(preset, images):
     state = build_train_state(tiny(preset))
     before = {name: _snapshot(m) for name, m in state.modules().items()}
     out = train_step(state, *images)
-    expected = {"D", "D_real", "D_fake", "D_rt", "G", "G_GAN", "NCE"}
+    expected = {"D", "D_real", "D_fake", "D_rt", "G", "G_GAN", "NCE", "G_grad_norm", "F_grad_norm"}
     expected |= {"NCE_Y"} if preset in ("cut", "sincut") else set()
     expected |= {"idt", "D_R1"} if preset == "sincut" else set()
     assert set(out) == expected
@@ -26,6 +26,10 @@ def test_one_step_changes_G_D_and_F_and_returns_finite_scalars(preset, images):
         changed = [k for k, v in module.state_dict().items() if not torch.equal(v, before[name][k])]
         assert changed, f"{name} did not change"
     assert state.step == 1
+    # The gradient norms are of the gradients this step left on G and F.
+    for net in ("G", "F"):
+        grads = [p.grad.flatten() for p in getattr(state, net).parameters() if p.grad is not None]
+        assert grads and torch.allclose(out[f"{net}_grad_norm"], torch.cat(grads).norm(), rtol=1e-4)
     # D's parameters must be trainable again after G's phase froze them.
     assert all(p.requires_grad for p in state.D.parameters())
 
