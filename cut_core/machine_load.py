@@ -7,7 +7,8 @@ slice of G put channels_last at 1.14-1.19x NCHW's time alone, 1.02-1.04x beside 
 busy process, and 0.71x in the cache a parallel `make test` left; a 1-thread probe beside
 one busy process (a core still free for it) kept 1.15x. So what matters is not whether
 the machine is busy but whether the others overflowed the cores the timed threads left
-free.
+free. That measure saturates (the others can use no more than the machine has), so a
+timed process that got under half the CPU its threads asked for counts as crowded too.
 
 Linux only (``/proc/stat``); elsewhere the others' share is unknown and reads as none.
 """
@@ -19,10 +20,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Others counted as crowding the timed threads once they used this many cores more than
-# the timed threads left free (a quarter core: bookkeeping daemons and the timer's own
-# process tree stay under it on a quiet VM).
+# Others count as crowding the timed threads once they used more cores than the timed
+# threads left free, by a quarter core or 5% of the machine, whichever is more: on a
+# quiet 2-core VM the daemons stay under a quarter core, and on a large node packed with
+# workers that each keep to their cores (Ray Train's workers probing at once) Ray's own
+# processes may take a core or two without taking anyone's.
 OVERFLOW_CORES = 0.25
+OVERFLOW_SHARE = 0.05
+# A timed process that got less CPU than this share of wall time x its threads was
+# crowded (quiet: 1.0 for one thread, 0.88 for two on the 2-core EPYC).
+MIN_OWN_SHARE = 0.5
 
 
 def _machine_busy_s() -> float | None:
@@ -51,15 +58,25 @@ class Load:
     cores: int
 
     @property
+    def own_share(self) -> float:
+        """The CPU this process got over what its threads asked for (wall x threads)."""
+        return self.own_cpu_s / (self.wall_s * self.threads) if self.wall_s > 0 and self.threads else 1.0
+
+    @property
     def crowded(self) -> bool:
-        """Whether the others used more than the cores the timed threads left free."""
+        """Whether the others overflowed the cores the timed threads left free, or this
+        process got under MIN_OWN_SHARE of what it asked for."""
+        if self.own_share < MIN_OWN_SHARE:
+            return True
         if self.others_cores is None:
             return False
-        return self.others_cores > max(0, self.cores - self.threads) + OVERFLOW_CORES
+        margin = max(OVERFLOW_CORES, OVERFLOW_SHARE * self.cores)
+        return self.others_cores > max(0, self.cores - self.threads) + margin
 
     def describe(self) -> str:
         others = "unknown" if self.others_cores is None else f"{self.others_cores:.1f}"
-        return f"other processes kept {others} of {self.cores} cores busy beside {self.threads} timed thread(s)"
+        return (f"other processes kept {others} of {self.cores} cores busy beside {self.threads} timed thread(s), "
+                f"which got {self.own_share:.0%} of the CPU they asked for")
 
 
 class LoadWindow:
@@ -84,4 +101,4 @@ class LoadWindow:
         self.load = Load(wall, own, others, self.threads, os.cpu_count() or 1)
 
 
-__all__ = ["Load", "LoadWindow", "OVERFLOW_CORES"]
+__all__ = ["Load", "LoadWindow", "MIN_OWN_SHARE", "OVERFLOW_CORES", "OVERFLOW_SHARE"]
