@@ -30,6 +30,7 @@ from cut_core.config import CUTConfig, FlipCentre, OptimConfig, PerfConfig
 from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
+from cut_core.grad_guard import GradSpikeGuard
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.lr_schedule import lr_factor, schedule_epoch
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
@@ -72,6 +73,8 @@ class TrainState:
     G_ema: GeneratorEMA | None = None  # optim.ema_decay > 0
     d_aug_p: AdaptiveP | None = None  # loss.d_augment_target > 0: ADA's probability
     d_ops: tuple[str, ...] = ()  # loss.d_augment, parsed
+    # optim.grad_clip_median > 0: one guard per net, {"G": ..., "F": ...}
+    grad_guards: dict[str, GradSpikeGuard] = field(default_factory=dict)
 
     def modules(self) -> dict[str, nn.Module]:
         """Everything a checkpoint holds: G, D, F (+ the key encoder and bank, the EMA
@@ -83,6 +86,7 @@ class TrainState:
             out["G_ema"] = self.G_ema
         if self.d_aug_p is not None:
             out["ADA"] = self.d_aug_p
+        out.update({f"guard_{name}": guard for name, guard in self.grad_guards.items()})
         return out
 
     @property
@@ -151,6 +155,8 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
                                      seed=cfg.seed).to(device)
     if o.ema_decay:
         state.G_ema = GeneratorEMA(G, o.ema_decay)
+    if o.grad_clip_median:
+        state.grad_guards = {name: GradSpikeGuard(o.grad_clip_median).to(device) for name in ("G", "F")}
     state.d_ops = parse_policy(cfg.loss.d_augment)
     if cfg.loss.d_augment_target:
         state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target, speed_images=cfg.loss.d_augment_speed)
@@ -335,8 +341,12 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     loss_G.backward()
     # The size of this step's update, before Adam rescales it: where a loss jumps (a
     # PatchNCE spike on one toy seed, docs/quality.md), these show which net it came from.
-    out["G_grad_norm"] = _grad_norm(state.G)
-    out["F_grad_norm"] = _grad_norm(state.F)
+    for name in ("G", "F"):
+        net, guard = getattr(state, name), state.grad_guards.get(name)
+        if guard is None:
+            out[f"{name}_grad_norm"] = _grad_norm(net)
+        else:
+            out[f"{name}_grad_norm"], out[f"{name}_clipped"] = guard.clip_(net)
     state.opt_G.step()
     state.opt_F.step()
     if state.key_encoder is not None and state.bank is not None:
@@ -398,7 +408,8 @@ def train_step(state: TrainState, real_A: torch.Tensor, real_B: torch.Tensor) ->
     real_A, real_B: (B, 3, H, W) float in [-1, 1] on ``state.device``.
     Returns detached scalars: the losses D, D_real, D_fake, G, G_GAN, NCE (+ NCE_Y, idt,
     D_R1), D's balance D_rt (+ D_aug_p, the augmentation probability, when on), and the
-    norms of G's and F's gradients in this step, G_grad_norm and F_grad_norm."""
+    norms of G's and F's gradients in this step, G_grad_norm and F_grad_norm (before
+    clipping; with optim.grad_clip_median also G_clipped and F_clipped, 1 where clipped)."""
     _check_batch(real_A, real_B)
     perf = state.perf
     real_A, real_B = to_memory_format(perf, real_A), to_memory_format(perf, real_B)

@@ -13,6 +13,7 @@ from cut_core import CUTConfig
 from cut_core.errors import ConfigError
 from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA, ema_decay_at
+from cut_core.grad_guard import GradSpikeGuard
 from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import build_train_state, train_step
 
@@ -204,3 +205,59 @@ def test_win_watch_warns_once_per_win():
     assert not w.observe(0.02, 60) and not w.observe(0.02, 60, r_t=0.5) and w.run == 0
     assert not w.observe(0.02, 60, r_t=1.0) and w.observe(0.02, 60, r_t=0.97)
     assert not w.observe(0.2, 10, r_t=1.0) and w.run == 0  # r_t alone is not a win: D may call everything real
+
+
+def _with_grad(net: torch.nn.Module, norm: float) -> None:
+    """Give ``net`` (one parameter) a gradient of exactly this norm (nan allowed)."""
+    (p,) = net.parameters()
+    p.grad = torch.full_like(p, norm / math.sqrt(p.numel()))
+
+
+def test_the_gradient_guard_clips_a_spike_at_its_multiple_of_the_running_median():
+    net = torch.nn.Linear(4, 1, bias=False)
+    guard = GradSpikeGuard(5.0, window=8, warmup=5)
+    for n in (1.0, 2.0, 30.0, 4.0, 5.0):  # the warm-up: never clipped, not even 30
+        _with_grad(net, n)
+        seen, clipped = guard.clip_(net)
+        assert seen.item() == pytest.approx(n) and clipped.item() == 0.0
+        assert net.weight.grad.norm().item() == pytest.approx(n)
+    _with_grad(net, 100.0)  # history 1, 2, 30, 4, 5: median 4, limit 20
+    seen, clipped = guard.clip_(net)
+    assert seen.item() == pytest.approx(100.0) and clipped.item() == 1.0
+    assert net.weight.grad.norm().item() == pytest.approx(20.0, rel=1e-5)
+    _with_grad(net, 6.0)  # history now holds the raw 100 too: median 5, limit 25
+    assert guard.clip_(net)[1].item() == 0.0 and net.weight.grad.norm().item() == pytest.approx(6.0)
+    _with_grad(net, float("nan"))  # a broken step enters the history as its median (5)
+    guard.clip_(net)
+    assert guard.norms.tolist() == pytest.approx([1, 2, 30, 4, 5, 100, 6, 5])
+    # A checkpoint keeps the history and the count: a restored guard clips the same
+    # (the window is full: 1, 2, 4, 5, 5, 6, 30, 100, whose lower median is 5).
+    again = GradSpikeGuard(5.0, window=8, warmup=5)
+    again.load_state_dict(guard.state_dict())
+    assert int(again.seen) == 8
+    for g in (guard, again):
+        _with_grad(net, 1000.0)
+        assert g.clip_(net)[1].item() == 1.0 and net.weight.grad.norm().item() == pytest.approx(25.0, rel=1e-5)
+    with pytest.raises(ValueError, match="must be > 1"):
+        GradSpikeGuard(1.0)
+    with pytest.raises(ConfigError, match="grad_clip_median"):
+        CUTConfig.tiny("cut", grad_clip_median=0.5)
+
+
+def test_training_with_the_gradient_guard_reports_it_and_resumes_exactly(tmp_path):
+    cfg = CUTConfig.tiny("cut", grad_clip_median=3.0)
+    a, b = _images(1, 32, 1), _images(1, 32, 2)
+    run = build_train_state(cfg)
+    for _ in range(3):
+        out = train_step(run, a, b)
+    assert {"G_clipped", "F_clipped", "G_grad_norm", "F_grad_norm"} <= set(out)
+    assert set(run.grad_guards) == {"G", "F"} and int(run.grad_guards["G"].seen) == 3
+    save_train_state(run, tmp_path / "ckpt")
+    after = [train_step(run, a, b)["G"] for _ in range(2)]
+    resumed = build_train_state(cfg)
+    load_train_state(resumed, tmp_path / "ckpt")
+    assert int(resumed.grad_guards["F"].seen) == 3
+    torch.testing.assert_close(resumed.grad_guards["G"].norms, torch.cat([run.grad_guards["G"].norms[:3],
+                                                                          torch.zeros(197)]))
+    again = [train_step(resumed, a, b)["G"] for _ in range(2)]
+    torch.testing.assert_close(torch.stack(again), torch.stack(after))
