@@ -25,6 +25,18 @@ WINDOW = 200  # steps of history the median is over
 WARMUP = 50  # steps seen before it clips: the first steps' norms are not the run's (F's first: ~10^5)
 
 
+def gradients(net: nn.Module) -> list[torch.Tensor]:
+    """The gradients ``net``'s parameters hold now."""
+    return [p.grad for p in net.parameters() if p.grad is not None]
+
+
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all of ``grads`` together, a 0-dim float tensor (0 for none)."""
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads).detach().float()
+
+
 class GradSpikeGuard(nn.Module):
     """``clip_(net)`` after the backward, before the optimizer's step: the gradient norm
     of ``net`` is clipped at ``factor`` x the median of the norms of the last WINDOW
@@ -46,10 +58,10 @@ class GradSpikeGuard(nn.Module):
     def clip_(self, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip ``net``'s gradients in place; returns (the norm before clipping, 1.0 if
         clipped else 0.0), both 0-dim tensors on the gradients' device."""
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        grads = gradients(net)
         if not grads:
             return torch.zeros(()), torch.zeros(())
-        norm = torch.nn.utils.get_total_norm(grads).detach().float()
+        norm = grad_norm(grads)
         if self.norms.device != norm.device:
             self.norms, self.seen = self.norms.to(norm.device), self.seen.to(norm.device)
         if self._seen is None:
@@ -69,4 +81,4 @@ class GradSpikeGuard(nn.Module):
         return norm, clipped
 
 
-__all__ = ["GradSpikeGuard", "WARMUP", "WINDOW"]
+__all__ = ["GradSpikeGuard", "WARMUP", "WINDOW", "grad_norm", "gradients"]

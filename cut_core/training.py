@@ -30,7 +30,7 @@ from cut_core.config import CUTConfig, FlipCentre, OptimConfig, PerfConfig
 from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
-from cut_core.grad_guard import GradSpikeGuard
+from cut_core.grad_guard import GradSpikeGuard, grad_norm, gradients
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.lr_schedule import lr_factor, schedule_epoch
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
@@ -344,7 +344,7 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
     for name in ("G", "F"):
         net, guard = getattr(state, name), state.grad_guards.get(name)
         if guard is None:
-            out[f"{name}_grad_norm"] = _grad_norm(net)
+            out[f"{name}_grad_norm"] = grad_norm(gradients(net))
         else:
             out[f"{name}_grad_norm"], out[f"{name}_clipped"] = guard.clip_(net)
     state.opt_G.step()
@@ -356,14 +356,6 @@ def g_step(state: TrainState, fwd: GeneratorPass, real_A: torch.Tensor, real_B: 
         p.requires_grad_(True)
     out["G"] = loss_G.detach()
     return out
-
-
-def _grad_norm(net: torch.nn.Module) -> torch.Tensor:
-    """The L2 norm of all of ``net``'s gradients together (0 where none has one)."""
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.nn.utils.get_total_norm(grads).detach().float()
 
 
 def _patch_nce_per_image(
