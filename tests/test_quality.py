@@ -14,6 +14,7 @@ from cut_core.errors import ConfigError
 from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign, parse_policy
 from cut_core.ema import GeneratorEMA, ema_decay_at
 from cut_core.grad_guard import GradSpikeGuard
+from cut_core.nce_watch import NCEWatch, nce_chance
 from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import build_train_state, train_step
 
@@ -261,3 +262,23 @@ def test_training_with_the_gradient_guard_reports_it_and_resumes_exactly(tmp_pat
                                                                           torch.zeros(197)]))
     again = [train_step(resumed, a, b)["G"] for _ in range(2)]
     torch.testing.assert_close(torch.stack(again), torch.stack(after))
+
+
+def test_the_patchnce_watch_warns_once_when_the_loss_climbs_back_to_chance():
+    """Street seed 2's logged ten-step means (CUT, 64 px; docs/quality.md): under half of
+    chance (ln 256) by step 590, near it from step 600; the watch fires after 50 steps
+    of that, once, and again only after a recovery."""
+    cfg = CUTConfig.from_preset("cut")
+    assert nce_chance(cfg) == pytest.approx(math.log(256))
+    assert nce_chance(cfg.with_overrides({"lambda_NCE": 10})) == pytest.approx(10 * math.log(256))
+    assert nce_chance(cfg.with_overrides({"nce_bank_size": 4095})) == pytest.approx(math.log(4096))
+    watch = NCEWatch.for_config(cfg)
+    early = [5.2, 4.7, 4.9, 4.5]  # near chance before it ever fell: a run's start, not a collapse
+    assert not any(watch.observe(v, 10) for v in early) and watch.run == 0
+    fired = [watch.observe(v, 10) for v in [1.75, 6.70, 4.89, 4.64, 4.63, 4.43, 4.34, 4.23]]
+    assert fired == [False, False, False, False, False, True, False, False]  # step 640: 50 steps near chance
+    assert "for 70 steps (to step 660)" in watch.message(660) and "grad_clip_median=5" in watch.message(660)
+    assert not watch.observe(1.5, 10) and watch.run == 0  # recovered
+    assert not any(watch.observe(5.0, 10) for _ in range(4)) and watch.observe(5.0, 10)  # a second collapse
+    guarded = NCEWatch.for_config(cfg.with_overrides({"grad_clip_median": 5}))
+    assert "guard is on (grad_clip_median=5)" in guarded.message(1)

@@ -31,6 +31,7 @@ from safetensors.numpy import save_file as save_numpy
 
 from cut_core import build_train_state, save_generator, set_step_lr, train_step
 from cut_core.d_balance import WinWatch
+from cut_core.nce_watch import NCEWatch
 from cut_core.distributed import replica_divergence, wrap_data_parallel
 from cut_core.images import to_model_input
 from cut_core.lr_schedule import describe_schedule
@@ -96,6 +97,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _report_fast_paths(state, job, fresh=not resumed_from)
 
     watch = WinWatch.for_config(cfg) if lead else None  # warns when D's loss stays near zero
+    nce_watch = NCEWatch.for_config(cfg) if lead and not cfg.is_cyclegan else None  # ... and PatchNCE's at chance
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
     lr = state.opt_G.param_groups[0]["lr"]
@@ -131,8 +133,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics[f"best_{plan.key}"] = best["value"]
         if watch is not None and "D" in metrics:
             if watch.observe(metrics["D"], window_steps, metrics.get("D_rt")):
-                _warn_d_won(job, watch.message(step))
+                _warn(job, "d_won", watch.message(step))
             metrics["D_won_steps"] = watch.run  # a plot of it shows when and how long D won
+        if nce_watch is not None and "NCE" in metrics and nce_watch.observe(metrics["NCE"], window_steps):
+            _warn(job, "nce_near_chance", nce_watch.message(step))
         if lead:
             _lead_logs(job, state, logger, bar, metrics, samples, window_steps)
         if save:
@@ -171,14 +175,14 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
         tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.{k}": v for k, v in params.items()})
 
 
-def _warn_d_won(job: TrainJob, message: str) -> None:
-    """One console line, and the same words as an MLflow tag on the run."""
+def _warn(job: TrainJob, what: str, message: str) -> None:
+    """One console line, and the same words as the MLflow tag ``raycut.warning.<what>``."""
     from jobs import tracking
 
     sys.stdout.write(f"\n[train] warning: {message}\n")
     sys.stdout.flush()
     if job.mlflow_run_id:
-        tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {"raycut.warning.d_won": message})
+        tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.warning.{what}": message})
 
 
 def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dict[str, float],
