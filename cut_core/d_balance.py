@@ -154,32 +154,45 @@ D_WON_LOSS_SURE_RT = 5.0
 D_WON_STEPS = 200  # ... for this many steps in a row
 
 
-class WinWatch:
+class Streak:
+    """Steps in a row for which a condition held, fed window by window; ``count``
+    returns True once when the streak reaches ``steps``, and again only after it broke.
+    The counting of the training watches (WinWatch here, cut_core.nce_watch.NCEWatch)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.run = 0  # steps in a row for which the condition held
+        self.longest = 0
+        self.warned = False
+
+    def count(self, held: bool, steps: int = 1) -> bool:
+        self.run = self.run + steps if held else 0
+        self.longest = max(self.longest, self.run)
+        if self.run >= self.steps and not self.warned:
+            self.warned = True
+            return True
+        if self.run == 0:
+            self.warned = False  # the streak broke: warn again if it comes back
+        return False
+
+
+class WinWatch(Streak):
     """Counts the steps in a row for which D had won: its (window-mean) loss under
     ``D_WON_LOSS``, or under ``D_WON_LOSS_SURE_RT`` times that with r_t (ADA's overfit
     sign, see :func:`overfit_sign`) at ``D_WON_RT`` or more. ``observe`` returns True
     once, when the run reaches ``steps``."""
 
     def __init__(self, gan_mode: str, steps: int = D_WON_STEPS, advice: str = "") -> None:
-        self.threshold, self.steps = D_WON_LOSS[gan_mode], steps
+        super().__init__(steps)
+        self.threshold = D_WON_LOSS[gan_mode]
         self.advice = advice or d_won_advice(CUTConfig.cut())
-        self.run = 0  # steps in a row in which D had won
-        self.longest = 0
-        self.warned = False
 
     def won(self, loss_D: float, r_t: float | None = None) -> bool:
         sure = r_t is not None and r_t >= D_WON_RT
         return loss_D < self.threshold * (D_WON_LOSS_SURE_RT if sure else 1.0)
 
     def observe(self, loss_D: float, steps: int = 1, r_t: float | None = None) -> bool:
-        self.run = self.run + steps if self.won(loss_D, r_t) else 0
-        self.longest = max(self.longest, self.run)
-        if self.run >= self.steps and not self.warned:
-            self.warned = True
-            return True
-        if self.run == 0:
-            self.warned = False  # D lost its grip: warn again if it wins again
-        return False
+        return self.count(self.won(loss_D, r_t), steps)
 
     @classmethod
     def for_config(cls, cfg: CUTConfig, steps: int = D_WON_STEPS) -> "WinWatch":

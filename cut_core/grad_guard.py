@@ -62,8 +62,6 @@ class GradSpikeGuard(nn.Module):
         if not grads:
             return torch.zeros(()), torch.zeros(())
         norm = grad_norm(grads)
-        if self.norms.device != norm.device:
-            self.norms, self.seen = self.norms.to(norm.device), self.seen.to(norm.device)
         if self._seen is None:
             self._seen = int(self.seen)
         seen = self._seen

@@ -73,11 +73,6 @@ class Load:
         margin = max(OVERFLOW_CORES, OVERFLOW_SHARE * self.cores)
         return self.others_cores > max(0, self.cores - self.threads) + margin
 
-    def describe(self) -> str:
-        others = "unknown" if self.others_cores is None else f"{self.others_cores:.1f}"
-        return (f"other processes kept {others} of {self.cores} cores busy beside {self.threads} timed thread(s), "
-                f"which got {self.own_share:.0%} of the CPU they asked for")
-
 
 class LoadWindow:
     """``with LoadWindow(threads) as w: ...`` then ``w.load``: the machine's load over the block."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from cut_core.config import CUTConfig
+from cut_core.d_balance import Streak
 
 ARM_RATIO = 0.5  # the watch arms once the loss has been under this share of chance ...
 NEAR_CHANCE_RATIO = 0.7  # ... and counts the steps in a row at or over this share
@@ -36,28 +37,21 @@ def nce_chance(cfg: CUTConfig) -> float:
     return loss.lambda_NCE * math.log(max(2, candidates))
 
 
-class NCEWatch:
+class NCEWatch(Streak):
     """``observe(nce, steps)`` with the window-mean PatchNCE loss of each logged window;
     returns True once, when the loss has stayed at NEAR_CHANCE_RATIO of chance or more
     for NEAR_CHANCE_STEPS steps after it had been under ARM_RATIO of it."""
 
     def __init__(self, chance: float, advice: str = "", steps: int = NEAR_CHANCE_STEPS) -> None:
-        self.chance, self.steps, self.advice = chance, steps, advice
+        super().__init__(steps)
+        self.chance, self.advice = chance, advice
         self.armed = False
-        self.run = 0  # steps in a row near chance, once armed
-        self.warned = False
 
     def observe(self, nce: float, steps: int = 1) -> bool:
         ratio = nce / self.chance if self.chance > 0 else 0.0
         if ratio < ARM_RATIO:
             self.armed = True
-        self.run = self.run + steps if self.armed and ratio >= NEAR_CHANCE_RATIO else 0
-        if self.run >= self.steps and not self.warned:
-            self.warned = True
-            return True
-        if self.run == 0:
-            self.warned = False  # recovered: warn again if it happens again
-        return False
+        return self.count(self.armed and ratio >= NEAR_CHANCE_RATIO, steps)
 
     @classmethod
     def for_config(cls, cfg: CUTConfig) -> NCEWatch:

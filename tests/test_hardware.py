@@ -279,9 +279,9 @@ def test_a_window_beside_busy_processes_is_crowded():
             p.kill()
             p.wait()
     assert w.load is not None and w.load.wall_s >= 1.5 and w.load.own_cpu_s > 0.1
-    assert w.load.crowded and w.load.own_share < 0.5, w.load.describe()
+    assert w.load.crowded and w.load.own_share < 0.5, w.load
     if w.load.others_cores is not None:  # /proc/stat (Linux)
-        assert w.load.others_cores > cores - 1, w.load.describe()
+        assert w.load.others_cores > cores - 1, w.load
 
 
 def _fake_probe(ms: float, crowded: bool) -> Probe:
