@@ -59,10 +59,13 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_explicit_bf16_warns(tmp_p
     # The probe measured emulated bf16 as slow (the step: ~35x; one conv: 12-20x on an
     # AVX2-only EPYC).
     assert got["probe"]["bf16"] > 1.5 * got["probe"]["fp32"], got["probe"]
-    # The layouts were timed on a slice of G in fp32, and channels_last, which costs
-    # 1.4x on an AVX2-only CPU's step (1.14-1.18x on the slice), is not taken.
+    # The layouts were timed on a slice of G in fp32, and the layout follows what was
+    # measured. (On a quiet AVX2-only EPYC channels_last measures 1.14-1.18x NCHW's time on
+    # the slice and is not taken; a CI run under the emulation once measured 0.91x with
+    # the other pytest worker beside it, so the outcome itself is the machine's to say.)
     layout = got["probe"]["G-fp32-channels_last"] / got["probe"]["G-fp32"]
-    assert layout > WIN_MARGIN and got["channels_last"] is False, got["probe"]
+    cl_wins = got["probe"]["G-fp32-channels_last"] < WIN_MARGIN * got["probe"]["G-fp32"]
+    assert got["channels_last"] is cl_wins, (got["probe"], got["reason"])
     assert f"channels_last {layout:.2f}x NCHW's time in fp32" in got["reason"]
     forced = _resolve_in_subprocess("bf16", tmp_path, **AVX2_ONLY, RAYCUT_PROBES="1")
     if got["probes"]:  # one counted probe is trusted here; one on crowded cores is not (merge_probe)
