@@ -168,22 +168,30 @@ class _Stages:
 
 def _ingest_report(data: Path, cfg: CUTConfig) -> dict[str, Any]:
     """Stream both training domains through the Ray Data ingest once (decode + crops),
-    as training will, and report what it read and skipped."""
+    as training will, and report what it read and skipped.
+
+    Both domains go through one pass: most of a pass over 200 toy images is its start
+    (the decode actor's imports), and two passes one after the other took twice one
+    pass over both (80 s against 41 s on a 2-core AMD EPYC, busy, 2026-12-04)."""
     from jobs.ray_runtime import start_ray, without_progress_bars
-    from pipelines.ingest import IngestOptions, IngestReport, format_report, read_domain
+    from pipelines.ingest import IngestOptions, IngestReport, format_report, read_files
+    from pipelines.sources import list_source
 
     start_ray(2)
     import ray
 
     without_progress_bars()
-    counts = {}
-    for domain in ("trainA", "trainB"):
-        report = IngestReport.remote()
-        ds = read_domain(f"cyclegan:{data}:{domain}", cfg.data, options=IngestOptions(concurrency=1), report=report)
-        counts[domain] = sum(len(b["path"]) for b in ds.iter_batches(batch_size=64, batch_format="numpy"))
-        summary = ray.get(report.summary.remote())
-        print(format_report(summary, name=f"ingest {domain}"), flush=True)
-        ray.kill(report)
+    listings = {domain: list_source(f"cyclegan:{data}:{domain}") for domain in ("trainA", "trainB")}
+    domain_of = {f: domain for domain, listing in listings.items() for f in listing.files}
+    report = IngestReport.remote()
+    ds = read_files(list(domain_of), cfg.data, filesystem=listings["trainA"].fs,
+                    options=IngestOptions(concurrency=1), report=report)
+    counts = dict.fromkeys(listings, 0)
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        for path in batch["path"]:
+            counts[domain_of[str(path)]] += 1
+    print(format_report(ray.get(report.summary.remote()), name="ingest " + " + ".join(listings)), flush=True)
+    ray.kill(report)
     return counts
 
 

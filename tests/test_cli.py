@@ -82,6 +82,8 @@ def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
     where D won part-way (docs/quality.md); so the test asks for a win, not a factor."""
     from mlflow.tracking import MlflowClient
 
+    from jobs.demo import DemoOptions
+
     # 180 steps, scored every 30 (it was 300): with today's demo config the val error is
     # far under histogram matching's from the first score on (a 300-step run, 2026-12-02
     # on the AMD EPYC: 26.8 at step 50, 17.4 at 300; this test there: 21.5 on the test
@@ -99,6 +101,9 @@ def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
     gains = summary["improvement_over_baselines"]
     assert set(gains) == {"baseline/identity", "baseline/histogram"}
     assert gains["baseline/histogram"] > 1.0 and gains["baseline/identity"] > 1.5, summary["metrics"]
+    # Stage 2 read every training image of both domains (one Ray Data pass over both).
+    assert summary["ingest"] == {"trainA": DemoOptions.n_train, "trainB": DemoOptions.n_train}
+    assert f"[ingest trainA + trainB] decoded {2 * DemoOptions.n_train} images, skipped 0" in r.stdout
     assert summary["translated"] == 24 and len(list((out / "translated" / "testA").glob("*.png"))) == 24
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # the working directory's store
     run = client.get_run(summary["mlflow"]["run_id"])
