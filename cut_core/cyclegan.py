@@ -29,7 +29,7 @@ from torch import nn
 from cut_core import losses
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast, prepare_module, to_memory_format
-from cut_core.hardware import resolve_perf
+from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.networks import Discriminator, Generator, build_discriminator, build_generator
 from cut_core.training import TrainState, adam
 
@@ -96,13 +96,14 @@ class CycleGANState(TrainState):
         return {"G": self.opt_G, "D": self.opt_D}
 
 
-def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0) -> CycleGANState:
+def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0,
+                         fast: ResolvedPerf | None = None) -> CycleGANState:
     """Fresh Gs, Ds and pools; one Adam over both Gs and one over both Ds (as the
-    official code). Weights depend on ``cfg.seed`` only."""
+    official code). Weights depend on ``cfg.seed`` only; ``fast`` as in build_train_state."""
     from cut_core.ema import GeneratorEMA
 
     device = torch.device(device)
-    fast = resolve_perf(cfg.perf, device)
+    fast = fast or resolve_perf(cfg.perf, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G, G_B = build_generator(cfg.model), build_generator(cfg.model)

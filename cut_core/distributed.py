@@ -16,6 +16,10 @@ call D in two roles, so the wrapping is explicit about which call is synced:
 - CycleGAN (cut_core.cyclegan): G, G_B, D and D_A each through DDP at their first
   call of a phase (``state.run``), the same rule for their other calls.
 
+Ranks also settle ``auto`` fast paths together (``agree_fast_paths``) before any
+network is built: DDP needs one memory layout on every rank, and each rank's own probe
+can land on either side of a close call.
+
 Pure torch: the process group is the caller's (Ray Train's TorchTrainer, torchrun,
 or a test's ``init_process_group``).
 """
@@ -23,6 +27,7 @@ or a test's ``init_process_group``).
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from functools import partial
 from typing import Any, Callable
 
@@ -31,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cut_core.hardware import ResolvedPerf
 from cut_core.training import TrainState
 
 
@@ -90,6 +96,46 @@ def wrap_data_parallel(state: TrainState, *, device_ids: list[int] | None = None
     state.run["F"] = partial(wrapped["F"], "forward")
     # Unchanged and deliberately unsynced: G_encode and D_for_G (see the module doc).
     return wrapped
+
+
+def agree_fast_paths(fast: ResolvedPerf, device: torch.device | str = "cpu") -> ResolvedPerf:
+    """The fast paths that every rank of the process group runs, from each rank's own
+    settlement ``fast`` (cut_core.hardware.resolve_perf). All ranks must call it.
+
+    Each rank probes its own device, and two probes of one machine can fall on either
+    side of a close call: one rank on channels_last and the other on NCHW makes DDP
+    refuse the parameters (their strides differ; seen on a 2-core EPYC, where one
+    rank's probe was taken while the other rank was probing too). Rule: bf16 only if
+    every rank settled on it (a rank that emulates bf16 would set the whole group's
+    pace, at tens of times fp32's), then channels_last only if every rank picks it for
+    that precision; NCHW is the reference layout. When the ranks differed, every rank
+    gets a warning line that says so (the lead prints it). Explicit settings are the same on every rank
+    and pass through unchanged."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fast
+    world = dist.get_world_size()
+    on = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def count(flag: bool) -> int:
+        n = torch.tensor([int(flag)], dtype=torch.int64, device=on)
+        dist.all_reduce(n)
+        return int(n.item())
+
+    requested, own = fast.requested, fast.perf
+    n_bf16 = count(own.precision == "bf16")
+    precision = "bf16" if n_bf16 == world else "fp32" if requested.precision == "auto" else own.precision
+    if requested.channels_last == "auto" and fast.paths is not None:
+        layout = fast.paths.layout_for(precision)
+    else:
+        layout = bool(own.channels_last)
+    n_layout = count(layout)
+    channels_last = n_layout == world
+    agreed = replace(own, precision=precision, channels_last=channels_last)
+    if not (0 < n_bf16 < world or 0 < n_layout < world):
+        return fast  # unanimous
+    line = (f"the {world} data-parallel ranks measured different fast paths (bf16 on {n_bf16}, channels_last on "
+            f"{n_layout}); all run {precision}, {'channels_last' if channels_last else 'NCHW'}")
+    return replace(fast, perf=agreed, warnings=(*fast.warnings, line))
 
 
 @torch.no_grad()

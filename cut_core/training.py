@@ -118,16 +118,19 @@ def adam(params: Iterable[torch.nn.Parameter], o: OptimConfig, device: torch.dev
     return torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused or None)
 
 
-def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0) -> TrainState:
+def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", rank: int = 0,
+                      fast: ResolvedPerf | None = None) -> TrainState:
     """Fresh G, D, F and Adam optimizers. Weights depend on ``cfg.seed`` only (so all
     data-parallel ranks start equal); the patch/flip RNG is seeded with seed + rank.
-    ``auto`` fast paths are settled here, for ``device`` (cut_core.hardware)."""
+    ``auto`` fast paths are settled here for ``device`` (cut_core.hardware), unless
+    ``fast`` brings them settled already (data-parallel ranks settle them together:
+    cut_core.distributed.agree_fast_paths)."""
     if cfg.is_cyclegan:
         from cut_core.cyclegan import build_cyclegan_state  # it builds on TrainState
 
-        return build_cyclegan_state(cfg, device=device, rank=rank)
+        return build_cyclegan_state(cfg, device=device, rank=rank, fast=fast)
     device = torch.device(device)
-    fast = resolve_perf(cfg.perf, device)
+    fast = fast or resolve_perf(cfg.perf, device)
     perf = fast.perf
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -4,6 +4,8 @@ for CycleGAN's four networks."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from cut_core.distributed import replica_divergence, wrap_data_parallel
+from cut_core.config import PerfConfig
+from cut_core.distributed import agree_fast_paths, replica_divergence, wrap_data_parallel
 from cut_core.training import build_train_state, train_step
 from tests.conftest import tiny
 
@@ -89,3 +92,73 @@ def test_resume_under_ddp_is_exact_on_cpu() -> None:
     from jobs.bench.device_checks import check_resume_under_ddp
 
     assert check_resume_under_ddp("cpu", log=lambda s: None) == 0.0
+
+
+# ---- fast paths settled together ----------------------------------------------------
+
+# What each rank's probe reported, by hand (as two probes of one machine can, on either
+# side of a close call): fp32 over bf16 on rank 1, channels_last winning on rank 0 only.
+PROBED = {
+    0: {"precision": "bf16", "ms": {"fp32": 1.0, "bf16": 0.5, "G-fp32": 2.0, "G-fp32-channels_last": 1.5,
+                                    "G-bf16": 1.0, "G-bf16-channels_last": 0.8}},
+    1: {"precision": "fp32", "ms": {"fp32": 1.0, "bf16": 30.0, "G-fp32": 1.5, "G-fp32-channels_last": 2.0}},
+}
+
+
+def _settled(rank: int, requested: PerfConfig, precision: str | None = None):
+    from cut_core.hardware import FastPaths, ResolvedPerf, capabilities
+
+    p = PROBED[rank]
+    precision = precision or p["precision"]
+    paths = FastPaths(device="cpu", precision=precision, channels_last=p["ms"][f"G-{precision}-channels_last"] < p["ms"][f"G-{precision}"],
+                      int8=False, capabilities=capabilities("cpu"), probe_ms=p["ms"])
+    own = replace(requested, precision=paths.precision if requested.precision == "auto" else requested.precision)
+    own = replace(own, channels_last=paths.layout_for(own.precision) if requested.channels_last == "auto" else requested.channels_last)
+    return ResolvedPerf(own, requested, paths)
+
+
+def _agree_worker(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+    try:
+        seen = {}
+        for case, requested, precision in (
+            ("layout", PerfConfig(precision="auto"), "fp32"),  # both fp32; channels_last on rank 0 only
+            ("precision", PerfConfig(precision="auto"), None),  # bf16 on rank 0 only
+            ("explicit", PerfConfig(precision="fp32", channels_last=True), None),
+        ):
+            own = _settled(rank, requested, precision)
+            got = agree_fast_paths(own)
+            seen[case] = {"own": [own.perf.precision, own.perf.channels_last],
+                          "got": [got.perf.precision, got.perf.channels_last], "warnings": list(got.warnings)}
+        # The case that failed in a real run: DDP takes the agreed layout on both ranks.
+        state = build_train_state(tiny("cut", precision="fp32"), rank=rank, fast=agree_fast_paths(_settled(rank, PerfConfig(), "fp32")))
+        wrap_data_parallel(state)
+        a, b = _batches()
+        train_step(state, a[rank : rank + 1], b[rank : rank + 1])
+        seen["divergence"] = replica_divergence(state)
+        seen["G_layout"] = next(state.G.parameters()).is_contiguous(memory_format=torch.channels_last) and \
+            not next(state.G.parameters()).is_contiguous()
+        Path(f"{tmp}/agree{rank}.json").write_text(json.dumps(seen))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_settle_fast_paths_together(tmp_path: Path) -> None:
+    """Each rank probes its own device; DDP needs one layout on all, and a rank that
+    emulates bf16 would set the group's pace. So: bf16 only if every rank settled on
+    it, then channels_last only if every rank picks it; a warning says when they
+    differed; explicit settings pass through; and DDP then trains."""
+    mp.spawn(_agree_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"agree{r}.json").read_text()) for r in range(2)]
+    assert [r["layout"]["own"] for r in ranks] == [["fp32", True], ["fp32", False]]
+    assert [r["precision"]["own"] for r in ranks] == [["bf16", True], ["fp32", False]]
+    for r in ranks:
+        assert r["layout"]["got"] == ["fp32", False] and r["precision"]["got"] == ["fp32", False]
+        for case in ("layout", "precision"):
+            assert len(r[case]["warnings"]) == 1 and "ranks measured different fast paths" in r[case]["warnings"][0]
+        assert "bf16 on 1," in r["precision"]["warnings"][0]
+        assert r["explicit"] == {"own": ["fp32", True], "got": ["fp32", True], "warnings": []}
+        assert r["divergence"] == 0.0 and r["G_layout"] is False

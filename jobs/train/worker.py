@@ -32,7 +32,8 @@ from safetensors.numpy import save_file as save_numpy
 from cut_core import build_train_state, save_generator, set_step_lr, train_step
 from cut_core.d_balance import WinWatch
 from cut_core.nce_watch import NCEWatch
-from cut_core.distributed import replica_divergence, wrap_data_parallel
+from cut_core.distributed import agree_fast_paths, replica_divergence, wrap_data_parallel
+from cut_core.hardware import resolve_perf
 from cut_core.images import to_model_input
 from cut_core.lr_schedule import describe_schedule
 from cut_core.translate import translate_uint8
@@ -60,7 +61,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
 
-    state = build_train_state(cfg, device=device, rank=rank)
+    # Every rank settles auto for its own device, then the ranks agree (DDP needs one
+    # layout; cut_core.distributed.agree_fast_paths).
+    fast = agree_fast_paths(resolve_perf(cfg.perf, device), device) if world > 1 else None
+    state = build_train_state(cfg, device=device, rank=rank, fast=fast)
     resumed_from = 0
     best: dict[str, Any] = {}
     checkpoint = ray.train.get_checkpoint()
