@@ -606,6 +606,11 @@ class TranslationPaths:
         arrow = "auto -> " if self.requested == "auto" else ""
         return f"precision {arrow}{self.precision}, channels_last {'on' if self.channels_last else 'off'}"
 
+    def label(self, device: torch.device | str) -> str:
+        """What G runs in on ``device``, in a few words: ``cpu int8``, ``cuda bf16
+        channels_last`` (a translation manifest's ``fast_path`` column)."""
+        return " ".join([torch.device(device).type, self.precision] + (["channels_last"] if self.channels_last else []))
+
 
 def resolve_translation(precision: str, channels_last: bool | str, device: torch.device | str = "cpu", *,
                         int8_ok: bool = True, use_cache: bool = True) -> TranslationPaths:

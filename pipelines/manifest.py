@@ -1,5 +1,5 @@
 """The manifest of a translation's output folder: one Parquet row per attempt at an
-input (input, output, size, status, error, model), parts that sort in write order over
+input (input, output, size, status, error, model, what G ran in), parts that sort in write order over
 every run, so the latest row of an input is its truth across reruns and kills; plus
 the output tree's housekeeping (partial files a kill left, label copies).
 
@@ -18,7 +18,11 @@ from pipelines.translate_io import TMP_SUFFIX
 
 MANIFEST_DIR = "manifest"  # Parquet parts, one per flush: <output>/manifest/part-*.parquet
 MANIFEST_COLUMNS = (("input", "string"), ("output", "string"), ("height", "int32"), ("width", "int32"),
-                    ("status", "string"), ("error", "string"), ("model_uri", "string"), ("model_version", "string"))
+                    ("status", "string"), ("error", "string"), ("model_uri", "string"), ("model_version", "string"),
+                    # What G ran in for this row (cut_core.hardware.TranslationPaths.label): each actor
+                    # settles auto for its own device, so on a mixed cluster rows can differ.
+                    # Parts written before this column read it as null.
+                    ("fast_path", "string"))
 
 
 def manifest_schema():

@@ -42,7 +42,8 @@ class GeneratorStage:
     """Stage 2, a Ray Data actor: G and nothing else, so an accelerator is never kept
     waiting on PNG work. In: ``path``, ``out``, ``image``, ``error``. Out: the same, the
     image translated (same size), plus this actor's running totals ``actor``, ``busy_s``
-    (seconds inside G) and ``wall_s`` (seconds since it was ready): model_busy.
+    (seconds inside G) and ``wall_s`` (seconds since it was ready): model_busy; and
+    ``fast_path``, what G runs in here (``cpu int8``, ``cuda bf16``).
 
     G is loaded once per actor (for int8, quantized with the spec's ranges); ``auto``
     is settled here, for this actor's own device."""
@@ -62,6 +63,7 @@ class GeneratorStage:
         elif self.paths.channels_last:
             G.to(memory_format=torch.channels_last)
         self.G = G
+        self.fast_path = self.paths.label(self.device)
         self.actor = f"{os.uname().nodename}:{os.getpid()}"
         self.busy = 0.0
         self.ready = time.perf_counter()
@@ -86,7 +88,8 @@ class GeneratorStage:
         n = len(images)
         wall = time.perf_counter() - self.ready
         return {"path": batch["path"], "out": batch["out"], "image": object_array(images), "error": object_array(errors),
-                "actor": object_array([self.actor] * n), "busy_s": np.full(n, self.busy), "wall_s": np.full(n, wall)}
+                "actor": object_array([self.actor] * n), "busy_s": np.full(n, self.busy), "wall_s": np.full(n, wall),
+                "fast_path": object_array([self.fast_path] * n)}
 
 
 class TranslateFiles:
@@ -127,7 +130,8 @@ class TranslateFiles:
         out = {k: np.array(v, dtype=np.int32 if k in ("height", "width") else object) for k, v in rows.items()}
         n = len(rows["input"])
         out.update(actor=object_array([self.model.actor] * n), busy_s=np.full(n, self.model.busy),
-                   wall_s=np.full(n, time.perf_counter() - self.model.ready))
+                   wall_s=np.full(n, time.perf_counter() - self.model.ready),
+                   fast_path=object_array([self.model.fast_path] * n))
         return out
 
 

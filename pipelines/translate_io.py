@@ -27,7 +27,9 @@ from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
 TMP_SUFFIX = ".raycut-tmp"
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 ROW_COLUMNS = ("input", "output", "height", "width", "status", "error")  # what the write stage returns
-BUSY_COLUMNS = ("actor", "busy_s", "wall_s")  # the G stage's running totals, for model_busy
+# What the G stage adds to each row and the write stage passes on: its running totals
+# (for model_busy) and what G ran in (the manifest's fast_path).
+G_COLUMNS = ("actor", "busy_s", "wall_s", "fast_path")
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def encode_and_write(batch: dict[str, np.ndarray], *, spec: dict[str, Any]) -> d
                                       "failed" if error else "done", error)):
             rows[k].append(v)
     out = {k: np.array(v, dtype=np.int32 if k in ("height", "width") else object) for k, v in rows.items()}
-    for k in BUSY_COLUMNS:
+    for k in G_COLUMNS:
         if k in batch:
             out[k] = batch[k]
     return out

@@ -3,6 +3,7 @@ identical to cut_core in fp32, resumable after a kill, labels copied alongside."
 
 from __future__ import annotations
 
+import re
 import os
 import signal
 import subprocess
@@ -74,6 +75,9 @@ def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir
     rows = read_manifest(out).to_pylist()
     assert sorted(r["status"] for r in rows) == ["done"] * len(SIZES) + ["failed"] * 2
     assert all(r["model_uri"] == str(model_dir) for r in rows)
+    # What G ran in, per row and in the summary (explicit here: fp32, NCHW).
+    assert {r["fast_path"] for r in rows} == {"cpu fp32"} and s.fast_paths == {"cpu fp32": len(rows)}
+    assert s.line().endswith("; G ran in cpu fp32")
 
     again = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=f"gta5:{data}", output=str(out)))
     assert (again.done, again.skipped, len(again.failed)) == (0, len(SIZES), 2)  # bad files are retried, still bad
@@ -167,15 +171,21 @@ def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, mo
     assert {r["model_version"] for r in read_manifest(tmp_path / "a").to_pylist()} == {"1"}
 
 
-def test_one_image_file_as_input(local_ray, model_dir, tmp_path) -> None:
+def test_one_image_file_as_input(local_ray, model_dir, tmp_path, capsys) -> None:
     """`--input painting.jpg` (SinCUT's case): the output lands beside no folder structure,
-    named after the file, at the file's size."""
+    named after the file, at the file's size. With the defaults (auto): the G actor's
+    settlement is in the manifest and the summary, and its precision is what the driver
+    printed for this machine (they read one cache of the probe)."""
     src = tmp_path / "in" / "painting.png"
     src.parent.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (38, 50, 3), dtype=np.uint8)).save(src)
-    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=str(src), output=str(tmp_path / "out")))
+    s = run_translate(TranslateOptions(model=str(model_dir), input=str(src), output=str(tmp_path / "out")))
     assert (s.done, len(s.failed)) == (1, 0)
     assert Image.open(tmp_path / "out" / "painting.png").size == (50, 38)
+    [row] = read_manifest(tmp_path / "out").to_pylist()
+    printed = re.search(r"fast paths on this machine's CPU: precision auto -> (\w+)", capsys.readouterr().out)
+    assert printed and row["fast_path"].split()[:2] == ["cpu", printed.group(1)], row
+    assert s.fast_paths == {row["fast_path"]: 1} and s.line().endswith(f"; G ran in {row['fast_path']}")
 
 
 def _expected(G, image_file: Path) -> np.ndarray:
@@ -276,6 +286,7 @@ def test_int8_job_is_cut_core_int8_with_the_calibration_it_keeps(local_ray, mode
     again = run_translate(TranslateOptions(**opts))
     assert (again.done, again.skipped) == (1, len(SIZES))
     assert (out / "int8_calibration.json").read_text() == saved
+    assert {r["fast_path"] for r in read_manifest(out).to_pylist()} == {"cpu int8"}
     # The one CPU actor runs G with the machine's cores as torch threads; so does this
     # check: int8's rounding turns the float reductions of another thread count into
     # pixels one level off.

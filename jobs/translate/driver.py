@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
@@ -49,12 +50,18 @@ class TranslateSummary:
     seconds: float
     model_busy: float | None = None  # fraction of the G actors' time inside G
     g_actors: int = 0
+    fast_paths: dict[str, int] = field(default_factory=dict)  # what G ran in -> rows (the manifest's fast_path)
 
     def line(self) -> str:
         busy = (f", model busy {self.model_busy:.0%} of the time over {self.g_actors} G actor(s)"
                 if self.model_busy is not None else "")
+        ran = ""
+        if len(self.fast_paths) == 1:
+            ran = f"; G ran in {next(iter(self.fast_paths))}"
+        elif self.fast_paths:  # a mixed cluster: each actor settles auto for its own device
+            ran = "; G ran in " + ", ".join(f"{k} ({n} rows)" for k, n in sorted(self.fast_paths.items()))
         return (f"[translate] {self.done} translated, {self.skipped} already done (skipped), {len(self.failed)} failed, "
-                f"{self.labels} label files copied -> {self.output} in {self.seconds:.1f} s{busy}")
+                f"{self.labels} label files copied -> {self.output} in {self.seconds:.1f} s{busy}{ran}")
 
 
 def run_translate(opts: TranslateOptions) -> TranslateSummary:
@@ -85,7 +92,7 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     n_done = 0
     if todo and _wants_int8(opts, model_dir):
         spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version))
-    stats: dict[str, float] = {}
+    stats: dict[str, Any] = {}
     if todo:
         n_done, failed, stats = _run(inputs, todo, spec, opts, version)
     labels = 0
@@ -97,7 +104,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
         labels = copy_labels(mine, inputs.mirror_root, str(out), link=opts.link_labels)
     summary = TranslateSummary(done=n_done, skipped=skipped, failed=failed, labels=labels, output=out,
                                model_uri=opts.model, model_version=version, seconds=time.perf_counter() - t0,
-                               model_busy=stats.get("model_busy"), g_actors=int(stats.get("g_actors", 0)))
+                               model_busy=stats.get("model_busy"), g_actors=int(stats.get("g_actors", 0)),
+                               fast_paths=stats.get("fast_paths", {}))
     print(summary.line(), flush=True)
     for path, reason in failed[:20]:
         print(f"  failed {path}: {reason}", flush=True)
@@ -116,7 +124,7 @@ def parse_concurrency(text: str | int | None, *, use_gpu: bool, local: bool = Tr
 
 
 def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOptions,
-         version: str) -> tuple[int, list[tuple[str, str]], dict[str, float]]:
+         version: str) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
     import ray
 
     cpus = os.cpu_count() or 1
@@ -158,6 +166,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     parts, last_flush, n_done = 0, time.monotonic(), 0
     failed: list[tuple[str, str]] = []
     busy: dict[str, tuple[float, float]] = {}  # actor -> (seconds in G, seconds alive), running totals
+    ran: dict[str, int] = {}  # what G ran in -> rows
 
     def flush() -> None:
         nonlocal parts, pending, last_flush
@@ -167,7 +176,8 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["input"])):
             row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
-            row.update(model_uri=opts.model, model_version=version)
+            row.update(model_uri=opts.model, model_version=version, fast_path=str(batch["fast_path"][i]))
+            ran[row["fast_path"]] = ran.get(row["fast_path"], 0) + 1
             pending.append(row)
             if row["status"] == "done":
                 n_done += 1
@@ -180,7 +190,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
             flush()
     if pending:
         flush()
-    return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy))}
+    return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy)), "fast_paths": ran}
 
 
 def model_busy(busy: dict[str, tuple[float, float]]) -> float:
