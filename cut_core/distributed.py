@@ -109,8 +109,8 @@ def agree_fast_paths(fast: ResolvedPerf, device: torch.device | str = "cpu") -> 
     every rank settled on it (a rank that emulates bf16 would set the whole group's
     pace, at tens of times fp32's), then channels_last only if every rank picks it for
     that precision; NCHW is the reference layout. When the ranks differed, every rank
-    gets a warning line that says so (the lead prints it). Explicit settings are the same on every rank
-    and pass through unchanged."""
+    gets a warning line that says so (the lead prints it). Explicit settings are the
+    same on every rank and pass through unchanged."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return fast
     world = dist.get_world_size()

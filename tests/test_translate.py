@@ -382,3 +382,15 @@ def test_concurrency_defaults_grow_with_gpu_nodes_and_stay_put_on_cpu() -> None:
     assert parse_concurrency(None, use_gpu=True) == (1, DEFAULT_MAX_GPU_ACTORS)
     assert parse_concurrency(None, use_gpu=False) == (1, 1)
     assert parse_concurrency("3", use_gpu=True) == (3, 3) and parse_concurrency("2-8", use_gpu=False) == (2, 8)
+
+
+def test_summary_counts_each_kind_of_g_on_a_mixed_cluster(tmp_path) -> None:
+    """Actors on different nodes settle auto each for their own device: the summary
+    line then names every kind with its rows (one kind: just its name)."""
+    from jobs.translate.driver import TranslateSummary
+
+    base = dict(done=5, skipped=0, failed=[], labels=0, output=tmp_path, model_uri="m", model_version="", seconds=1.0)
+    mixed = TranslateSummary(**base, fast_paths={"cpu int8": 3, "cuda bf16 channels_last": 2})
+    assert mixed.line().endswith("; G ran in cpu int8 (3 rows), cuda bf16 channels_last (2 rows)")
+    assert TranslateSummary(**base, fast_paths={"cpu fp32": 5}).line().endswith("; G ran in cpu fp32")
+    assert "G ran in" not in TranslateSummary(**base).line()  # nothing translated this run
