@@ -199,11 +199,16 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-@pytest.mark.cost(60)
+@pytest.mark.cost(35)
 def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
     painting = preview(load_single_image(str(PAINTING)), width=192)[0]  # small resolution for the CPU
     photo = preview(load_single_image(str(PHOTO)), width=192)[0]
-    cfg = tiny("sincut", netF_nc=32, batch_size=8, seed=0)
+    # ndf 1: StyleGAN2's D widens as it downsamples (256 * ndf / resolution channels), so
+    # at ndf 4 its 64-256-channel layers were most of the step; what is tested is G and
+    # F. The bars below hold at ndf 1 as at 4 (2026-12-04, the family-23 EPYC, seeds 0-2:
+    # NCE 0.91-0.94x, identity 0.58-0.67x, painting 0.51-0.89 against photo 0.15-0.17;
+    # ndf 4: 0.89-0.93x, 0.66-0.73x, 0.60-0.82 against 0.09-0.20), in 55 s instead of 88.
+    cfg = tiny("sincut", netF_nc=32, batch_size=8, seed=0, ndf=1)
     state = build_train_state(cfg)
     rng = np.random.default_rng(0)
     history = []
@@ -236,7 +241,7 @@ def test_short_run_on_the_real_pair_learns_and_keeps_the_painting_layout():
     assert with_painting > 0.3 and with_painting > with_photo + 0.1, (with_painting, with_photo)
 
 
-@pytest.mark.cost(100)
+@pytest.mark.cost(50)
 @pytest.mark.slow
 def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_painting(local_ray, tmp_path, monkeypatch,
                                                                                        capsys):
@@ -246,7 +251,7 @@ def test_raycut_train_with_one_image_per_domain_and_its_model_on_the_whole_paint
     from jobs.train.spec import Schedule, TrainOptions
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    sets = ("ngf=4", "netF_nc=32", "crop_size=32", "batch_size=4")
+    sets = ("ngf=4", "ndf=1", "netF_nc=32", "crop_size=32", "batch_size=4")  # ndf 1: the preset's D is 384 wide here
     result = run_train(TrainOptions(preset="sincut", data_a=str(PAINTING), data_b=str(PHOTO), sets=sets, steps=6,
                                     schedule=Schedule(checkpoint_every=6), name="monet",
                                     storage_path=str(tmp_path / "raycut-runs")))
