@@ -576,7 +576,12 @@ def resolve_perf(perf: PerfConfig, device: torch.device | str = "cpu", *, use_ca
     needs_probe = perf.precision in ("auto", "bf16") or perf.channels_last == "auto"
     if not needs_probe:
         return ResolvedPerf(perf, perf, None, malloc=malloc)
-    paths = fast_paths(device, use_cache=use_cache)
+    return settle_perf(perf, fast_paths(device, use_cache=use_cache), malloc=malloc)
+
+
+def settle_perf(perf: PerfConfig, paths: FastPaths, *, malloc: str = "") -> ResolvedPerf:
+    """``perf`` with ``auto`` settled from the measurements ``paths`` (resolve_perf's rule,
+    for paths at hand: a cache entry, another rank's, a test's)."""
     precision = paths.precision if perf.precision == "auto" else perf.precision
     if perf.channels_last == "auto":
         channels_last = paths.layout_for(precision)
@@ -642,5 +647,5 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
     return TranslationPaths(chosen, layout, precision, paths, tuple(warnings))
 
 
-__all__ = ["TranslationPaths", "resolve_translation", "Capabilities", "FastPaths", "ResolvedPerf", "cache_dir", "capabilities", "decide", "emulation_warning",
+__all__ = ["TranslationPaths", "resolve_translation", "Capabilities", "FastPaths", "ResolvedPerf", "settle_perf", "cache_dir", "capabilities", "decide", "emulation_warning",
            "fast_paths", "interleaved_ms", "machine_key", "merge_probe", "probe", "Probe", "resolve_perf"]

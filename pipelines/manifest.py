@@ -1,7 +1,8 @@
 """The manifest of a translation's output folder: one Parquet row per attempt at an
-input (input, output, size, status, error, model, what G ran in), parts that sort in write order over
-every run, so the latest row of an input is its truth across reruns and kills; plus
-the output tree's housekeeping (partial files a kill left, label copies).
+input (input, output, size, status, error, model, what G ran in), parts that sort in
+write order over every run, so the latest row of an input is its truth across reruns
+and kills; plus the output tree's housekeeping (partial files a kill left, label
+copies).
 
     <output>/manifest/part-RUN-INDEX-PID.parquet   RUN grows with every run (claimed
                                                    atomically), INDEX with every flush

@@ -5,7 +5,6 @@ for CycleGAN's four networks."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,15 +105,14 @@ PROBED = {
 
 
 def _settled(rank: int, requested: PerfConfig, precision: str | None = None):
-    from cut_core.hardware import FastPaths, ResolvedPerf, capabilities
+    """Rank ``rank``'s own settlement of ``requested`` from its hand-made probe."""
+    from cut_core.hardware import FastPaths, capabilities, settle_perf
 
-    p = PROBED[rank]
-    precision = precision or p["precision"]
-    paths = FastPaths(device="cpu", precision=precision, channels_last=p["ms"][f"G-{precision}-channels_last"] < p["ms"][f"G-{precision}"],
-                      int8=False, capabilities=capabilities("cpu"), probe_ms=p["ms"])
-    own = replace(requested, precision=paths.precision if requested.precision == "auto" else requested.precision)
-    own = replace(own, channels_last=paths.layout_for(own.precision) if requested.channels_last == "auto" else requested.channels_last)
-    return ResolvedPerf(own, requested, paths)
+    ms = PROBED[rank]["ms"]
+    precision = precision or PROBED[rank]["precision"]
+    paths = FastPaths(device="cpu", precision=precision, int8=False, capabilities=capabilities("cpu"), probe_ms=ms,
+                      channels_last=ms[f"G-{precision}-channels_last"] < ms[f"G-{precision}"])
+    return settle_perf(requested, paths)
 
 
 def _agree_worker(rank: int, world: int, tmp: str) -> None:
@@ -132,7 +130,8 @@ def _agree_worker(rank: int, world: int, tmp: str) -> None:
             seen[case] = {"own": [own.perf.precision, own.perf.channels_last],
                           "got": [got.perf.precision, got.perf.channels_last], "warnings": list(got.warnings)}
         # The case that failed in a real run: DDP takes the agreed layout on both ranks.
-        state = build_train_state(tiny("cut", precision="fp32"), rank=rank, fast=agree_fast_paths(_settled(rank, PerfConfig(), "fp32")))
+        agreed = agree_fast_paths(_settled(rank, PerfConfig(), "fp32"))
+        state = build_train_state(tiny("cut", precision="fp32"), rank=rank, fast=agreed)
         wrap_data_parallel(state)
         a, b = _batches()
         train_step(state, a[rank : rank + 1], b[rank : rank + 1])

@@ -62,8 +62,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
 
     # Every rank settles auto for its own device, then the ranks agree (DDP needs one
-    # layout; cut_core.distributed.agree_fast_paths).
-    fast = agree_fast_paths(resolve_perf(cfg.perf, device), device) if world > 1 else None
+    # layout; cut_core.distributed.agree_fast_paths; a single worker keeps its own).
+    fast = agree_fast_paths(resolve_perf(cfg.perf, device), device)
     state = build_train_state(cfg, device=device, rank=rank, fast=fast)
     resumed_from = 0
     best: dict[str, Any] = {}

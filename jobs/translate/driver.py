@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -166,7 +167,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     parts, last_flush, n_done = 0, time.monotonic(), 0
     failed: list[tuple[str, str]] = []
     busy: dict[str, tuple[float, float]] = {}  # actor -> (seconds in G, seconds alive), running totals
-    ran: dict[str, int] = {}  # what G ran in -> rows
+    ran: Counter[str] = Counter()  # what G ran in -> rows
 
     def flush() -> None:
         nonlocal parts, pending, last_flush
@@ -177,7 +178,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
         for i in range(len(batch["input"])):
             row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
             row.update(model_uri=opts.model, model_version=version, fast_path=str(batch["fast_path"][i]))
-            ran[row["fast_path"]] = ran.get(row["fast_path"], 0) + 1
+            ran[row["fast_path"]] += 1
             pending.append(row)
             if row["status"] == "done":
                 n_done += 1
@@ -190,7 +191,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
             flush()
     if pending:
         flush()
-    return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy)), "fast_paths": ran}
+    return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy)), "fast_paths": dict(ran)}
 
 
 def model_busy(busy: dict[str, tuple[float, float]]) -> float:
