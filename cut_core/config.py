@@ -263,11 +263,17 @@ class OptimConfig:
     # G's and F's gradient norms clipped at this many times the median of their last 200
     # steps' norms (cut_core.grad_guard), 0 = off: a guard against one-step spikes.
     grad_clip_median: float = 0.0
+    # What a gradient over that limit is cut to, as a multiple of the same median; 0 =
+    # the limit itself. Under grad_clip_median, a loose trigger can cut spikes deep.
+    grad_clip_to: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr={self.lr} must be > 0")
         _check(self.grad_clip_median == 0 or self.grad_clip_median > 1,
                f"grad_clip_median={self.grad_clip_median} must be 0 (off) or > 1 (a multiple of the median norm)")
+        _check(self.grad_clip_to == 0 or (self.grad_clip_median and 0 < self.grad_clip_to <= self.grad_clip_median),
+               f"grad_clip_to={self.grad_clip_to} must be 0 (the limit itself) or in (0, grad_clip_median="
+               f"{self.grad_clip_median:g}]: it is what a gradient over grad_clip_median is cut to")
         _check(0 <= self.ema_decay < 1, f"ema_decay={self.ema_decay} must lie in [0, 1) (0 turns the average off)")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must lie in [0, 1)")
         _check(self.n_epochs >= 0 and self.n_epochs_decay >= 0, "n_epochs and n_epochs_decay must be >= 0")

@@ -38,15 +38,23 @@ def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 class GradSpikeGuard(nn.Module):
-    """``clip_(net)`` after the backward, before the optimizer's step: the gradient norm
-    of ``net`` is clipped at ``factor`` x the median of the norms of the last WINDOW
-    steps (raw norms: a clipped spike enters the history as it was)."""
+    """``clip_(net)`` after the backward, before the optimizer's step: a gradient whose
+    norm is over ``factor`` x the median of the norms of the last WINDOW steps is scaled
+    down to ``target`` x that median (``target`` defaults to ``factor``: plain clipping).
+    A ``target`` under ``factor`` separates what counts as a spike from how far it is cut:
+    a loose trigger leaves the run's large but ordinary steps alone, and a spike it
+    catches is still cut to an ordinary size. The history keeps raw norms: a clipped
+    spike enters it as it was."""
 
-    def __init__(self, factor: float, *, window: int = WINDOW, warmup: int = WARMUP) -> None:
+    def __init__(self, factor: float, *, target: float | None = None, window: int = WINDOW,
+                 warmup: int = WARMUP) -> None:
         super().__init__()
+        target = factor if target is None else target
         if factor <= 1:
             raise ValueError(f"the clip factor {factor} must be > 1 (a multiple of the median norm)")
-        self.factor, self.window, self.warmup = factor, window, warmup
+        if not 0 < target <= factor:
+            raise ValueError(f"the clip target {target} must lie in (0, {factor:g}] (a multiple of the median norm)")
+        self.factor, self.target, self.window, self.warmup = factor, target, window, warmup
         self.register_buffer("norms", torch.zeros(window))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))
         self._seen: int | None = None  # a host copy of ``seen``: reading the buffer each step would sync a GPU
@@ -68,9 +76,10 @@ class GradSpikeGuard(nn.Module):
         clipped = torch.zeros((), device=norm.device)
         median = self.norms[: min(seen, self.window)].median() if seen else torch.zeros((), device=norm.device)
         if seen >= self.warmup:
-            limit = self.factor * median
-            clipped = (norm > limit).float()
-            torch._foreach_mul_(grads, (limit / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
+            over = norm > self.factor * median
+            clipped = over.float()
+            scale = torch.where(over, self.target * median / (norm + 1e-6), torch.ones_like(norm))
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         # A non-finite norm (a broken step) enters the history as the median, so that it
         # does not poison later steps' limits (deciding to skip it would sync a GPU).
         self.norms[seen % self.window] = torch.where(torch.isfinite(norm), norm, median)

@@ -159,7 +159,8 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     if o.ema_decay:
         state.G_ema = GeneratorEMA(G, o.ema_decay)
     if o.grad_clip_median:
-        state.grad_guards = {name: GradSpikeGuard(o.grad_clip_median).to(device) for name in ("G", "F")}
+        state.grad_guards = {name: GradSpikeGuard(o.grad_clip_median, target=o.grad_clip_to or None).to(device)
+                             for name in ("G", "F")}
     state.d_ops = parse_policy(cfg.loss.d_augment)
     if cfg.loss.d_augment_target:
         state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target, speed_images=cfg.loss.d_augment_speed)

@@ -245,6 +245,33 @@ def test_the_gradient_guard_clips_a_spike_at_its_multiple_of_the_running_median(
         CUTConfig.tiny("cut", grad_clip_median=0.5)
 
 
+def test_a_loose_trigger_leaves_large_steps_alone_and_cuts_a_spike_to_its_target():
+    """grad_clip_median=10, grad_clip_to=2: what is over 10x the median is cut to 2x it;
+    a step at 8x, which a plain 5x clip would cut, passes whole."""
+    net = torch.nn.Linear(4, 1, bias=False)
+    guard, plain = GradSpikeGuard(10.0, target=2.0, window=8, warmup=4), GradSpikeGuard(5.0, window=8, warmup=4)
+    for n in (3.0, 4.0, 5.0, 6.0):
+        for g in (guard, plain):
+            _with_grad(net, n)
+            g.clip_(net)
+    median = 4.0  # torch's median of an even count is the lower of the middle two
+    for g, want_clipped, want_norm in ((guard, 0.0, 8 * median), (plain, 1.0, 5 * median)):
+        _with_grad(net, 8 * median)
+        assert g.clip_(net)[1].item() == want_clipped
+        assert net.weight.grad.norm().item() == pytest.approx(want_norm, rel=1e-5)
+    _with_grad(net, 100.0)  # the history holds the raw 8x step: median 5 now
+    assert guard.clip_(net)[1].item() == 1.0
+    assert net.weight.grad.norm().item() == pytest.approx(2 * 5.0, rel=1e-5)
+    with pytest.raises(ValueError, match="clip target"):
+        GradSpikeGuard(5.0, target=6.0)
+    with pytest.raises(ConfigError, match="grad_clip_to"):
+        CUTConfig.tiny("cut", grad_clip_to=2.0)  # a target without a trigger
+    cfg = CUTConfig.tiny("cut", grad_clip_median=10.0, grad_clip_to=2.0)
+    built = build_train_state(cfg).grad_guards
+    assert {(g.factor, g.target) for g in built.values()} == {(10.0, 2.0)}
+    assert {g.target for g in build_train_state(CUTConfig.tiny("cut", grad_clip_median=5.0)).grad_guards.values()} == {5.0}
+
+
 def test_training_with_the_gradient_guard_reports_it_and_resumes_exactly(tmp_path):
     cfg = CUTConfig.tiny("cut", grad_clip_median=3.0)
     a, b = _images(1, 32, 1), _images(1, 32, 2)
