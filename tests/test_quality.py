@@ -304,8 +304,10 @@ def test_the_patchnce_watch_warns_once_when_the_loss_climbs_back_to_chance():
     assert not any(watch.observe(v, 10) for v in early) and watch.run == 0
     fired = [watch.observe(v, 10) for v in [1.75, 6.70, 4.89, 4.64, 4.63, 4.43, 4.34, 4.23]]
     assert fired == [False, False, False, False, False, True, False, False]  # step 640: 50 steps near chance
-    assert "for 70 steps (to step 660)" in watch.message(660) and "grad_clip_median=5" in watch.message(660)
+    assert "for 70 steps (to step 660)" in watch.message(660) and "grad_clip_median=10 --set grad_clip_to=2" in watch.message(660)
     assert not watch.observe(1.5, 10) and watch.run == 0  # recovered
     assert not any(watch.observe(5.0, 10) for _ in range(4)) and watch.observe(5.0, 10)  # a second collapse
     guarded = NCEWatch.for_config(cfg.with_overrides({"grad_clip_median": 5}))
-    assert "guard is on (grad_clip_median=5)" in guarded.message(1)
+    assert "guard is on (grad_clip_median=5, cut to 5x)" in guarded.message(1)
+    deep = NCEWatch.for_config(cfg.with_overrides({"grad_clip_median": 10, "grad_clip_to": 2}))
+    assert "guard is on (grad_clip_median=10, cut to 2x)" in deep.message(1)
