@@ -58,9 +58,11 @@ class NCEWatch(Streak):
         clip, target = cfg.optim.grad_clip_median, cfg.optim.grad_clip_to or cfg.optim.grad_clip_median
         # 10x cut to 2x: on the spike measured (docs/quality.md) it clipped that one step
         # and PatchNCE stayed at its level; a plain 5x also clipped ordinary steps.
-        advice = (f"the gradient guard is on (grad_clip_median={clip:g}, cut to {target:g}x); a lower trigger clips more"
-                  if clip else "if it does not recover, try --set grad_clip_median=10 --set grad_clip_to=2 (cuts "
-                  "one-step gradient spikes in G and F to twice their median)")
+        if clip:
+            advice = f"the gradient guard is on (grad_clip_median={clip:g}, cut to {target:g}x); a lower trigger clips more"
+        else:
+            advice = ("if it does not recover, try --set grad_clip_median=10 --set grad_clip_to=2 (cuts one-step "
+                      "gradient spikes in G and F to twice their median)")
         return cls(nce_chance(cfg), advice)
 
     def message(self, step: int) -> str:
