@@ -3,8 +3,8 @@ identical to cut_core in fp32, resumable after a kill, labels copied alongside."
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
