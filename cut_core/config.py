@@ -267,6 +267,12 @@ class OptimConfig:
     # the limit itself. Under grad_clip_median, a loose trigger can cut spikes deep.
     grad_clip_to: float = 0.0
 
+    @property
+    def grad_clip_target(self) -> float:
+        """What the guard cuts a gradient over its trigger down to, as a multiple of the
+        median: ``grad_clip_to``, or the trigger itself where that is 0 (plain clipping)."""
+        return self.grad_clip_to or self.grad_clip_median
+
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"lr={self.lr} must be > 0")
         _check(self.grad_clip_median == 0 or self.grad_clip_median > 1,

@@ -55,7 +55,7 @@ class NCEWatch(Streak):
 
     @classmethod
     def for_config(cls, cfg: CUTConfig) -> NCEWatch:
-        clip, target = cfg.optim.grad_clip_median, cfg.optim.grad_clip_to or cfg.optim.grad_clip_median
+        clip, target = cfg.optim.grad_clip_median, cfg.optim.grad_clip_target
         # 10x cut to 2x: on the spike measured (docs/quality.md) it clipped that one step
         # and PatchNCE stayed at its level; a plain 5x also clipped ordinary steps.
         if clip:

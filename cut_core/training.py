@@ -159,7 +159,7 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     if o.ema_decay:
         state.G_ema = GeneratorEMA(G, o.ema_decay)
     if o.grad_clip_median:
-        state.grad_guards = {name: GradSpikeGuard(o.grad_clip_median, target=o.grad_clip_to or None).to(device)
+        state.grad_guards = {name: GradSpikeGuard(o.grad_clip_median, target=o.grad_clip_target).to(device)
                              for name in ("G", "F")}
     state.d_ops = parse_policy(cfg.loss.d_augment)
     if cfg.loss.d_augment_target:
