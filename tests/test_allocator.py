@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import patience
+
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 pytestmark = pytest.mark.skipif(not GLIBC, reason="the tuning applies to glibc's malloc only")
@@ -54,7 +56,7 @@ def settled(faults: list[int]) -> bool:
 
 
 def _faults(mode: str, **env: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=ROOT, capture_output=True, text=True, timeout=patience(120),
                        env={**os.environ, "PYTHONPATH": str(ROOT), **env})
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -105,7 +107,7 @@ print(json.dumps({"compute": ray.get(compute.faults.remote()), "other": ray.get(
 ray.shutdown()
 """
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=patience(300),
                        env={**env, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -134,7 +136,7 @@ def test_the_translation_bench_times_glibc_malloc_in_a_process_of_its_own(tmp_pa
     out = tmp_path / "record.json"
     r = subprocess.run([sys.executable, "-m", "jobs.bench.device", "--crops", "--translate", "64x96", "--translate-variants",
                         "fp32", "fp32-glibc-malloc", "--iters", "1", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       cwd=ROOT, capture_output=True, text=True, timeout=patience(300), env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-3000:]
     record = json.loads(out.read_text())
     rows = {row["name"]: row for row in record["results"] if row["metric"] == "images_per_s"}

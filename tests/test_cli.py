@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cut_core.errors import RaycutError
+from tests.conftest import patience
 
 
 # An ERROR-level line of Python's logging or of Ray's C++ log, a deprecation warning,
@@ -24,7 +25,7 @@ RAY_WORKER_EXIT_ABORT = re.compile(r"^\S*\(\S+ pid=\d+\)\S* \[[^]]+ E \d+ \d+\] 
 
 
 def raycut(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=patience(600))
 
 
 def test_help_lists_the_commands():
@@ -42,11 +43,11 @@ def test_the_command_line_and_the_cpu_stages_load_no_torch():
     modules = ("jobs.cli", "jobs.train.spec", "jobs.translate.spec", "pipelines.ingest", "pipelines.translate_io",
                "pipelines.manifest", "pipelines.single_image", "cut_core.config")
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=patience(120))
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
     # The package's names still resolve (on first use).
     r = subprocess.run([sys.executable, "-c", "import cut_core; print(cut_core.train_step.__module__, len(dir(cut_core)))"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=patience(120))
     assert r.returncode == 0 and r.stdout.split()[0] == "cut_core.training", r.stdout + r.stderr
 
 
@@ -162,7 +163,7 @@ print("python's own stderr", file=sys.stderr)
 os.write(2, b"[2026-11-30 02:55:58,436 E 1 1] core_")
 os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store and max_restarts > 0\\nTraceback (most recent call last)\\n")
 """
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=patience(60))
     assert r.returncode == 0, r.stderr
     assert "constructor arguments" not in r.stderr and "PlacementGroupCleaner" not in r.stderr
     assert real in r.stderr and "Traceback (most recent call last)" in r.stderr
@@ -224,7 +225,7 @@ def test_bench_layers_times_g_last_conv_both_ways(tmp_path):
     round by round; the matmul row's speed-up is the median of the per-round ratios."""
     out = tmp_path / "layers.json"
     r = subprocess.run([sys.executable, "-m", "jobs.bench.layers", "--crops", "32", "--batches", "1", "2",
-                        "--rounds", "3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--rounds", "3", "--out", str(out)], capture_output=True, text=True, timeout=patience(300))
     assert r.returncode == 0, r.stderr
     record = json.loads(out.read_text())
     assert record["bench"] == "layers" and record["machine"]["device"] == "cpu"
@@ -334,7 +335,7 @@ def test_a_killed_bench_takes_its_runs_with_it(tmp_path):
                              "--quality-variants", "plain", "diffaugment"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300  # generous: the suite runs two workers on 2 cores
+        deadline = time.monotonic() + patience(300)  # generous: the suite runs two workers on 2 cores
         training: list[int] = []
         while len(training) < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
@@ -344,7 +345,7 @@ def test_a_killed_bench_takes_its_runs_with_it(tmp_path):
         children = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience(30)
         while any(_alive(c) for c in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [c for c in children if _alive(c)], "children outlived the killed bench"

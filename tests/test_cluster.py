@@ -35,7 +35,7 @@ from cut_core.images import to_model_input, to_uint8_images
 from jobs.tracking import resolve_model_dir
 from jobs.train.worker import FINAL_SAMPLES
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, free_ports, no_local_ray
+from tests.conftest import TINY_SETS, free_ports, no_local_ray, patience
 
 # One pytest worker runs the whole module (`make test` runs --dist loadgroup), so the
 # cluster starts once; it runs beside the other worker's tests and their Rays.
@@ -92,7 +92,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
                f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={self.agent_port}",
                f"--temp-dir={self.temp_dir}"]
         env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", **(override_env or {})}
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=patience(120))
         assert r.returncode == 0, f"`ray start --head` failed: {r.stdout[-2000:]}{r.stderr[-2000:]}"
         ray_services.find_gcs_addresses.cache_clear()
 
@@ -109,7 +109,7 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         for p in doomed.values():
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        psutil.wait_procs(list(doomed.values()), timeout=30)
+        psutil.wait_procs(list(doomed.values()), timeout=patience(30))
         ray_services.find_gcs_addresses.cache_clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -142,7 +142,7 @@ def head():
         os.environ["PATH"] = saved_path
 
 
-def _raycut(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+def _raycut(args: list[str], cwd: Path, env: dict[str, str], timeout: float = patience(600)) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -221,7 +221,7 @@ def test_submitted_train_grows_the_cluster_streams_its_logs_and_registers(head, 
     assert saved["output"].shape == (4, 32, 32, 3) and saved["output"].std() > 0
 
     state = subprocess.run([sys.executable, "-c", _CLUSTER_STATE], env={**head["env"], "RAY_ADDRESS": head["gcs_address"]},
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=patience(120))
     assert state.returncode == 0, state.stderr[-2000:]
     state = json.loads(state.stdout.strip().splitlines()[-1])
     for domain, nodes in state["decoders"].items():
@@ -274,7 +274,7 @@ code = follow(client, job)
 print("streams", client.streams, "exit", code)
 """
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**head["env"], "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=patience(180))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stdout.splitlines()
     assert [line for line in lines if line.startswith("line ")] == [f"line {i}" for i in range(6)], r.stdout

@@ -19,6 +19,7 @@ import torch
 from cut_core.config import PerfConfig
 from cut_core.hardware import WIN_MARGIN, Capabilities, FastPaths, Probe, capabilities, decide, merge_probe, resolve_perf
 from cut_core.machine_load import Load, LoadWindow
+from tests.conftest import patience
 
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 # oneDNN capped below AMX: on a Xeon with AMX this is the Xeon whose hypervisor hides
@@ -44,7 +45,7 @@ def _resolve_in_subprocess(precision: str, cache, **env: str) -> dict:
     run under the AVX2 emulation, and a call without limits must not inherit them."""
     inherited = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY and k not in NO_AMX}
     full = {**inherited, "RAYCUT_CACHE": str(cache), **env}
-    r = subprocess.run([sys.executable, "-c", RESOLVE, precision], capture_output=True, text=True, env=full, timeout=300)
+    r = subprocess.run([sys.executable, "-c", RESOLVE, precision], capture_output=True, text=True, env=full, timeout=patience(300))
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

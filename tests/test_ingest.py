@@ -14,6 +14,7 @@ from cut_core.errors import RaycutError
 from pipelines.augment import augment, will_upscale
 from pipelines.ingest import IngestOptions, IngestReport, decode_head, domain_size, format_report, read_domain
 from pipelines.toy_data import ToySpec, write_toy_dataset
+from tests.conftest import patience
 from tests.test_decode_sources import bad_file_corpus
 
 CROP = DataConfig(preprocess="crop", load_size=32, crop_size=32)
@@ -105,7 +106,7 @@ def test_two_consumers_get_disjoint_shards(local_ray, toy):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=300)
+        t.join(timeout=patience(300))
     assert seen[0] and seen[1]
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0]) == len(seen[1]) == 5

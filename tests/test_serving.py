@@ -23,7 +23,7 @@ from cut_core import CUTConfig, save_generator
 from cut_core.networks import build_generator
 from cut_core.translate import translate_uint8
 from jobs import tracking
-from tests.conftest import free_ports
+from tests.conftest import free_ports, patience
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_mlflow_models_serve_answers_a_rest_request(registered, tmp_path):
                                "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        deadline = time.time() + 300  # generous: the suite runs two workers on 2 cores
+        deadline = time.time() + patience(300)  # generous: the suite runs two workers on 2 cores
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
@@ -106,12 +106,12 @@ def test_mlflow_models_serve_answers_a_rest_request(registered, tmp_path):
         body = json.dumps({"inputs": image.tolist()}).encode()  # JSON ints, as curl sends them
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=patience(60)) as r:
             got = np.asarray(json.loads(r.read())["predictions"])
         np.testing.assert_array_equal(got, translate_uint8(G, image))
     finally:
         server.terminate()
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=patience(20))
         except subprocess.TimeoutExpired:
             server.kill()

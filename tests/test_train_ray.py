@@ -17,7 +17,7 @@ from cut_core.lr_schedule import lr_factor, schedule_epoch
 from jobs.train.driver import run_train
 from jobs.train.spec import SPEC_NAME, Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when
+from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when, patience
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     # The failed run leaves nothing on the caller's Ray: its controller and the Ray Data
     # actors that it owned are gone and their CPUs free (until raycut put back the SIGINT
     # handler that Ray Train leaves behind, they stayed for as long as the process ran).
-    assert _train_run_gone(within_s=20) is None
+    assert _train_run_gone(within_s=patience(20)) is None
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (first,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
     assert first.info.status == "FAILED"

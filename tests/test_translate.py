@@ -24,7 +24,7 @@ from cut_core.translate import translate
 from jobs.translate.driver import run_translate
 from jobs.translate.spec import TranslateOptions
 from pipelines.manifest import read_manifest
-from tests.conftest import tiny
+from tests.conftest import patience, tiny
 
 pytestmark = pytest.mark.slow
 # Pixel-exact comparisons with cut_core's fp32: auto may pick int8 or bf16 on some CPUs.
@@ -92,7 +92,7 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # Until its first manifest part: on 2 busy cores (the suite's other worker, other
     # work) the job's start (a local Ray, the model, its actors) took over 120 s once.
-    waited, deadline = time.monotonic(), time.monotonic() + 480
+    waited, deadline = time.monotonic(), time.monotonic() + patience(480)
     while time.monotonic() < deadline and not list((out / "manifest").glob("part-*.parquet")) and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid-run

@@ -18,7 +18,7 @@ from jobs.config_file import resolve_config
 from jobs.tune.driver import INTERRUPT_AFTER_ENV
 from jobs.tune.space import DEFAULT_SPACE, load_space, overrides
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS
+from tests.conftest import TINY_SETS, patience
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
                      "num_patches: {choice: [32, 64]}\nnce_T: null\nnce_idt: null\nflip_equivariance: null\n")
     cmd = _tune_cmd(toy, "--samples", "1", "--max-concurrent", "1", "--space", str(space), "--register", "toy-tuned")
     r = subprocess.run(cmd, cwd=tmp_path, env={**_env(tmp_path), INTERRUPT_AFTER_ENV: "1"}, capture_output=True,
-                       text=True, timeout=600)
+                       text=True, timeout=patience(600))
     trials = tmp_path / "raycut-tune" / "search" / "trials"
     done = list(trials.glob("*/done.json"))
     assert r.returncode != 0 and len(done) == 1, r.stdout[-3000:] + r.stderr[-3000:]
@@ -64,7 +64,7 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     first, stamp = done[0].parent.name, done[0].stat().st_mtime
 
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "tune", "--resume", "--name", "search"], cwd=tmp_path,
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=patience(600))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     out = tmp_path / "raycut-tune" / "search"
     results = pd.read_parquet(out / "results.parquet")
