@@ -33,10 +33,10 @@ os.environ.setdefault("RAYCUT_PROBES", "1")
 
 # The suite's timeouts and waits catch hangs; none of them is a speed check. A shared
 # 2-core VM runs the same suite 2-3x slower on its slow hours than on its quick ones
-# (`.ci/run` of one commit's code: 818 s on a quick hour of the AVX2-only EPYC, 2129 s
-# for the tests of CI's run of 2026-12-04, where the demo test's 600 s timeout ran out
-# at 2x its usual time). So each is given as what the wait needs on a quick hour, times
-# this factor (RAYCUT_TEST_PATIENCE to change it).
+# (the family-23 AVX2-only EPYC: 818 s of tests on a quick hour; 1874-2129 s on
+# 2026-12-04, when CI's run failed only because the demo test's 600 s timeout ran out,
+# 3x that test's quick-hour 200 s). So each is written as what the wait needs on a
+# quick hour, times this factor (RAYCUT_TEST_PATIENCE to change it).
 PATIENCE = float(os.environ.get("RAYCUT_TEST_PATIENCE", "3"))
 
 
