@@ -249,13 +249,18 @@ def negative_source(loss: LossConfig) -> str:
 @dataclass(frozen=True)
 class OptimConfig:
     """Adam for G, D and F, with the official 'linear' policy: constant for
-    ``n_epochs``, then linear decay to zero over ``n_epochs_decay``."""
+    ``n_epochs``, then linear decay to zero over ``n_epochs_decay``; optionally a
+    linear warm-up over the first ``n_epochs_warmup`` of the ``n_epochs``."""
 
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     n_epochs: int = 200
     n_epochs_decay: int = 200
+    # Epochs (of n_epochs, fitted to the run like them) over which the LR ramps up
+    # linearly to lr; 0 = none, the official schedule. A short run's G can lose the
+    # layout in its first few hundred steps at the full rate (docs/quality.md).
+    n_epochs_warmup: int = 0
     batch_size: int = 1  # per worker
     # An exponential moving average of G's weights (cut_core.ema), 0 = off: the G that is
     # evaluated, shown and registered when on. 0.999 averages about the last 1000 steps.
@@ -284,6 +289,9 @@ class OptimConfig:
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"betas ({self.beta1}, {self.beta2}) must lie in [0, 1)")
         _check(self.n_epochs >= 0 and self.n_epochs_decay >= 0, "n_epochs and n_epochs_decay must be >= 0")
         _check(self.n_epochs + self.n_epochs_decay >= 1, "n_epochs + n_epochs_decay must be >= 1")
+        _check(0 <= self.n_epochs_warmup <= self.n_epochs,
+               f"n_epochs_warmup={self.n_epochs_warmup} must lie in [0, n_epochs={self.n_epochs}]: "
+               "the warm-up is the start of the epochs at the full rate")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
 
 

@@ -1,6 +1,7 @@
 """The learning rate over a run: the official 'linear' policy (constant for
-``n_epochs``, then linear decay to zero over ``n_epochs_decay``), fitted to the run's
-length. Plain arithmetic on an OptimConfig, no torch: the driver logs it before any
+``n_epochs``, then linear decay to zero over ``n_epochs_decay``), with an optional
+linear warm-up over the first ``n_epochs_warmup`` of the ``n_epochs``, all fitted to
+the run's length. Plain arithmetic on an OptimConfig, no torch: the driver logs it before any
 worker starts, and ``training.set_step_lr`` applies it."""
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ def data_steps_per_epoch(size_a: int, size_b: int, *, batch_size: int, workers: 
 
 def lr_factor(optim: OptimConfig, epoch: int) -> float:
     """Official 'linear' policy at 0-based schedule ``epoch``: 1 for ``n_epochs`` epochs,
-    then down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1))."""
-    return 1.0 - max(0, epoch + 1 - optim.n_epochs) / float(optim.n_epochs_decay + 1)
+    then down by 1/(n_epochs_decay + 1) per epoch (the last epoch trains at 1/(decay+1)).
+    A warm-up mirrors the decay: epoch e < n_epochs_warmup trains at (e+1)/(warmup+1)."""
+    warm = optim.n_epochs_warmup
+    ramp = (epoch + 1) / float(warm + 1) if epoch < warm else 1.0
+    return ramp * (1.0 - max(0, epoch + 1 - optim.n_epochs) / float(optim.n_epochs_decay + 1))
 
 
 def schedule_epoch(optim: OptimConfig, step: int, total_steps: int) -> int:
@@ -36,17 +40,31 @@ def schedule_epoch(optim: OptimConfig, step: int, total_steps: int) -> int:
     return min(step, total_steps - 1) * (optim.n_epochs + optim.n_epochs_decay) // total_steps
 
 
-def constant_steps(optim: OptimConfig, total_steps: int) -> int:
-    """How many steps of the run train at the full ``optim.lr`` before the decay."""
+def _steps_before_epoch(optim: OptimConfig, epoch: int, total_steps: int) -> int:
+    """How many of the run's steps fall in schedule epochs before ``epoch``."""
     total_epochs = optim.n_epochs + optim.n_epochs_decay
-    return min(total_steps, -(-optim.n_epochs * total_steps // total_epochs))
+    return min(total_steps, -(-epoch * total_steps // total_epochs))
+
+
+def constant_steps(optim: OptimConfig, total_steps: int) -> int:
+    """How many steps of the run come before the decay (the warm-up's included)."""
+    return _steps_before_epoch(optim, optim.n_epochs, total_steps)
+
+
+def warmup_steps(optim: OptimConfig, total_steps: int) -> int:
+    """How many steps of the run are in the warm-up (0 without one)."""
+    return _steps_before_epoch(optim, optim.n_epochs_warmup, total_steps)
 
 
 def describe_schedule(optim: OptimConfig, total_steps: int, steps_per_epoch: int) -> str:
     """One line on what the LR does over this run, for the console and MLflow."""
-    flat = constant_steps(optim, total_steps)
-    shape = (f"constant for {flat} steps, then a linear decay over the last {total_steps - flat}"
-             if flat < total_steps else f"constant for all {total_steps} steps")
+    warm, flat = warmup_steps(optim, total_steps), constant_steps(optim, total_steps)
+    if flat < total_steps:
+        shape = f"constant for {flat - warm} steps, then a linear decay over the last {total_steps - flat}"
+    else:
+        shape = f"constant for all {total_steps} steps" if not warm else f"constant for the other {total_steps - warm}"
+    if warm:
+        shape = f"a linear warm-up over the first {warm} steps, then {shape}"
     data_epochs = total_steps / max(1, steps_per_epoch)
     fitted = "" if total_steps == (optim.n_epochs + optim.n_epochs_decay) * steps_per_epoch else (
         f" (the config's {optim.n_epochs}+{optim.n_epochs_decay} epochs fitted to this run's {data_epochs:.3g})")

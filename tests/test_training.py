@@ -1,10 +1,12 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from cut_core import build_train_state, set_epoch, train_step
 from jobs.bench.device_checks import channels_last_agreement
 from cut_core.config import OptimConfig
-from cut_core.lr_schedule import constant_steps, describe_schedule, lr_factor, schedule_epoch
+from cut_core.lr_schedule import constant_steps, describe_schedule, lr_factor, schedule_epoch, warmup_steps
 from tests.conftest import tiny
 
 
@@ -92,6 +94,30 @@ def test_a_shorter_or_longer_run_gets_the_schedule_fitted_to_its_length():
     # Taken literally, 4x the config's epochs ran into negative LRs; fitted, never.
     long = [lr_factor(o, schedule_epoch(o, s, 800 * 3)) for s in range(800 * 3)]
     assert min(long) == pytest.approx(1 / 51) and constant_steps(o, 2400) == 1800
+
+
+def test_a_warm_up_ramps_the_rate_mirroring_the_decay_and_is_fitted_like_it():
+    """n_epochs_warmup of the n_epochs ramp linearly up to lr, (e+1)/(warmup+1), the
+    decay's steps in reverse; fitted to a run like the rest, and only ever a factor <= 1."""
+    o = OptimConfig(n_epochs=4, n_epochs_warmup=2, n_epochs_decay=2)
+    assert [lr_factor(o, e) for e in range(6)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 2 / 3, 1 / 3])
+    assert [lr_factor(replace(o, n_epochs_warmup=0), e) for e in range(6)] == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])
+    # fastcut-small-data's 100 + 100 with a 30-epoch warm-up over 1500 steps: 225 steps
+    # ramping, 525 at the full rate, 750 decaying; never above 1, rising then falling.
+    w = OptimConfig(n_epochs=100, n_epochs_decay=100, n_epochs_warmup=30)
+    factors = [lr_factor(w, schedule_epoch(w, s, 1500)) for s in range(1500)]
+    assert warmup_steps(w, 1500) == 225 == sum(f < 1.0 for f in factors[:750])
+    assert constant_steps(w, 1500) == 750 and sum(f == 1.0 for f in factors) == 525
+    assert factors[0] == pytest.approx(1 / 31) and factors[224] == pytest.approx(30 / 31) and max(factors) == 1.0
+    assert all(x <= y for x, y in zip(factors[:750], factors[1:750]))
+    assert all(x >= y for x, y in zip(factors[750:], factors[751:]))
+    assert describe_schedule(w, 1500, 64).startswith(
+        "lr 0.0002 a linear warm-up over the first 225 steps, then constant for 525 steps, "
+        "then a linear decay over the last 750")
+    assert "warm-up over the first 5 steps, then constant for the other 15" in describe_schedule(
+        OptimConfig(n_epochs=4, n_epochs_warmup=1, n_epochs_decay=0), 20, 5)
+    with pytest.raises(ValueError, match=r"n_epochs_warmup=5 must lie in \[0, n_epochs=4\]"):
+        OptimConfig(n_epochs=4, n_epochs_warmup=5)
 
 
 def test_set_step_lr_follows_the_fitted_schedule_through_training():
