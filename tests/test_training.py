@@ -102,7 +102,7 @@ def test_a_warm_up_ramps_the_rate_mirroring_the_decay_and_is_fitted_like_it():
     o = OptimConfig(n_epochs=4, n_epochs_warmup=2, n_epochs_decay=2)
     assert [lr_factor(o, e) for e in range(6)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 2 / 3, 1 / 3])
     assert [lr_factor(replace(o, n_epochs_warmup=0), e) for e in range(6)] == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])
-    # fastcut-small-data's 100 + 100 with a 30-epoch warm-up over 1500 steps: 225 steps
+    # 100 + 100 epochs (fastcut-small-data's) with a 30-epoch warm-up over 1500 steps: 225 steps
     # ramping, 525 at the full rate, 750 decaying; never above 1, rising then falling.
     w = OptimConfig(n_epochs=100, n_epochs_decay=100, n_epochs_warmup=30)
     factors = [lr_factor(w, schedule_epoch(w, s, 1500)) for s in range(1500)]
