@@ -185,8 +185,8 @@ def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     small = resolve_config(None, "fastcut-small-data", [])  # names its preset, keeps the preset's model
     assert small.preset == "fastcut" and small.loss.lambda_NCE == 1 and small.model == CUTConfig.from_preset("fastcut").model
     # The guard it ships is the one the bench and the D-won advice name.
-    recipe = ["lambda_NCE=1", *ADA_GUARD_SETS, "n_epochs=100", "n_epochs_decay=100", "ema_decay=0.999", "lr=0.0002",
-              "n_epochs_warmup=50"]
+    recipe = ["lambda_NCE=1", *ADA_GUARD_SETS, "n_epochs=100", "n_epochs_decay=100", "ema_decay=0.999", "lr=0.0001",
+              "n_epochs_warmup=0"]
     assert small == resolve_config("fastcut", None, recipe)
     with pytest.raises(ConfigError, match="built-in configs by name: fastcut-small-data, toy"):
         resolve_config("fastcut", "tiny-model", [])
