@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -43,6 +44,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
+TESTS = ROOT / "tests"
+SHARED_CRDS = ROOT.parent / "shared" / "data" / "kuberay-crds"  # the full CRDs, beside a development checkout
 
 
 class FakeAutoscalingCluster(AutoscalingCluster):
@@ -394,29 +397,36 @@ def _schema_strict(node):
     return out
 
 
+def _crd_schemas():
+    """tests/data/kuberay-crds/vendor.py, which holds KubeRay's CRD schemas for the test
+    (a data folder's script, not a package: loaded by path)."""
+    spec = importlib.util.spec_from_file_location("kuberay_crds", TESTS / "data" / "kuberay-crds" / "vendor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def _crd_validator(kind: str):
-    """A validator of the strict v1 schema of a KubeRay CRD, built once per kind: the
-    CRDs are 1-1.4 MB of YAML (libyaml's loader: 0.4 s against 2.4 s), and
+    """A validator of the strict v1 schema of a KubeRay CRD, built once per kind:
     ``jsonschema.validate`` checks so large a schema against its metaschema on every
     call (2.3 s)."""
     import jsonschema
 
-    schema = _crd_schema(kind)
+    schema = _schema_strict(_crd_schemas().load_vendored(kind))
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server itself
     return jsonschema.validators.validator_for(schema)(schema)
 
 
-def _crd_schema(kind: str) -> dict:
-    crds = ROOT.parent / "shared" / "data" / "kuberay-crds"
-    crd = yaml.load((crds / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema = _schema_strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server itself
-    return schema
+@pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason="KubeRay's full CRDs sit in ../shared/data/kuberay-crds beside a checkout")
+def test_the_vendored_crd_schemas_are_kuberays():
+    """What a clean checkout validates against is what KubeRay publishes."""
+    crds = _crd_schemas()
+    for kind in crds.KINDS:
+        assert crds.load_vendored(kind) == crds.v1_schema(crds.crd_file(SHARED_CRDS, kind)), \
+            f"{kind}: re-run tests/data/kuberay-crds/vendor.py {SHARED_CRDS}"
 
 
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "kuberay-crds").is_dir(),
-                    reason="the KubeRay CRDs sit in ../shared/data/kuberay-crds beside a checkout")
 def test_kuberay_manifests_validate_strictly_against_the_real_crds():
     import jsonschema
 
