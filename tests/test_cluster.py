@@ -397,6 +397,7 @@ def _schema_strict(node):
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _crd_schemas():
     """tests/data/kuberay-crds/vendor.py, which holds KubeRay's CRD schemas for the test
     (a data folder's script, not a package: loaded by path)."""
