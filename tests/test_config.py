@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from cut_core import ConfigError, CUTConfig, parse_overrides
@@ -20,8 +22,10 @@ def test_fastcut_preset_differs_where_the_paper_says():
     c = CUTConfig.fastcut()
     assert c.loss.nce_idt is False and c.loss.lambda_NCE == 10.0 and c.loss.flip_equivariance is True
     assert (c.optim.n_epochs, c.optim.n_epochs_decay) == (150, 50)
-    # Everything else as CUT.
-    assert c.model == CUTConfig.cut().model and c.loss.nce_T == 0.07
+    # Everything else as CUT, but D's depth: FastCUT's fits the crop (the paper's 3 at
+    # its 256 px), CUT's preset keeps the paper's 3 at every crop (docs/quality.md).
+    assert c.model == replace(CUTConfig.cut().model, n_layers_D="auto") and c.loss.nce_T == 0.07
+    assert CUTConfig.cut().model.n_layers_D == 3 and c.d_layers == CUTConfig.cut().d_layers == 3
 
 
 def test_overrides_use_official_flat_names_and_dotted_paths():

@@ -79,15 +79,17 @@ def test_patchgan_sees_the_patch_its_receptive_field_says(n_layers):
 
 
 def test_auto_d_depth_keeps_the_papers_patch_fraction():
-    """n_layers_D=auto: the paper's 3 layers (84 px) at its 256 px crops and above, one
-    layer (18 px) at 64 px, where 3 layers would see the whole crop; an integer is kept."""
-    got = {crop: CUTConfig.tiny("cut", crop_size=crop, load_size=crop).d_layers for crop in (32, 64, 128, 176, 180, 256, 512)}
+    """n_layers_D=auto (FastCUT's): the paper's 3 layers (84 px) at its 256 px crops and
+    above, one layer (18 px) at 64 px, where 3 layers would see the whole crop; an
+    integer is kept, as CUT's preset keeps the paper's 3 at every crop."""
+    got = {crop: CUTConfig.tiny("fastcut", crop_size=crop, load_size=crop).d_layers for crop in (32, 64, 128, 176, 180, 256, 512)}
     assert got == {32: 1, 64: 1, 128: 2, 176: 2, 180: 3, 256: 3, 512: 3}
     assert CUTConfig.fastcut().model.n_layers_D == "auto" and CUTConfig.fastcut().d_layers == 3
-    assert CUTConfig.tiny("cut", crop_size=64, load_size=64, n_layers_D=3).d_layers == 3
-    assert CUTConfig.fastcut().with_overrides({"n_layers_D": "auto", "crop_size": 64, "load_size": 64}).d_layers == 1
-    assert CUTConfig.tiny("cut", crop_size=64, load_size=64).d_summary == (
+    assert {CUTConfig.tiny("cut", crop_size=crop, load_size=crop).d_layers for crop in (32, 64, 256)} == {3}
+    assert CUTConfig.cut().with_overrides({"n_layers_D": "auto", "crop_size": 64, "load_size": 64}).d_layers == 1
+    assert CUTConfig.tiny("fastcut", crop_size=64, load_size=64).d_summary == (
         "D: PatchGAN of 1 layer, 18 px patches (n_layers_D auto at 64 px crops)")
+    assert CUTConfig.tiny("cut", crop_size=64, load_size=64).d_summary == "D: PatchGAN of 3 layers, 84 px patches"
     assert CUTConfig.fastcut().with_overrides({"n_layers_D": 2}).d_summary == "D: PatchGAN of 2 layers, 40 px patches"
     with pytest.raises(ConfigError, match="n_layers_D=0 must be an integer >= 1 or auto"):
         CUTConfig.fastcut().with_overrides({"n_layers_D": 0})
