@@ -414,8 +414,7 @@ class CUTConfig:
         # default's): with the decay fitted to the run, CUT's 3-layer D at 64 px kept
         # the labels of the settings of before (within 0.02) on every seed that has
         # them, where auto's one layer met a PatchNCE spike on street seed 2 and lost
-        # them (docs/quality.md,
-        # "CUT's D at 64 px, with the decay and the EMA").
+        # them (docs/quality.md, "CUT's D at 64 px, with the decay and the EMA").
         return cls(preset="cut", model=ModelConfig(n_layers_D=PAPER_D_LAYERS), optim=OptimConfig(ema_decay=0.999))
 
     @classmethod
