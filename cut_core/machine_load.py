@@ -32,7 +32,7 @@ OVERFLOW_SHARE = 0.05
 MIN_OWN_SHARE = 0.5
 
 
-def _machine_busy_s() -> float | None:
+def machine_busy_s() -> float | None:
     """Seconds of CPU time every core of the machine has spent not idle since boot:
     user, nice, system, irq, softirq and steal (a hypervisor's steal is time the vCPUs
     could not run either). None where ``/proc/stat`` cannot be read."""
@@ -82,13 +82,13 @@ class LoadWindow:
         self.load: Load | None = None
 
     def __enter__(self) -> LoadWindow:
-        self._wall, self._cpu, self._busy = time.perf_counter(), time.process_time(), _machine_busy_s()
+        self._wall, self._cpu, self._busy = time.perf_counter(), time.process_time(), machine_busy_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._wall
         own = time.process_time() - self._cpu
-        busy = _machine_busy_s()
+        busy = machine_busy_s()
         others = None
         if busy is not None and self._busy is not None and wall > 0:
             # The kernel's tick (10 ms) and our own CPU's rounding make tiny negatives possible.

@@ -20,31 +20,27 @@ import time
 
 import pytest
 
+from cut_core.machine_load import machine_busy_s
+
 SHOWN = 15
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _started: dict[str, tuple[float, float]] = {}
 _rows: list[tuple[str, float, float]] = []
-
-
-def machine_busy_seconds() -> float:
-    """CPU-seconds the machine has spent busy since boot, summed over its cores."""
-    with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("tests.cpu_per_test reads the whole machine's CPU: run it without -n")
+    if machine_busy_s() is None:
+        raise pytest.UsageError("tests.cpu_per_test reads /proc/stat, which this machine does not have (Linux only)")
 
 
 def pytest_runtest_logstart(nodeid: str, location: object) -> None:
-    _started[nodeid] = (machine_busy_seconds(), time.monotonic())
+    _started[nodeid] = (machine_busy_s(), time.monotonic())
 
 
 def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
     busy, start = _started.pop(nodeid)  # set-up to teardown, fixtures included
-    _rows.append((nodeid, machine_busy_seconds() - busy, time.monotonic() - start))
+    _rows.append((nodeid, machine_busy_s() - busy, time.monotonic() - start))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
