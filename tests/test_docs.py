@@ -1,0 +1,59 @@
+"""The README and docs/ link to each other, to their pictures and to sections by
+anchor; a moved file or a renamed heading must not leave a dead link behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def heading_anchor(title: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (not '-' or
+    '_'), spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for m in re.finditer(r"^#+ (.*)$", _prose(page.read_text()), flags=re.M):
+        a = heading_anchor(m.group(1))
+        n = seen.get(a, 0)
+        seen[a] = n + 1
+        out.add(a if n == 0 else f"{a}-{n}")  # repeated headings get -1, -2, ...
+    return out
+
+
+def _prose(text: str) -> str:
+    return re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold no links or headings
+
+
+def dead_links(page: Path) -> list[str]:
+    dead = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(page.read_text())):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path) if path else page
+        if not dest.exists():
+            dead.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            dead.append(f"{target}: no such heading")
+    return dead
+
+
+def test_heading_anchors_follow_githubs_rule():
+    assert heading_anchor("CUT's D at 64 px, with the decay and the EMA") == "cuts-d-at-64-px-with-the-decay-and-the-ema"
+    assert heading_anchor("A flip: `flip_centre=pixel`") == "a-flip-flip_centrepixel"
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Top\n\n## Top\n\n[a](#top-1) [b](#nowhere) [c](missing.png) [d](https://x.org/y)\n")
+    assert dead_links(page) == ["#nowhere: no such heading", "missing.png: no such file"]  # the check can fail
+    assert len(PAGES) > 5
+    dead = {p.relative_to(ROOT).as_posix(): d for p in PAGES if (d := dead_links(p))}
+    assert not dead, dead
