@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cut_core.config import ADA_GUARD_SETS, D_AUGMENT_OPS as OPS, CUTConfig, auto_d_layers, parse_policy  # the config's vocabulary (no torch)
+from cut_core.config import ADA_GUARD_SETS, CUTConfig, auto_d_layers  # the config's vocabulary (no torch)
 
 
 

@@ -23,7 +23,6 @@ index  layer                                   NCE layer id (CUT default)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cut_core.antialias import BlurDownsample, BlurUpsample, is_channels_last

@@ -24,7 +24,7 @@ On a CPU without VNNI (AVX2, AVX-512 without VNNI) the x86 kernels add pairs of
 u8 x s8 products in int16 with saturation (``vpmaddubsw``): 255 * 127 * 2 does not
 fit. There the activations use 7 bits (0..127), as PyTorch's own x86 observers do
 with ``reduce_range``; which one applies is the hardware's call
-(cut_core.hardware.capabilities), made by each process that builds the network.
+(cut_core.capabilities), made by each process that builds the network.
 
 It runs on PyTorch's quantized CPU kernels (``torch.ao``), which PyTorch 2.14 marks as
 deprecated in favour of torchao; raycut pins torch 2.14.1.
@@ -159,13 +159,13 @@ class Int8ResnetGenerator(nn.Module):
     """CUT's ResnetGenerator in int8, from its float weights and calibrated ranges.
     (B, 3, H, W) float in [-1, 1], H and W multiples of 4 -> (B, 3, H, W) float32.
     CPU only (PyTorch's quantized kernels are CPU kernels). ``reduce_range``: 7-bit
-    activations; None asks this CPU (cut_core.hardware: no VNNI -> reduced)."""
+    activations; None asks this CPU (cut_core.capabilities: no VNNI -> reduced)."""
 
     def __init__(self, G: nn.Module, ranges: Mapping[str, Sequence[float]], *, reduce_range: bool | None = None) -> None:
         super().__init__()
         _engine()
         if reduce_range is None:
-            from cut_core.hardware import capabilities
+            from cut_core.capabilities import capabilities
 
             reduce_range = capabilities("cpu").int8_reduce_range
         self.reduce_range = bool(reduce_range)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cut_core import losses
-from cut_core.config import CUTConfig, FlipCentre, OptimConfig, PerfConfig
-from cut_core.d_balance import AdaptiveP, augment, overfit_sign, parse_policy
+from cut_core.config import CUTConfig, FlipCentre, OptimConfig, PerfConfig, parse_policy
+from cut_core.d_balance import AdaptiveP, augment, overfit_sign
 from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.grad_guard import GradSpikeGuard, grad_norm, gradients

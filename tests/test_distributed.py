@@ -106,7 +106,8 @@ PROBED = {
 
 def _settled(rank: int, requested: PerfConfig, precision: str | None = None):
     """Rank ``rank``'s own settlement of ``requested`` from its hand-made probe."""
-    from cut_core.hardware import FastPaths, capabilities, settle_perf
+    from cut_core.capabilities import capabilities
+    from cut_core.hardware import FastPaths, settle_perf
 
     ms = PROBED[rank]["ms"]
     precision = precision or PROBED[rank]["precision"]

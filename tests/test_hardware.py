@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from cut_core.config import PerfConfig
-from cut_core.hardware import WIN_MARGIN, Capabilities, FastPaths, Probe, capabilities, decide, merge_probe, resolve_perf
+from cut_core.capabilities import Capabilities, capabilities
+from cut_core.hardware import FastPaths, decide, merge_probe, resolve_perf
+from cut_core.probe import WIN_MARGIN, Probe
 from cut_core.machine_load import Load, LoadWindow
 from tests.conftest import patience
 
@@ -31,7 +33,8 @@ RESOLVE = """
 import json, sys, torch
 torch.set_num_threads(1)
 from cut_core.config import PerfConfig
-from cut_core.hardware import capabilities, resolve_perf
+from cut_core.capabilities import capabilities
+from cut_core.hardware import resolve_perf
 r = resolve_perf(PerfConfig(precision=sys.argv[1]), "cpu")
 print(json.dumps({"precision": r.perf.precision, "channels_last": r.perf.channels_last, "warnings": list(r.warnings),
                   "cached": r.paths.cached, "isa": torch.backends.cpu.get_cpu_capability(),
@@ -221,7 +224,7 @@ def test_variants_are_timed_in_a_new_order_each_round_and_an_emulated_one_once()
     whose first call is far slower than the reference is timed no more."""
     import time
 
-    from cut_core.hardware import interleaved_ms
+    from cut_core.timing import interleaved_ms
 
     calls_made: list[str] = []
 

@@ -4,7 +4,7 @@ held-out sim images closer to their paired real truth than the baselines."""
 import numpy as np
 import pytest
 
-from cut_core.hardware import capabilities
+from cut_core.capabilities import capabilities
 from cut_core.images import to_model_input
 from cut_core.quantize import Int8ResnetGenerator, calibrate_int8
 from jobs.train.in_process import train_in_process, translate_array
@@ -51,7 +51,7 @@ def test_cut_learns_the_toy_translation(toy32, precision):
         assert abs(scores["cut-int8"] - cut) < 0.05 * identity, scores
         test_a = load_folder(toy32 / "testA")
         diff = np.abs(translate_array(G8, test_a).astype(int) - translate_array(state, test_a).astype(int))
-        # Without VNNI the activations keep 7 bits (cut_core.hardware): a quantisation
+        # Without VNNI the activations keep 7 bits (cut_core.capabilities): a quantisation
         # step twice as coarse, so twice the error is allowed there.
         coarse = 2 if G8.reduce_range else 1
         assert diff.mean() < 1.0 * coarse and np.percentile(diff, 99) <= 5 * coarse, (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cut_core import build_train_state, train_step
+from cut_core import build_train_state
 from cut_core.config import NEGATIVE_SOURCES, ConfigError, negative_source
 from cut_core.losses import patch_nce_bank
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank

@@ -11,7 +11,8 @@ import torch
 
 from cut_core import CUTConfig
 from cut_core.errors import ConfigError
-from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign, parse_policy
+from cut_core.config import parse_policy
+from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign
 from cut_core.ema import GeneratorEMA, ema_decay_at
 from cut_core.grad_guard import GradSpikeGuard
 from cut_core.nce_watch import NCEWatch, nce_chance

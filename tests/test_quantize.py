@@ -64,7 +64,7 @@ def test_int8_tracks_fp32_on_held_out_images(G, images) -> None:
     without VNNI, full-range (8-bit) activations make the kernels saturate (measured on
     an AVX2 EPYC: 24.1 dB against 29.5 dB for the same network computed exactly)."""
     ranges = calibrate_int8(G, images[:2])
-    Q = Int8ResnetGenerator(G, ranges)  # reduce_range: this CPU's (cut_core.hardware)
+    Q = Int8ResnetGenerator(G, ranges)  # reduce_range: this CPU's (cut_core.capabilities)
     x = images[2]  # not among the calibration images
     ref = translate(G, x)
     assert ref.std() > 0.3  # the output has content to get wrong

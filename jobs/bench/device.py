@@ -26,7 +26,8 @@ import torch
 
 from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast
-from cut_core.hardware import FastPaths, fast_paths, interleaved_ms, sync
+from cut_core.hardware import FastPaths, fast_paths
+from cut_core.timing import interleaved_ms, sync
 from cut_core.networks import build_generator
 from cut_core.timing import Timing, spread, time_calls
 from cut_core.training import train_step

@@ -5,7 +5,7 @@ backward cut_core.narrow_conv computes as matrix products.
     python -m jobs.bench.layers --crops 256 512 --batches 1 2 --out layers.json
 
 Each round times one forward + backward of every variant, in a shuffled order
-(cut_core.hardware.interleaved_ms); a row reports its median, its spread (half the
+(cut_core.timing.interleaved_ms); a row reports its median, its spread (half the
 IQR) and, for the raycut row, the median over rounds of oneDNN's time over its own.
 Imports only torch, like jobs.bench.device.
 """
@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from cut_core.hardware import interleaved_ms
+from cut_core.timing import interleaved_ms
 from cut_core.narrow_conv import NarrowOutputConv2d
 from cut_core.timing import spread
 from jobs.bench.records import format_table, write_record

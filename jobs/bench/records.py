@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from cut_core.hardware import ISA_ENV, cpu_model, fast_paths
+from cut_core.capabilities import ISA_ENV, cpu_model
+from cut_core.hardware import fast_paths
 
 
 def machine_info(device: str) -> dict[str, object]:

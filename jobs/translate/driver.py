@@ -26,7 +26,7 @@ from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
 from jobs.ray_runtime import compute_runtime_env, on_this_machine, parse_pool, start_ray, without_progress_bars
-from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, FLUSH_ROWS, TranslateOptions
+from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
 from pipelines.manifest import append_manifest, copy_labels, done_inputs, new_manifest_run, remove_partial_files
