@@ -163,13 +163,24 @@ def machine_key(device: torch.device | str = "cpu") -> str:
     return f"v{PROBE_VERSION}|{dev.type}|{name}|torch={torch.__version__}|{env}"
 
 
-def _cache_file() -> Path:
+def cache_file() -> Path:
+    """The per-machine cache of probes: ``cache_dir() / fast_paths.json``."""
     return cache_dir() / "fast_paths.json"
+
+
+def cached_fast_paths(device: torch.device | str = "cpu") -> FastPaths | None:
+    """This machine's cache entry for ``device``, as it is (None where there is none or
+    it cannot be read): what the next process would start from, without probing."""
+    hit = _read_cache().get(machine_key(_indexed(torch.device(device))))
+    try:
+        return FastPaths.from_json(hit) if hit is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _read_cache() -> dict[str, dict[str, object]]:
     try:
-        data = json.loads(_cache_file().read_text())
+        data = json.loads(cache_file().read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -178,7 +189,7 @@ def _read_cache() -> dict[str, dict[str, object]]:
 def _write_cache(key: str, paths: FastPaths) -> None:
     """Best effort (a read-only home must not stop a run); atomic, so processes that
     probe at the same time never leave a torn file."""
-    path = _cache_file()
+    path = cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache()
@@ -257,10 +268,13 @@ def fast_paths(device: torch.device | str = "cpu", *, use_cache: bool = True, re
     """The fastest variants of ``device``: from this process's memory, else the cache
     file, else a probe (which then fills both). With ``refine`` (the default) a cache
     entry that holds fewer than ``probes_to_trust()`` probes is probed again and merged."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _indexed(torch.device(device))
     return _fast_paths(machine_key(dev), str(dev), use_cache, refine)
+
+
+def _indexed(dev: torch.device) -> torch.device:
+    """``cuda`` as the current CUDA device (the cache is per GPU model)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
 
 
 @dataclass(frozen=True)
@@ -383,5 +397,5 @@ def resolve_translation(precision: str, channels_last: bool | str, device: torch
     return TranslationPaths(chosen, layout, precision, paths, tuple(warnings))
 
 
-__all__ = ["TranslationPaths", "resolve_translation", "FastPaths", "ResolvedPerf", "settle_perf", "cache_dir", "decide",
+__all__ = ["TranslationPaths", "resolve_translation", "FastPaths", "ResolvedPerf", "settle_perf", "cache_dir", "cache_file", "cached_fast_paths", "decide",
            "emulation_warning", "fast_paths", "machine_key", "merge_probe", "resolve_perf"]

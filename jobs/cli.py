@@ -136,6 +136,12 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     return jobs_command(args.action, args.job_id, args.address, follow_logs=args.follow)
 
 
+def _cmd_env(args: argparse.Namespace) -> int:
+    from jobs.env import run_env
+
+    return run_env(as_json=args.json, probe=not args.no_probe)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench.commands import run_bench
 
@@ -181,6 +187,7 @@ EXAMPLES = {
     "config": "raycut config show --preset fastcut --config toy --set crop_size=128 > run.yaml",
     "submit": "RAY_ADDRESS=http://127.0.0.1:8265 raycut submit -- raycut train --dataroot s3://bucket/toy --workers 4",
     "jobs": "raycut jobs list; raycut jobs logs JOB_ID --follow",
+    "env": "raycut env              # paste it into a bug report\nraycut env --json --no-probe",
     "bench": "raycut bench train --out bench-train.json\nraycut bench translate --out bench-translate.json\nraycut bench quality --presets fastcut --out bench-quality.json",
 }
 
@@ -314,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("--address", help="the job server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)")
     jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     jb.set_defaults(func=_cmd_jobs)
+
+    e = sub.add_parser("env", help="what raycut sees on this machine: versions, devices, what auto picks and why, "
+                       "where runs go")
+    e.add_argument("--json", action="store_true", help="print it as JSON")
+    e.add_argument("--no-probe", action="store_true", help="read the probe cache only; never time anything")
+    e.set_defaults(func=_cmd_env)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
     b.add_argument("which", choices=["train", "ingest", "translate", "quality"], help="what to measure")

@@ -1,6 +1,7 @@
 """The `raycut` command as a user runs it: real subprocesses, real files."""
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -31,8 +32,39 @@ def raycut(*args, cwd=None):
 def test_help_lists_the_commands():
     r = raycut("--help")
     assert r.returncode == 0
-    for name in ("demo", "toy-data", "import-official", "train", "bench"):
+    for name in ("demo", "toy-data", "import-official", "train", "bench", "env"):
         assert name in r.stdout
+
+
+@pytest.mark.cost(15)
+def test_env_says_what_auto_picks_here_and_why(tmp_path):
+    """`raycut env` on a CPU without native bf16 (the AVX2 emulation): auto is fp32 for
+    training and for translation (no VNNI, so no int8), with the probe's figures. The
+    first call probes and fills the cache; --no-probe then reads it, and on an empty
+    cache says that nothing was probed and times nothing."""
+    env = {**os.environ, "RAYCUT_CACHE": str(tmp_path / "cache"), "RAYCUT_PROBES": "1",
+           "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+
+    def env_command(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "env", *args], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=patience(120))
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r
+
+    empty = env_command("--no-probe")
+    assert "not probed yet" in empty.stdout and not (tmp_path / "cache" / "fast_paths.json").exists()
+    report = json.loads(env_command("--json").stdout)
+    cpu = report["devices"][0]
+    assert cpu["device"] == "cpu" and not cpu["native_bf16"] and not cpu["vnni"], cpu
+    assert cpu["training"].startswith("precision auto -> fp32") and cpu["probed"] == "probed now", cpu
+    assert cpu["translation"].startswith("precision auto -> fp32"), cpu  # int8 needs VNNI
+    assert "fp32's time" in cpu["reason"] and report["isa_limits"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert report["packages"]["torch"] != "not installed" and report["mlflow"] == env["MLFLOW_TRACKING_URI"]
+    assert (tmp_path / "cache" / "fast_paths.json").is_file()
+    cached = env_command("--no-probe").stdout
+    assert "why (from the cache" in cached and "training:    precision auto -> fp32" in cached, cached
+    assert "no RAY_ADDRESS" in cached
 
 
 def test_the_command_line_and_the_cpu_stages_load_no_torch():
