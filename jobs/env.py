@@ -15,6 +15,7 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 PACKAGES = ("raycut", "torch", "torchvision", "ray", "mlflow", "pyarrow")
 
@@ -44,6 +45,7 @@ class EnvReport:
     isa_limits: dict[str, str]  # ONEDNN_MAX_CPU_ISA and the like, where set
     devices: tuple[DeviceReport, ...]
     probe_cache: str
+    probe_cache_writable: bool  # False: every process probes again (seconds each)
     malloc: str
     ray: str
     mlflow: str
@@ -70,6 +72,7 @@ def gather(*, probe: bool = True) -> EnvReport:
         isa_limits={k: os.environ[k] for k in ISA_ENV if os.environ.get(k)},
         devices=tuple(_device(d, probe) for d in devices),
         probe_cache=str(cache_file()),
+        probe_cache_writable=_writable(cache_file().parent),
         # What raycut's training and translation processes do to malloc (and this one now).
         malloc=keep_freed_memory() if platform.system() == "Linux" else "unchanged (not Linux)",
         ray=(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}: commands run on that cluster"
@@ -97,6 +100,14 @@ def _device(device: str, probe: bool) -> DeviceReport:
                         translation.summary, paths.reason, probed)
 
 
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` can be written, or created under its nearest existing parent
+    (which must be a folder, not a file)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -121,7 +132,10 @@ def format_env(report: EnvReport) -> str:
         per = f" at {report.torch_threads} threads" if d.device == "cpu" else ""
         lines += [f"          training:    {d.training}", f"          translation: {d.translation}",
                   f"          why ({d.probed}{per}): {d.reason}"]
-    lines += [f"probes    {report.probe_cache} (RAYCUT_CACHE moves it)", f"malloc    {report.malloc}",
+    cache = (f"probes    {report.probe_cache} (RAYCUT_CACHE moves it)" if report.probe_cache_writable else
+             f"probes    {report.probe_cache} cannot be written: every process probes again (seconds each); "
+             "set RAYCUT_CACHE to a writable folder")
+    lines += [cache, f"malloc    {report.malloc}",
               f"ray       {report.ray}", f"mlflow    {report.mlflow}"]
     return "\n".join(lines)
 

@@ -61,10 +61,13 @@ def test_env_says_what_auto_picks_here_and_why(tmp_path):
     assert cpu["translation"].startswith("precision auto -> fp32"), cpu  # int8 needs VNNI
     assert "fp32's time" in cpu["reason"] and report["isa_limits"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert report["packages"]["torch"] != "not installed" and report["mlflow"] == env["MLFLOW_TRACKING_URI"]
-    assert (tmp_path / "cache" / "fast_paths.json").is_file()
+    assert (tmp_path / "cache" / "fast_paths.json").is_file() and report["probe_cache_writable"]
     cached = env_command("--no-probe").stdout
     assert "why (from the cache" in cached and "training:    precision auto -> fp32" in cached, cached
     assert "no RAY_ADDRESS" in cached
+    (tmp_path / "a-file").write_text("")
+    env["RAYCUT_CACHE"] = str(tmp_path / "a-file" / "cache")  # unwritable for root too
+    assert "cannot be written: every process probes again" in env_command("--no-probe").stdout
 
 
 def test_the_command_line_and_the_cpu_stages_load_no_torch():
