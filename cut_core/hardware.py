@@ -171,11 +171,15 @@ def cache_file() -> Path:
 def cached_fast_paths(device: torch.device | str = "cpu") -> FastPaths | None:
     """This machine's cache entry for ``device``, as it is (None where there is none or
     it cannot be read): what the next process would start from, without probing."""
-    hit = _read_cache().get(machine_key(_indexed(torch.device(device))))
+    return _cached_entry(machine_key(_indexed(torch.device(device))))
+
+
+def _cached_entry(key: str) -> FastPaths | None:
+    hit = _read_cache().get(key)
     try:
         return FastPaths.from_json(hit) if hit is not None else None
     except (KeyError, TypeError, ValueError):
-        return None
+        return None  # an older or damaged entry: measure again
 
 
 def _read_cache() -> dict[str, dict[str, object]]:
@@ -248,16 +252,9 @@ def _probe_or_cached(key: str, device: str, use_cache: bool, refine: bool = True
     and merge (merge_probe). ``refine=False`` (translation, whose actors start for short
     jobs too) takes any cached entry as it is and probes only where there is none;
     training refines it."""
-    earlier: FastPaths | None = None
-    if use_cache:
-        hit = _read_cache().get(key)
-        if hit is not None:
-            try:
-                earlier = FastPaths.from_json(hit)
-            except (KeyError, TypeError, ValueError):
-                pass  # an older or damaged entry: measure again
-            if earlier is not None and (earlier.trusted() or not refine):
-                return earlier
+    earlier = _cached_entry(key) if use_cache else None
+    if earlier is not None and (earlier.trusted() or not refine):
+        return earlier
     paths = merge_probe(earlier, capabilities(device), probe(device))
     if use_cache:
         _write_cache(key, paths)
