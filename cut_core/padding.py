@@ -27,13 +27,19 @@ class ReflectionPad2d(nn.ReflectionPad2d):
 
 
 SIZE_MULTIPLE = 4  # CUT's G downsamples twice by 2
+# The smallest side G takes: its 3x3 reflection pads at a quarter of the size need at
+# least 2 pixels there. Smaller images (icons, thumbnails, a 1-pixel-wide strip) are
+# padded up to it and cropped back, like any other size.
+MIN_SIZE = 2 * SIZE_MULTIPLE
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
-    """Reflect-pad (B, C, H, W) on the right and bottom to multiples of ``multiple``
-    (replicate where the image is too small to reflect); crop ``[..., :H, :W]`` after."""
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE) -> torch.Tensor:
+    """Pad (B, C, H, W) on the right and bottom to multiples of ``multiple``, and to at
+    least ``minimum`` (a multiple of it); crop ``[..., :H, :W]`` after. Reflects where
+    the image is large enough to, replicates its edge where it is not."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph = max(minimum, h + (-h) % multiple) - h
+    pw = max(minimum, w + (-w) % multiple) - w
     if not (ph or pw):
         return x
-    return F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > multiple else "replicate")
+    return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")

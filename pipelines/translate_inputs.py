@@ -9,7 +9,9 @@ encoded images. Every input has
   ``FILE#ROW``;
 - an output path relative to ``--output``, without the extension: the file's path
   relative to the source root, or the row's ``path`` (relative to the common folder
-  of all of them when absolute), or ``FILE_STEM/ROW`` (six digits).
+  of all of them when absolute), or ``FILE_STEM/ROW`` (six digits). Inputs that would
+  share an output (``a.png`` and ``a.jpg`` in one folder) keep their extension in it
+  (``a.png.png``, ``a.jpg.png``), so that no output overwrites another.
 
 Parquet rows travel by row group: the driver reads only the ids (the ``path`` column,
 or the row counts), and a Ray Data task reads one row group's image column and emits
@@ -45,6 +47,8 @@ class Inputs:
     mirror_root: str = ""  # local file inputs: outputs (and labels) mirror paths below this folder
     # Parquet only: per row group, (file, group index, first row) and the ids of its rows.
     groups: list[tuple[str, int, int, list[str]]] = field(default_factory=list)
+    # The inputs whose output keeps their extension: without it they would share one.
+    full_names: tuple[str, ...] = ()
 
     @property
     def is_parquet(self) -> bool:
@@ -92,10 +96,12 @@ def list_inputs(source: Source, *, labels_dir: str | None = None) -> Inputs:
         return _parquet_inputs(source, fs, files)
     if is_remote(source):
         root = _remote_root(source, fs)
-        return Inputs(source, fs, files, {f: _stem(posixpath.relpath(f, root)) for f in files})
+        outs, full = output_stems({f: posixpath.relpath(f, root) for f in files}, source)
+        return Inputs(source, fs, files, outs, full_names=full)
     root = _local_root(source)
     mirror = os.path.commonpath([root, os.path.abspath(labels_dir)]) if labels_dir else root
-    return Inputs(source, fs, files, {f: _stem(os.path.relpath(f, mirror)) for f in files}, root=root, mirror_root=mirror)
+    outs, full = output_stems({f: os.path.relpath(f, mirror) for f in files}, source)
+    return Inputs(source, fs, files, outs, root=root, mirror_root=mirror, full_names=full)
 
 
 def _local_root(source: Source) -> str:
@@ -120,8 +126,22 @@ def _fixed_prefix(pattern: str) -> str:
     return pattern.split("*")[0].split("?")[0].split("[")[0]
 
 
-def _stem(rel: str) -> str:
-    return posixpath.splitext(rel.replace(os.sep, "/"))[0]
+def output_stems(rels: dict[str, str], source: Source) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Each input's output path without the extension, from its path relative to the
+    output root: the path without its extension, or, where two inputs would share that
+    (``a.png`` and ``a.jpg``, which translate to one ``a.png``), the whole name, so each
+    keeps an output of its own. Returns the outputs and the inputs named in full; one
+    clear error if names still collide."""
+    rels = {i: rel.replace(os.sep, "/") for i, rel in rels.items()}
+    stems = {i: posixpath.splitext(rel)[0] for i, rel in rels.items()}
+    shared = {stem for stem, n in Counter(stems.values()).items() if n > 1}
+    outs = {i: rels[i] if stem in shared else stem for i, stem in stems.items()}
+    if len(set(outs.values())) != len(outs):
+        first = next(out for out, n in Counter(outs.values()).items() if n > 1)
+        both = [i for i, out in outs.items() if out == first][:2]
+        raise RaycutError(f"{source.describe()}: {both[0]!r} and {both[1]!r} would both be written as {first!r} "
+                          "(plus the format's extension); rename one of them")
+    return outs, tuple(i for i, stem in stems.items() if stem in shared)
 
 
 def _parquet_inputs(source: Source, fs: pafs.FileSystem, files: list[str]) -> Inputs:
@@ -159,7 +179,7 @@ def _parquet_inputs(source: Source, fs: pafs.FileSystem, files: list[str]) -> In
     common = posixpath.commonpath(absolute) if absolute else ""
     if absolute and len(absolute) == 1:
         common = posixpath.dirname(common)
-    outs = {}
+    rels = {}
     for i in ids:
         if i in named_set:
             rel = posixpath.relpath(i, common) if i.startswith("/") else posixpath.normpath(i)
@@ -168,8 +188,9 @@ def _parquet_inputs(source: Source, fs: pafs.FileSystem, files: list[str]) -> In
             rel = f"{posixpath.splitext(posixpath.relpath(file, root))[0]}/{int(row):06d}"
         if rel.startswith("../") or rel == "..":
             raise RaycutError(f"{source.describe()}: the {PATH_COLUMN!r} value {i!r} points outside the output folder")
-        outs[i] = _stem(rel)
-    return Inputs(source, fs, ids, outs, groups=groups)
+        rels[i] = rel
+    outs, full = output_stems(rels, source)
+    return Inputs(source, fs, ids, outs, groups=groups, full_names=full)
 
 
 def read_row_group(item: dict[str, Any], *, fs: pafs.FileSystem, column: str) -> Iterator[dict[str, Any]]:

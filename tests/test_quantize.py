@@ -110,6 +110,8 @@ def test_odd_sizes_and_tiles_keep_the_input_size(G, images) -> None:
     whole = translate(Q, x, precision="int8")
     tiled = translate(Q, x, precision="int8", tile=24, overlap=4)
     assert whole.shape == tiled.shape == x.shape
+    for h, w in [(3, 2), (1, 9)]:  # under G's smallest side: padded up and cropped back
+        assert translate(Q, x[..., :h, :w], precision="int8").shape == (1, 3, h, w)
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1), (3, 3, 3, 3), (0, 2, 1, 0)])

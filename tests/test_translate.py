@@ -83,6 +83,29 @@ def test_outputs_keep_sizes_paths_labels_and_match_cut_core(local_ray, model_dir
     assert (again.done, again.skipped, len(again.failed)) == (0, len(SIZES), 2)  # bad files are retried, still bad
 
 
+def test_inputs_that_share_a_name_or_are_tiny_each_get_their_own_output(local_ray, model_dir, tmp_path) -> None:
+    """a.png, a.webp and a.bmp would all be written as a.png: each keeps its extension
+    in its output's name instead, so none overwrites another. A 3x2 icon translates
+    at its size like any other image."""
+    rng = np.random.default_rng(1)
+    data = tmp_path / "mixed"
+    data.mkdir()
+    pixels = {f"a.{ext}": rng.integers(0, 255, (24, 20, 3), dtype=np.uint8) for ext in ("png", "webp", "bmp")}
+    pixels["icon.png"] = rng.integers(0, 255, (3, 2, 3), dtype=np.uint8)
+    for name, image in pixels.items():
+        Image.fromarray(image).save(data / name, **({"lossless": True} if name.endswith("webp") else {}))
+    out = tmp_path / "out"
+    s = run_translate(TranslateOptions(**EXACT, model=str(model_dir), input=str(data), output=str(out)))
+    assert (s.done, len(s.failed)) == (4, 0), s.failed
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.bmp.png", "a.png.png", "a.webp.png", "icon.png"]
+    G = load_generator(model_dir)
+    for name, image in pixels.items():
+        got = np.asarray(Image.open(out / (name + ".png" if name.startswith("a.") else name)))
+        np.testing.assert_array_equal(got, to_uint8_images(translate(G, to_model_input(image[None])))[0])
+    outputs = {r["input"]: r["output"] for r in read_manifest(out).to_pylist()}
+    assert len(set(outputs.values())) == 4
+
+
 @pytest.mark.cost(70)
 def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir, tmp_path) -> None:
     data = _dataset(tmp_path / "gta", n_extra=300)
@@ -253,6 +276,15 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
         list_inputs(parse_source(f"parquet:{tmp_path}/up.parquet"), labels_dir=str(tmp_path))
     with pytest.raises(RaycutError, match="no column 'jpeg'"):
         list_inputs(parse_source(f"parquet:{tmp_path}/up.parquet:jpeg"))
+    # Rows whose paths differ only in the extension each keep their own output; names
+    # that collide even so are one clear error, before anything is written.
+    pq.write_table(pa.table({"image": [b"a"] * 3, "path": ["x/1.png", "x/1.jpg", "x/2.png"]}), tmp_path / "ext.parquet")
+    mixed = list_inputs(parse_source(f"parquet:{tmp_path}/ext.parquet"))
+    assert mixed.outs == {"x/1.png": "x/1.png", "x/1.jpg": "x/1.jpg", "x/2.png": "x/2"}
+    assert mixed.full_names == ("x/1.png", "x/1.jpg")
+    pq.write_table(pa.table({"image": [b"a"] * 3, "path": ["1.png", "1.jpg", "1.png.webp"]}), tmp_path / "clash.parquet")
+    with pytest.raises(RaycutError, match="would both be written as '1.png'"):
+        list_inputs(parse_source(f"parquet:{tmp_path}/clash.parquet"))
     # A glob mirrors paths below its fixed prefix, locally and behind a URI alike.
     _dataset(tmp_path / "gta")
     local = list_inputs(parse_source(f"{tmp_path}/gta/images/**/0*.png"))

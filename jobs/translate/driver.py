@@ -86,6 +86,10 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     skipped = len(inputs.ids) - len(todo)
     print(f"[translate] {len(inputs.ids)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}",
           flush=True)
+    if inputs.full_names:
+        shown = ", ".join(f"{inputs.outs[i]}.{opts.fmt}" for i in inputs.full_names[:3])
+        print(f"[translate] {len(inputs.full_names)} inputs share a name with another of a different extension: "
+              f"their outputs keep it ({shown}{', ...' if len(inputs.full_names) > 3 else ''})", flush=True)
     spec = TranslateSpec(model_dir=str(model_dir), out_root=str(out), fmt=opts.fmt, png_level=opts.png_level,
                          jpeg_quality=opts.jpeg_quality,
                          precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
