@@ -233,6 +233,11 @@ def log_artifact(uri: str, run_id: str, path: str | Path, folder: str | None = N
     _client(uri).log_artifact(run_id, str(path), artifact_path=folder)
 
 
+def log_dict(uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    """A JSON artifact of the run, written from memory."""
+    _client(uri).log_dict(run_id, dict(data), artifact_file)
+
+
 def resolve_model_dir(model: str, *, uri: str | None = None, cache: str | Path | None = None) -> Path:
     """A local raycut model directory for ``model``: a directory path as is, or an MLflow
     model URI (``models:/NAME@ALIAS``, ``models:/NAME/3``, ``runs:/ID/model``) downloaded."""

@@ -55,8 +55,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
                     notes.append(f"{mode} converted to RGB")
                 return DecodeResult(np.asarray(rgb, dtype=np.uint8), note="; ".join(notes))
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        kind = "not an image" if isinstance(e, UnidentifiedImageError) else "decompression bomb"
-        return DecodeResult(None, f"{kind} ({_first_line(e)})")
+        if isinstance(e, UnidentifiedImageError):
+            # PIL's message names the in-memory buffer ("<_io.BytesIO object at 0x...>"),
+            # which says nothing about the file.
+            return DecodeResult(None, "not an image (no image format PIL reads recognises its bytes)")
+        return DecodeResult(None, f"decompression bomb ({_first_line(e)})")
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         return DecodeResult(None, f"corrupt or truncated ({_first_line(e)})")
 

@@ -33,19 +33,51 @@ MAX_LISTED = 1000  # paths kept per category in the report; the counts are alway
 
 @ray.remote(num_cpus=0)
 class IngestReport:
-    """Collects what decoding skipped or changed, from every UDF worker."""
+    """Collects what decoding skipped or changed, from every UDF worker.
 
-    def __init__(self) -> None:
+    A training run decodes its files once per epoch: each file counts once (``ok``: the
+    files decoded; the first reason heard for a skipped one), however many passes meet it. With
+    ``live``, the first ``MAX_SHOWN`` skipped files are printed as they are met, so a
+    long run says at once what it leaves out (Ray forwards an actor's prints to the
+    driver's console)."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self, live: bool = False) -> None:
+        self.live = live
         self.counts: Counter[str] = Counter()
+        self.decoded: set[str] = set()
+        self.seen: dict[str, set[str]] = {"skipped": set(), "upscaled": set(), "converted": set()}
         self.skipped: list[tuple[str, str]] = []
         self.upscaled: list[str] = []
         self.converted: list[tuple[str, str]] = []
 
-    def add(self, ok: int, skipped: list[tuple[str, str]], upscaled: list[str], converted: list[tuple[str, str]]) -> None:
-        self.counts.update(ok=ok, skipped=len(skipped), upscaled=len(upscaled), converted=len(converted))
-        self.skipped += skipped[: MAX_LISTED - len(self.skipped)]
-        self.upscaled += upscaled[: MAX_LISTED - len(self.upscaled)]
-        self.converted += converted[: MAX_LISTED - len(self.converted)]
+    def add(self, decoded: list[str], skipped: list[tuple[str, str]], upscaled: list[str],
+            converted: list[tuple[str, str]]) -> None:
+        self.counts.update(ok=len(set(decoded) - self.decoded))
+        self.decoded.update(decoded)
+        fresh = self._new("skipped", skipped)
+        if self.live:
+            for k, (path, reason) in enumerate(fresh, start=self.counts["skipped"] - len(fresh)):
+                if k < self.MAX_SHOWN:
+                    print(f"[ingest] skipped {path}: {reason}", flush=True)
+                elif k == self.MAX_SHOWN:
+                    print("[ingest] more files skipped; the count comes at the end of the run", flush=True)
+        self._new("upscaled", [(path, "") for path in upscaled])
+        self._new("converted", converted)
+
+    def _new(self, kind: str, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The items of a path not met before: counted, and listed up to MAX_LISTED."""
+        fresh = []
+        for path, reason in items:
+            if path not in self.seen[kind]:
+                self.seen[kind].add(path)
+                fresh.append((path, reason))
+        self.counts.update({kind: len(fresh)})
+        listed = getattr(self, kind)
+        room = MAX_LISTED - len(listed)
+        listed += [path for path, _ in fresh[:room]] if kind == "upscaled" else fresh[:room]
+        return fresh
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -111,7 +143,7 @@ class DecodeAugment:
             images.append(augment(result.image, self.data, self.rng))
             paths.append(path)
         if self.report is not None and (images or skipped):
-            self.report.add.remote(len(images), skipped, upscaled, converted)
+            self.report.add.remote(paths, skipped, upscaled, converted)
         c = self.data.crop_size
         if self.data.preprocess != "none":
             stacked = np.stack(images) if images else np.zeros((0, c, c, 3), np.uint8)
@@ -234,7 +266,14 @@ def decode_head(spec: str | Source | Listing, data: DataConfig, n: int, *, seed:
         batch = {"path": np.array(files[:n], dtype=object)}
     images = decode(batch)["image"]
     if len(images) == 0:
-        raise RaycutError(f"no readable image among the first {n} files of {source.describe()}; check the source")
+        first = str(batch["path"][0]) if len(batch["path"]) else ""
+        why = ""
+        if batch.get("bytes") is None and first:
+            try:
+                why = f" ({first}: {decode_image(read_bytes(first, fs), max_pixels=decode.max_pixels).reason})"
+            except OSError as e:
+                why = f" ({first}: unreadable, {e})"
+        raise RaycutError(f"no readable image among the first {n} files of {source.describe()}{why}; check the source")
     return np.ascontiguousarray(images)
 
 
@@ -263,7 +302,8 @@ def unpaired_batches(shard_a: Any, shard_b: Any, *, batch_size: int, steps: int,
                 got += 1
                 yield batch["image"][0] if packed else batch["image"]
             if got == 0:
-                raise RaycutError(f"domain {name} gave no full batch of {batch_size}; it has fewer images than the batch size")
+                raise RaycutError(f"domain {name} gave no full batch of {batch_size}: it has fewer readable images than "
+                                  "the batch size (bad files are skipped; the ingest report lists them)")
 
     # Each domain is drawn on its own thread: both pipelines start at once (each starts
     # Ray Data actors, seconds apart when started one after the other), and the next

@@ -193,6 +193,8 @@ filter_stderr()
 os.write(2, {noise!r}.encode() + b"\\n" + {real!r}.encode() + b"\\n")
 os.write(2, b"(PlacementGroupCleaner pid=7) Detected that the Ray Train controller actor (b5017d) is dead. "
             b"Cleaning up placement group 0a1b.\\n")
+os.write(2, b"(raylet) Task MapWorker(MapBatches(DecodeA)).submit failed. There are infinite retries remaining, so "
+            b"the task will be retried. Error: The actor is dead because it was killed by `ray.kill`.\\n")
 os.write(2, b"[train] 1/4 25%\\r")
 print("python's own stderr", file=sys.stderr)
 os.write(2, b"[2026-11-30 02:55:58,436 E 1 1] core_")
@@ -201,6 +203,7 @@ os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=patience(60))
     assert r.returncode == 0, r.stderr
     assert "constructor arguments" not in r.stderr and "PlacementGroupCleaner" not in r.stderr
+    assert "MapWorker" not in r.stderr
     assert real in r.stderr and "Traceback (most recent call last)" in r.stderr
     assert "[train] 1/4 25%" in r.stderr and "python's own stderr" in r.stderr
 

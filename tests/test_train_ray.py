@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return write_toy_dataset(tmp_path_factory.mktemp("toy"), ToySpec(size=32, n_train=16, n_test=2))
+    root = write_toy_dataset(tmp_path_factory.mktemp("toy"), ToySpec(size=32, n_train=16, n_test=2))
+    (root / "trainB" / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n and then nothing")  # skipped, reported
+    return root
 
 
 def _options(toy: Path, storage: Path, **kw) -> TrainOptions:
@@ -72,7 +74,7 @@ def _train_run_gone(within_s: float) -> str | None:
 
 
 @pytest.mark.cost(140)
-def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch) -> None:
+def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp_path, monkeypatch, capsys) -> None:
     """One evaluated run's whole failure story: a worker killed after the first
     checkpoint is restarted from it (max_failures 1); a second kill, after the next
     checkpoint, ends the run with a pointer to --resume; the resume finishes the same
@@ -106,6 +108,14 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     assert result.mlflow_run_id == first.info.run_id
     run = client.get_run(first.info.run_id)
     assert run.info.status == "FINISHED"
+    # The corrupt file of domain B was skipped, and said so once however many passes met
+    # it: on the console and in the run (a tag, and the list as an artifact).
+    corrupt = str(toy / "trainB" / "zz-corrupt.png")
+    report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ingest A + B]")]
+    assert report and report[-1].startswith("[ingest A + B] decoded 32 images, skipped 1 bad files"), report
+    assert run.data.tags["raycut.ingest_skipped_files"] == "1"
+    listed = client.download_artifacts(run.info.run_id, "ingest_report.json", str(tmp_path))
+    assert [path for path, _ in json.loads(Path(listed).read_text())["skipped"]] == [corrupt]
     assert run.data.params["crop_size"] == "32" and run.data.params["global_batch"] == "4"
     # n_layers_D auto: the depth that D was built with at these crops, logged.
     assert run.data.params["n_layers_D"] == "auto" and run.data.params["resolved_n_layers_D"] == "1"
@@ -169,6 +179,35 @@ def test_unreachable_tracking_server_fails_before_training(toy, tmp_path, monkey
     with pytest.raises(RaycutError, match="unreachable"):
         run_train(_options(toy, tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_domain_of_unreadable_files_fails_before_training(toy, tmp_path) -> None:
+    """The wrong folder (nothing in it decodes) is one line naming a file and why, before
+    a run is recorded, not a worker error after Ray Train's restarts."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"{i}.png").write_text("a label list, not a picture")
+    with pytest.raises(RaycutError, match=r"no readable image among the first 3 files of .*0\.png: not an image"):
+        run_train(_options(toy, tmp_path / "runs", data_b=str(junk)))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_run_says_the_workers_cause_in_one_line() -> None:
+    """Ray Train's error starts "Training failed due to worker errors:"; the line raycut
+    prints is the cause: raycut's own message from any rank, else the exception's line."""
+    from ray.train import WorkerGroupError
+
+    from jobs.train.driver import failure_cause
+
+    ours = RaycutError("domain B gave no full batch of 2")
+    assert failure_cause(WorkerGroupError("rank 1: ...", {0: RuntimeError("collective aborted"), 1: ours})) == str(ours)
+    wrapped = RuntimeError("in the worker")
+    wrapped.__cause__ = ours
+    assert failure_cause(WorkerGroupError("...", {0: wrapped})) == str(ours)
+    trace = RuntimeError("Traceback (most recent call last):\n  File \"w.py\", line 1\nValueError: bad shape\n")
+    assert failure_cause(WorkerGroupError("...", {0: trace})) == "ValueError: bad shape"
+    assert failure_cause(RuntimeError("no worker said\nmore")) == "no worker said"
 
 
 def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, capsys) -> None:

@@ -31,7 +31,7 @@ from jobs import tracking
 from jobs.config_file import resolve_config
 from jobs.ray_runtime import compute_runtime_env, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
-from pipelines.ingest import IngestOptions, decode_head, read_domain
+from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
 from pipelines.sources import Listing, list_source
 from pipelines.sources import filesystem_for
 
@@ -58,6 +58,9 @@ class TrainResult:
     model_version: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     best: dict[str, Any] | None = None  # {step, metric, value, checkpoint} with --eval-every
+
+
+HEAD_CHECK_FILES = 8  # files of each domain decoded before a run starts: are they images at all?
 
 
 def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -118,6 +121,10 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
         spe = single_image.steps_per_epoch(batch_size=cfg.optim.batch_size, workers=opts.workers)
     else:
         listings = {"A": list_source(opts.data_a), "B": list_source(opts.data_b)}
+        for listing in listings.values():
+            # A folder of the wrong files (all unreadable) is said now, in one line, not
+            # by each restarted worker after Ray Train has started.
+            decode_head(listing, cfg.data, min(listing.size, HEAD_CHECK_FILES))
         size_a, size_b = listings["A"].size, listings["B"].size
         spe = data_steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
     epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
@@ -223,6 +230,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
     start_ray(job.workers * job.cpus_per_worker)
     ingest = _ingest_options(job, opts)
     without_progress_bars()
+    report = None
     if cfg.data.single_image:
         from pipelines.single_image import load_single_image, preview, read_single_image
 
@@ -232,7 +240,10 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
         samples = preview(load_single_image(job.data_a))  # the whole painting, not a crop
     else:
         listed = {k: (listings or {}).get(k) or list_source(spec) for k, spec in (("A", job.data_a), ("B", job.data_b))}
-        datasets = {k: read_domain(listed[k], cfg.data, options=replace(ingest, name=k)) for k in ("A", "B")}
+        # Bad files are skipped, not fatal: said as they are met and counted at the end.
+        report = IngestReport.remote(live=True)
+        datasets = {k: read_domain(listed[k], cfg.data, options=replace(ingest, name=k), report=report)
+                    for k in ("A", "B")}
         # The inputs of every sample grid of the run: the first crops of domain A.
         samples = decode_head(listed["A"], cfg.data, job.samples, seed=cfg.seed)
     plan = _eval_plan(job)
@@ -268,10 +279,52 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
     try:
         with train_run_released():
             return trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; keep the first line, point at --resume
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise RaycutError(f"training failed after {job.schedule.max_failures} restarts ({first}); fix the cause and run "
-                          f"`raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
+    except Exception as e:  # Ray wraps worker errors; say the cause in one line, point at --resume
+        raise RaycutError(f"training failed after {job.schedule.max_failures} restarts ({failure_cause(e)}); fix the "
+                          f"cause and run `raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
+    finally:
+        if report is not None:
+            _report_ingest(job, report)
+
+
+def failure_cause(e: BaseException) -> str:
+    """The one line that says why a Ray Train run failed. Ray Train's own message starts
+    "Training failed due to worker errors:" and puts each worker's traceback below it;
+    the cause is the first worker's exception: raycut's own message when it is one (a
+    domain with no full batch), else its last line (``ValueError: ...``)."""
+    failures = getattr(e, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        failure = failures[rank]
+        while failure is not None and not isinstance(failure, RaycutError):
+            failure = failure.__cause__ or getattr(failure, "cause", None)
+        if failure is not None:
+            return str(failure)
+    text = "\n".join(str(f) for _, f in sorted(failures.items())) or str(e)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    ours = [line.split("RaycutError: ", 1)[1] for line in lines if "RaycutError: " in line]
+    if ours:
+        return ours[-1][:300]
+    return (lines[-1] if failures and lines else lines[0] if lines else type(e).__name__)[:300]
+
+
+def _report_ingest(job: TrainJob, report: Any) -> None:
+    """What the run's ingest skipped, upscaled and converted: printed, and kept in the
+    MLflow run (counts as tags, which a resumed run may update; the listed files in
+    ``ingest_report.json``)."""
+    import ray
+
+    try:
+        summary = ray.get(report.summary.remote(), timeout=30)
+    except Exception as e:  # the report must never hide how the run itself ended
+        print(f"[train] the ingest report could not be read ({type(e).__name__}); bad files, if any, were skipped",
+              flush=True)
+        return
+    print(format_report(summary, name="ingest A + B"), flush=True)
+    counts = summary["counts"]
+    tracking.log_tags(job.tracking_uri, job.mlflow_run_id,
+                      {f"raycut.ingest_{k}_files": int(counts.get(k, 0)) for k in ("skipped", "upscaled", "converted")})
+    if counts.get("skipped") or counts.get("converted"):
+        tracking.log_dict(job.tracking_uri, job.mlflow_run_id, summary, "ingest_report.json")
 
 
 def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
