@@ -82,16 +82,26 @@ def is_remote(source: Source) -> bool:
     return "://" in source.root
 
 
-def list_inputs(source: Source, *, labels_dir: str | None = None) -> Inputs:
+def list_inputs(source: Source, *, labels_dir: str | None = None, output_dir: str | None = None) -> Inputs:
     """List a source's inputs and their output paths; one clear error for a bad source.
 
     With ``labels_dir`` (local file inputs only) outputs mirror paths below the common
     folder of the images and the labels, so a GTA5 layout (images/, labels/) comes out
-    as a GTA5 layout."""
+    as a GTA5 layout. Files below ``output_dir`` or ``labels_dir`` are not inputs, where
+    those folders lie inside the input's (``--input data --output data/real``): a rerun
+    would otherwise translate the translations, or the label maps."""
     if labels_dir is not None and (is_remote(source) or source.layout == "parquet"):
         raise RaycutError(f"--labels works with local image files; {source.describe()} is "
                           f"{'Parquet' if source.layout == 'parquet' else 'remote'}: copy the images to a folder first")
     fs, files = list_source_files(source)
+    if not is_remote(source):
+        inside = [os.path.abspath(d) for d in (output_dir, labels_dir) if d]
+        if output_dir and source.layout != "parquet" and os.path.abspath(output_dir) == _local_root(source):
+            raise RaycutError(f"--output {output_dir} is the input folder itself: outputs would replace the inputs "
+                              "they share a name with; choose another folder")
+        files = [f for f in files if not any(os.path.abspath(f).startswith(d + os.sep) for d in inside)]
+        if not files:
+            raise RaycutError(f"{source.describe()} holds no input outside --output and --labels")
     if source.layout == "parquet":
         return _parquet_inputs(source, fs, files)
     if is_remote(source):

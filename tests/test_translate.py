@@ -285,6 +285,16 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
     pq.write_table(pa.table({"image": [b"a"] * 3, "path": ["1.png", "1.jpg", "1.png.webp"]}), tmp_path / "clash.parquet")
     with pytest.raises(RaycutError, match="would both be written as '1.png'"):
         list_inputs(parse_source(f"parquet:{tmp_path}/clash.parquet"))
+    # An output (or label) folder inside the input's is not input: a rerun would translate
+    # the translations. The input folder itself as the output is refused.
+    nested = tmp_path / "nested"
+    for rel in ("a.png", "real/a.png", "labels/a.png"):
+        (nested / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(nested / rel)
+    inside = list_inputs(parse_source(str(nested)), labels_dir=str(nested / "labels"), output_dir=str(nested / "real"))
+    assert inside.ids == [str(nested / "a.png")]
+    with pytest.raises(RaycutError, match="is the input folder itself"):
+        list_inputs(parse_source(str(nested)), output_dir=str(nested))
     # A glob mirrors paths below its fixed prefix, locally and behind a URI alike.
     _dataset(tmp_path / "gta")
     local = list_inputs(parse_source(f"{tmp_path}/gta/images/**/0*.png"))

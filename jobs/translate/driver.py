@@ -71,7 +71,7 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     source = parse_source(opts.input)
     if opts.labels and not Path(opts.labels).is_dir():
         raise RaycutError(f"--labels {opts.labels} is not a folder")
-    inputs = list_inputs(source, labels_dir=opts.labels)
+    inputs = list_inputs(source, labels_dir=opts.labels, output_dir=opts.output)
     from jobs.tracking import resolve_model_dir
 
     model_dir = resolve_model_dir(opts.model)
