@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print a run's fully resolved configuration as YAML (a valid --config file)")
     c.add_argument("action", choices=["show"])
-    _add_config_options(c, "cut | fastcut | sincut | sincut-paper (default: the config file's preset:, else cut)")
+    _add_config_options(c, "cut | fastcut | sincut | sincut-paper | cyclegan (default: the config file's preset:, else cut)")
     c.set_defaults(func=_cmd_config)
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default (toy sim->real data)")

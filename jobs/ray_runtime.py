@@ -93,6 +93,23 @@ def start_ray(train_cpus: float) -> None:
     filter_worker_logs()
 
 
+def require_gpus(per_actor: float, flag: str) -> None:
+    """On a Ray of this machine alone, one line when ``flag`` asks for GPUs that it does
+    not have: Ray would otherwise queue the GPU actors for ever, printing only its
+    autoscaler's "No available node types can fulfill resource request". A cluster
+    (RAY_ADDRESS) is not checked: its autoscaler may add GPU nodes."""
+    import ray
+
+    from cut_core.errors import RaycutError
+
+    if per_actor <= 0 or not on_this_machine():
+        return
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < per_actor:
+        raise RaycutError(f"{flag} {per_actor:g} asks for GPUs, but the Ray on this machine has {have:g}; "
+                          f"drop {flag} to run on the CPU, or set RAY_ADDRESS to a cluster with GPU nodes")
+
+
 def compute_runtime_env() -> dict:
     """The runtime env of raycut's compute processes, the Ray Train workers and the
     translation actors: glibc's malloc tuned to reuse freed tensors

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 from PIL import Image
 
@@ -371,6 +372,19 @@ def test_int8_refuses_gpu_actors_in_one_line(tmp_path) -> None:
     with pytest.raises(RaycutError, match="int8 runs on CPU actors"):
         run_translate(TranslateOptions(model=str(tmp_path), input=str(tmp_path), output=str(tmp_path / "o"),
                                        precision="int8", gpus_per_actor=1))
+
+
+def test_gpu_actors_on_a_machine_without_gpus_fail_at_once(local_ray, model_dir, tmp_path) -> None:
+    """A local Ray with no GPU would queue the GPU actors for ever (its autoscaler says
+    only "No available node types can fulfill resource request"): one line instead.
+    `raycut train --gpus-per-worker` goes through the same check (jobs.ray_runtime)."""
+    from cut_core.errors import RaycutError
+
+    assert ray.cluster_resources().get("GPU", 0) == 0  # the suite's local Ray has none
+    data = _dataset(tmp_path / "gta")
+    with pytest.raises(RaycutError, match="--gpus-per-actor 1 asks for GPUs, but the Ray on this machine has 0"):
+        run_translate(TranslateOptions(model=str(model_dir), input=f"gta5:{data}", output=str(tmp_path / "o"),
+                                       gpus_per_actor=1))
 
 
 @pytest.mark.cost(50)

@@ -29,7 +29,7 @@ from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.ray_runtime import compute_runtime_env, start_ray, train_run_released, without_progress_bars
+from jobs.ray_runtime import compute_runtime_env, require_gpus, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
 from pipelines.sources import Listing, list_source
@@ -228,6 +228,7 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
     # a faster poll keeps reports cheap. Propagated to the controller and the workers.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     start_ray(job.workers * job.cpus_per_worker)
+    require_gpus(job.gpus_per_worker, "--gpus-per-worker")
     ingest = _ingest_options(job, opts)
     without_progress_bars()
     report = None

@@ -25,7 +25,8 @@ from typing import Any
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
-from jobs.ray_runtime import compute_runtime_env, on_this_machine, parse_pool, start_ray, without_progress_bars
+from jobs.ray_runtime import (compute_runtime_env, on_this_machine, parse_pool, require_gpus, start_ray,
+                              without_progress_bars)
 from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, TranslateOptions
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
@@ -134,6 +135,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
 
     cpus = os.cpu_count() or 1
     start_ray(cpus)
+    require_gpus(opts.gpus_per_actor, "--gpus-per-actor")
     use_gpu = opts.gpus_per_actor > 0
     local = on_this_machine()
     low, high = parse_concurrency(opts.concurrency, use_gpu=use_gpu, local=local)
@@ -152,18 +154,21 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     fs = inputs.fs if is_remote(inputs.source) else None
     pool = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
     model_args = {"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads}
+    # Ray Data gives a GPU map one CPU unless told otherwise, which is the feeding core;
+    # naming num_cpus beside num_gpus draws its "experimental" warning on every run.
+    g_cpus = {} if use_gpu else {"num_cpus": threads}
     if opts.staged:
         ds = ds.map_batches(read_and_decode, fn_kwargs={"max_pixels": spec.max_pixels, "filesystem": fs},
                             batch_size=opts.batch_size, batch_format="numpy", num_cpus=1)
         ds = ds.map_batches(GeneratorStage, fn_constructor_kwargs=model_args, batch_size=opts.batch_size,
-                            batch_format="numpy", compute=pool, num_gpus=opts.gpus_per_actor,
-                            num_cpus=1 if use_gpu else threads, runtime_env=compute_runtime_env())
+                            batch_format="numpy", compute=pool, num_gpus=opts.gpus_per_actor, **g_cpus,
+                            runtime_env=compute_runtime_env())
         ds = ds.map_batches(encode_and_write, fn_kwargs={"spec": asdict(spec)}, batch_size=opts.batch_size,
                             batch_format="numpy", num_cpus=1)
     else:  # the single-actor job: every stage in one actor (kept for the benchmark)
         ds = ds.map_batches(TranslateFiles, fn_constructor_kwargs={**model_args, "filesystem": fs},
                             batch_size=opts.batch_size, batch_format="numpy", compute=pool,
-                            num_gpus=opts.gpus_per_actor, num_cpus=1 if use_gpu else threads,
+                            num_gpus=opts.gpus_per_actor, **g_cpus,
                             runtime_env=compute_runtime_env())
     bar = Progress("translate", len(todo), unit="img", every=max(1, min(50, len(todo) // 20)), stream=None)
     pending: list[dict] = []
