@@ -26,7 +26,17 @@ QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "WARNING"}
 # providers send before they reclaim a spot node. One machine gets no such notice, and
 # on 2 cores its process start was ~2 s of every run's start-up: off on a local Ray
 # (the variable is Ray Train's; a cluster keeps the watcher).
-LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+#
+# Ray starts its worker processes at nice 15 (its `worker_niceness`), the trainers and
+# translation actors included, so that its own daemons stay responsive on a busy node.
+# On a machine where anything else runs at the normal priority (an editor, a browser,
+# another job) that work takes nearly all of the CPU: beside two single-threaded
+# processes, a 1 Mpx translation that takes 1.5 s in a plain Python process took 87 s
+# in a G actor (2-core AMD EPYC, 2026-12-05). A local Ray's workers run at the normal
+# priority instead, as a plain PyTorch script would; the decode actors keep their lower
+# priority relative to the trainers (jobs.train.driver.DECODE_NICE).
+LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                 "RAY_worker_niceness": "0"}
 
 
 def on_this_machine() -> bool:

@@ -28,6 +28,9 @@ class DecodeResult:
     note: str = ""  # what was converted on the way (mode, orientation), for the report
 
 
+TOO_LARGE = "too large"  # how a refusal for size starts, for callers that suggest a larger limit
+
+
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodeResult:
     """Decode any PIL-readable image to (H, W, 3) uint8 RGB.
 
@@ -37,6 +40,11 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     """
     if not data:
         return DecodeResult(None, "empty file (0 bytes)")
+    # PIL's own guard checks the header's size when the file is opened, before raycut's
+    # below: at its default (89 Mpx) it would cap any larger limit a caller asks for
+    # (`raycut translate --max-megapixels`). It is set to twice this limit, so that
+    # raycut's check names the size, and PIL's still stops a header claiming far more.
+    Image.MAX_IMAGE_PIXELS = 2 * max_pixels
     try:
         with warnings.catch_warnings():
             # PIL warns (not raises) on some bombs; make every bomb an error.
@@ -44,7 +52,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    return DecodeResult(None, f"too large: {w}x{h} = {w * h / 1e6:.0f} Mpx > {max_pixels / 1e6:.0f} Mpx limit")
+                    return DecodeResult(None, f"{TOO_LARGE}: {w}x{h} = {w * h / 1e6:.0f} Mpx > {max_pixels / 1e6:g} Mpx limit")
                 mode = im.mode
                 im.load()  # force the full decode here, so truncation is caught here
                 orientation = _exif_orientation(im)
@@ -59,7 +67,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             # PIL's message names the in-memory buffer ("<_io.BytesIO object at 0x...>"),
             # which says nothing about the file.
             return DecodeResult(None, "not an image (no image format PIL reads recognises its bytes)")
-        return DecodeResult(None, f"decompression bomb ({_first_line(e)})")
+        return DecodeResult(None, f"{TOO_LARGE}, a possible decompression bomb ({_first_line(e)})")
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         return DecodeResult(None, f"corrupt or truncated ({_first_line(e)})")
 

@@ -174,6 +174,33 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
         run_train(TrainOptions(resume=True, storage_path=str(storage)))
 
 
+def test_a_local_rays_workers_run_at_the_normal_priority(local_ray) -> None:
+    """Ray starts its workers at nice 15 unless told otherwise; beside anything at the
+    normal priority its trainers and G actors then got a few % of a core (a 1.5 s
+    translation took 87 s). A local Ray's workers start at 0 (jobs.ray_runtime.LOCAL_RAY_ENV,
+    which the suite's Ray gets as `raycut` gives it to its own); decode actors keep
+    DECODE_NICE below the trainers."""
+    import os
+
+    import ray
+
+    from jobs.train.driver import DECODE_NICE
+
+    assert ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()) == 0
+
+    @ray.remote(num_cpus=0)
+    class Decoder:
+        def __init__(self) -> None:
+            os.nice(DECODE_NICE)  # as pipelines.ingest.DecodeAugment does
+
+        def niceness(self) -> int:
+            return os.nice(0)
+
+    decoder = Decoder.remote()
+    assert ray.get(decoder.niceness.remote()) == DECODE_NICE
+    ray.kill(decoder)
+
+
 def test_unreachable_tracking_server_fails_before_training(toy, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(RaycutError, match="unreachable"):

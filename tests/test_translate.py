@@ -107,6 +107,31 @@ def test_inputs_that_share_a_name_or_are_tiny_each_get_their_own_output(local_ra
     assert len(set(outputs.values())) == 4
 
 
+def test_an_image_over_the_size_limit_says_how_to_raise_it(local_ray, model_dir, tmp_path, capsys) -> None:
+    """A frame over --max-megapixels (a guard against decompression bombs) fails with the
+    way out named; a rerun with a larger limit translates it and only it. The limit is
+    not capped by PIL's own (89 Mpx by default): pipelines.decode sets that above it."""
+    from pipelines.decode import decode_image
+
+    data = tmp_path / "aerial"
+    data.mkdir()
+    Image.new("RGB", (1100, 1000), (90, 120, 60)).save(data / "big.png")
+    Image.new("RGB", (40, 30), (90, 120, 60)).save(data / "small.png")
+    out = tmp_path / "out"
+    opts = dict(**EXACT, model=str(model_dir), input=str(data), output=str(out))
+    s = run_translate(TranslateOptions(**opts, max_megapixels=1))
+    assert s.done == 1 and [(Path(p).name, r.split(":")[0]) for p, r in s.failed] == [("big.png", "too large")]
+    assert "1 inputs are over --max-megapixels 1: if they are real images, run again with a larger value" in capsys.readouterr().out
+    s = run_translate(TranslateOptions(**opts, max_megapixels=2))
+    assert (s.done, s.skipped, len(s.failed)) == (1, 1, 0)
+    assert Image.open(out / "big.png").size == (1100, 1000)
+    # Over PIL's default guard (89 Mpx, read from the header only: nothing is decoded here).
+    header = tmp_path / "wide.png"
+    Image.new("1", (10_000, 10_000)).save(header)  # 100 Mpx, a few kB
+    assert decode_image(header.read_bytes(), max_pixels=50_000_000).reason.startswith("too large: 10000x10000")
+    assert decode_image(header.read_bytes(), max_pixels=20_000_000).reason.startswith("too large, a possible decompression bomb")
+
+
 @pytest.mark.cost(70)
 def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir, tmp_path) -> None:
     data = _dataset(tmp_path / "gta", n_extra=300)

@@ -28,6 +28,7 @@ from jobs.progress import Progress
 from jobs.ray_runtime import (compute_runtime_env, on_this_machine, parse_pool, require_gpus, start_ray,
                               without_progress_bars)
 from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, TranslateOptions
+from pipelines.decode import TOO_LARGE
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
 from pipelines.manifest import append_manifest, copy_labels, done_inputs, new_manifest_run, remove_partial_files
@@ -93,7 +94,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
               f"their outputs keep it ({shown}{', ...' if len(inputs.full_names) > 3 else ''})", flush=True)
     spec = TranslateSpec(model_dir=str(model_dir), out_root=str(out), fmt=opts.fmt, png_level=opts.png_level,
                          jpeg_quality=opts.jpeg_quality,
-                         precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap)
+                         precision=opts.precision, channels_last=opts.channels_last, tile=opts.tile, overlap=opts.overlap,
+                         max_pixels=int(opts.max_megapixels * 1e6))
     failed: list[tuple[str, str]] = []
     n_done = 0
     if todo and _wants_int8(opts, model_dir):
@@ -117,6 +119,12 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
         print(f"  failed {path}: {reason}", flush=True)
     if len(failed) > 20:
         print(f"  ... and {len(failed) - 20} more (all in {out}/manifest)", flush=True)
+    too_large = sum(reason.startswith(TOO_LARGE) for _, reason in failed)
+    if too_large:
+        print(f"[translate] {too_large} inputs are over --max-megapixels {opts.max_megapixels:g}: if they are real "
+              f"images, run again with a larger value (and --tile 1024 to bound G's memory): a rerun translates only what "
+              f"failed",
+              flush=True)
     return summary
 
 
@@ -266,6 +274,8 @@ def _check(opts: TranslateOptions) -> None:
         raise RaycutError("--calibration-images must be at least 1")
     if opts.batch_size < 1:
         raise RaycutError("--batch-size must be at least 1")
+    if opts.max_megapixels <= 0:
+        raise RaycutError(f"--max-megapixels must be > 0, not {opts.max_megapixels:g}")
     if opts.tile and (opts.tile % 4 or not 0 <= opts.overlap < opts.tile // 2):
         raise RaycutError(f"--tile must be a multiple of 4 and --overlap below tile/2 (got {opts.tile}, {opts.overlap})")
 

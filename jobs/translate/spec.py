@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.options import opt
+from pipelines.decode import DEFAULT_MAX_PIXELS
 from pipelines.translate_io import OUTPUT_FORMATS
 
 FLUSH_ROWS = 64  # manifest rows per part
 DEFAULT_MAX_GPU_ACTORS = 16  # the G pool's ceiling on GPUs when --concurrency is not given
+MAX_MEGAPIXELS = DEFAULT_MAX_PIXELS / 1e6
 
 
 def switch(value: str) -> bool | str:
@@ -38,6 +40,8 @@ class TranslateOptions:
     channels_last: bool | str = opt("auto", "NHWC memory layout for G (auto: where the probe finds it faster)",
                                     type=switch, metavar="{auto,on,off}")
     tile: int = opt(0, "translate in tiles of this size (multiple of 4; 0: whole image)")
+    max_megapixels: float = opt(MAX_MEGAPIXELS, "larger images are refused, as a guard against decompression bombs; "
+                                "raise it for big aerial frames (with --tile to bound G's memory)")
     overlap: int = opt(32, "tile overlap, blended linearly")
     fmt: str = opt("png", "png (lossless, the default), jpg (--jpeg-quality) or webp (lossless)", flag="--format",
                    choices=list(OUTPUT_FORMATS))
