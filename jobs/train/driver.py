@@ -325,10 +325,13 @@ def _report_ingest(job: TrainJob, report: Any) -> None:
         return
     print(format_report(summary, name="ingest A + B"), flush=True)
     counts = summary["counts"]
-    tracking.log_tags(job.tracking_uri, job.mlflow_run_id,
-                      {f"raycut.ingest_{k}_files": int(counts.get(k, 0)) for k in ("skipped", "upscaled", "converted")})
-    if counts.get("skipped") or counts.get("converted"):
-        tracking.log_dict(job.tracking_uri, job.mlflow_run_id, summary, "ingest_report.json")
+    try:
+        tracking.log_tags(job.tracking_uri, job.mlflow_run_id,
+                          {f"raycut.ingest_{k}_files": int(counts.get(k, 0)) for k in ("skipped", "upscaled", "converted")})
+        if counts.get("skipped") or counts.get("converted"):
+            tracking.log_dict(job.tracking_uri, job.mlflow_run_id, summary, "ingest_report.json")
+    except Exception as e:  # noqa: BLE001 - printed above; a store that went away must not hide the run's end
+        print(f"[train] the ingest report was not logged to MLflow ({type(e).__name__}: {str(e)[:200]})", flush=True)
 
 
 def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
