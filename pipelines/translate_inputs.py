@@ -94,22 +94,24 @@ def list_inputs(source: Source, *, labels_dir: str | None = None, output_dir: st
         raise RaycutError(f"--labels works with local image files; {source.describe()} is "
                           f"{'Parquet' if source.layout == 'parquet' else 'remote'}: copy the images to a folder first")
     fs, files = list_source_files(source)
+    local_files = not is_remote(source) and source.layout != "parquet"
+    root = _local_root(source) if local_files else ""
+    mirror = os.path.commonpath([root, os.path.abspath(labels_dir)]) if labels_dir else root
+    if local_files and output_dir and os.path.abspath(output_dir) == mirror:
+        # Outputs mirror the inputs' paths below this folder: each would land on its input.
+        raise RaycutError(f"--output {output_dir} is the folder the inputs' paths are mirrored from: outputs would "
+                          "replace the inputs they share a name with; choose another folder")
     if not is_remote(source):
         inside = [os.path.abspath(d) for d in (output_dir, labels_dir) if d]
-        if output_dir and source.layout != "parquet" and os.path.abspath(output_dir) == _local_root(source):
-            raise RaycutError(f"--output {output_dir} is the input folder itself: outputs would replace the inputs "
-                              "they share a name with; choose another folder")
         files = [f for f in files if not any(os.path.abspath(f).startswith(d + os.sep) for d in inside)]
         if not files:
             raise RaycutError(f"{source.describe()} holds no input outside --output and --labels")
     if source.layout == "parquet":
         return _parquet_inputs(source, fs, files)
     if is_remote(source):
-        root = _remote_root(source, fs)
-        outs, full = output_stems({f: posixpath.relpath(f, root) for f in files}, source)
+        remote_root = _remote_root(source, fs)
+        outs, full = output_stems({f: posixpath.relpath(f, remote_root) for f in files}, source)
         return Inputs(source, fs, files, outs, full_names=full)
-    root = _local_root(source)
-    mirror = os.path.commonpath([root, os.path.abspath(labels_dir)]) if labels_dir else root
     outs, full = output_stems({f: os.path.relpath(f, mirror) for f in files}, source)
     return Inputs(source, fs, files, outs, root=root, mirror_root=mirror, full_names=full)
 

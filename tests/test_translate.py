@@ -319,8 +319,12 @@ def test_parquet_and_remote_inputs_refuse_labels_and_clashing_names(tmp_path) ->
         Image.new("RGB", (8, 8)).save(nested / rel)
     inside = list_inputs(parse_source(str(nested)), labels_dir=str(nested / "labels"), output_dir=str(nested / "real"))
     assert inside.ids == [str(nested / "a.png")]
-    with pytest.raises(RaycutError, match="is the input folder itself"):
+    with pytest.raises(RaycutError, match="outputs would replace the inputs"):
         list_inputs(parse_source(str(nested)), output_dir=str(nested))
+    # GTA5's layout with its labels: outputs mirror paths below ROOT (images/, labels/).
+    gta = _dataset(tmp_path / "gta5")
+    with pytest.raises(RaycutError, match="outputs would replace the inputs"):
+        list_inputs(parse_source(f"{gta}/images"), labels_dir=str(gta / "labels"), output_dir=str(gta))
     # A glob mirrors paths below its fixed prefix, locally and behind a URI alike.
     _dataset(tmp_path / "gta")
     local = list_inputs(parse_source(f"{tmp_path}/gta/images/**/0*.png"))
