@@ -46,37 +46,35 @@ class IngestReport:
     def __init__(self, live: bool = False) -> None:
         self.live = live
         self.counts: Counter[str] = Counter()
-        self.decoded: set[str] = set()
-        self.seen: dict[str, set[str]] = {"skipped": set(), "upscaled": set(), "converted": set()}
+        self.seen: dict[str, set[str]] = {"ok": set(), "skipped": set(), "upscaled": set(), "converted": set()}
         self.skipped: list[tuple[str, str]] = []
         self.upscaled: list[str] = []
         self.converted: list[tuple[str, str]] = []
 
     def add(self, decoded: list[str], skipped: list[tuple[str, str]], upscaled: list[str],
             converted: list[tuple[str, str]]) -> None:
-        self.counts.update(ok=len(set(decoded) - self.decoded))
-        self.decoded.update(decoded)
-        fresh = self._new("skipped", skipped)
+        self._fresh("ok", decoded)
+        fresh_skipped = self._fresh("skipped", skipped)
+        self.skipped += fresh_skipped[: MAX_LISTED - len(self.skipped)]
+        self.upscaled += self._fresh("upscaled", upscaled)[: MAX_LISTED - len(self.upscaled)]
+        self.converted += self._fresh("converted", converted)[: MAX_LISTED - len(self.converted)]
         if self.live:
-            for k, (path, reason) in enumerate(fresh, start=self.counts["skipped"] - len(fresh)):
+            first = self.counts["skipped"] - len(fresh_skipped)
+            for k, (path, reason) in enumerate(fresh_skipped, start=first):
                 if k < self.MAX_SHOWN:
                     print(f"[ingest] skipped {path}: {reason}", flush=True)
                 elif k == self.MAX_SHOWN:
                     print("[ingest] more files skipped; the count comes at the end of the run", flush=True)
-        self._new("upscaled", [(path, "") for path in upscaled])
-        self._new("converted", converted)
 
-    def _new(self, kind: str, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The items of a path not met before: counted, and listed up to MAX_LISTED."""
+    def _fresh(self, kind: str, items: list[Any]) -> list[Any]:
+        """The items (paths, or (path, reason) pairs) whose path was not met before, counted."""
         fresh = []
-        for path, reason in items:
+        for item in items:
+            path = item if isinstance(item, str) else item[0]
             if path not in self.seen[kind]:
                 self.seen[kind].add(path)
-                fresh.append((path, reason))
+                fresh.append(item)
         self.counts.update({kind: len(fresh)})
-        listed = getattr(self, kind)
-        room = MAX_LISTED - len(listed)
-        listed += [path for path, _ in fresh[:room]] if kind == "upscaled" else fresh[:room]
         return fresh
 
     def summary(self) -> dict[str, Any]:
