@@ -16,6 +16,7 @@ Ray's log monitor. Both are filtered, line by line.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import sys
@@ -33,6 +34,10 @@ NOISE = (
     # while a call to it was still on its way (seen once in ~10 `raycut train` runs).
     re.compile(r"Task MapWorker\(MapBatches\(\w+\)\)\.submit failed\. There are infinite retries remaining.*"
                r"killed by `ray\.kill`"),
+    # The raylet's note when it starts more worker processes at once than the node has
+    # cores: every Tune trial is a Ray Train run with its own decode actors, so a search
+    # of 2 trials at a time on 2 cores starts ~14 (each waits its turn; nothing to do).
+    re.compile(r"PYTHON worker processes have been started on node: .*maximum expected startup concurrency"),
 )
 
 
@@ -101,9 +106,10 @@ CPP_LOG_START = re.compile(rb"^\[(\d{1,4}(-\d{0,2})?)?$|^\[\d{4}-")
 
 
 def filter_worker_logs() -> None:
-    """Drop :data:`NOISE` from the worker logs Ray forwards to this driver (call after
-    ``ray.init``, which installs Ray's printer). Without Ray's printer (``log_to_driver``
-    off, or a Ray whose internals moved) this does nothing: the logs print as Ray prints them."""
+    """Drop :data:`NOISE` from what Ray forwards to this driver (call after ``ray.init``,
+    which installs Ray's printer): the worker logs, and the raylet's notes to the driver.
+    Without Ray's printer (``log_to_driver`` off, or a Ray whose internals moved) this
+    does nothing: the logs print as Ray prints them."""
     try:
         from ray._private import worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
@@ -113,12 +119,19 @@ def filter_worker_logs() -> None:
         names = [name for name, _ in dispatcher.handlers]
     if "ray_print_logs" not in names or not hasattr(worker, "print_to_stdstream"):
         return
-    ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
+    # Once per process, however many Rays it starts: a second call wraps Ray's own.
+    ray_print = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
 
-    def print_without_noise(data: dict) -> None:
+    @functools.wraps(ray_print)
+    def print_without_noise(data: dict, ignore_prefix: bool) -> None:
         lines = [line for line in data.get("lines", []) if not is_noise(line)]
         if lines:
-            worker.print_to_stdstream({**data, "lines": lines}, ignore_prefix=ignore_prefix)
+            ray_print({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 
+    # Two routes reach it: the worker logs through the dispatcher's handler (which holds
+    # Ray's function itself), and the raylet's notes, which Ray's error listener passes
+    # to the module's print_to_stdstream by name at each call.
+    worker.print_to_stdstream = print_without_noise
+    ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
     dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", print_without_noise)
+    dispatcher.add_handler("ray_print_logs", functools.partial(print_without_noise, ignore_prefix=ignore_prefix))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Mapping, TextIO
+from typing import Mapping, Sequence, TextIO
 
 
 def format_duration(seconds: float) -> str:
@@ -22,10 +22,12 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int, *, unit: str = "it", every: int = 10, stream: TextIO | None = None,
-                 initial: int = 0) -> None:
+                 initial: int = 0, in_place: bool | None = None) -> None:
         self.label, self.total, self.unit, self.every = label, total, unit, max(1, every)
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        # in_place=False where other lines interleave (Ray's worker logs): a line that
+        # rewrites itself would run into them.
+        self.tty = self.stream.isatty() if in_place is None else in_place
         self.start = time.perf_counter()
         # A resumed run starts at ``initial``: the rate (and so the ETA) counts only
         # the work done in this process.
@@ -38,7 +40,8 @@ class Progress:
         if self.tty or self.done // self.every > before // self.every or self.done == self.total:
             self._write(values or {})
 
-    def line(self, values: Mapping[str, float]) -> str:
+    def line(self, values: Mapping[str, float], notes: Sequence[str] = ()) -> str:
+        """The line; ``notes`` are shown as they are, each in a section of its own."""
         elapsed = time.perf_counter() - self.start
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
@@ -48,13 +51,18 @@ class Progress:
         return (
             f"[{self.label}] {self.done}/{self.total} {pct:3.0f}% | {rate:.2f} {self.unit}/s"
             + (f" | {vals}" if vals else "")
+            + "".join(f" | {note}" for note in notes)
             + f" | elapsed {format_duration(elapsed)} ETA {eta_s}"
         )
 
     def _write(self, values: Mapping[str, float]) -> None:
-        text = self.line(values)
+        self.write_line(self.line(values), final=self.done >= self.total)
+
+    def write_line(self, text: str, *, final: bool) -> None:
+        """Show ``text`` (a :meth:`line`): in place on a terminal, ending the line when
+        ``final``; as a line of its own in a log."""
         if self.tty:
-            self.stream.write("\r\x1b[2K" + text + ("\n" if self.done >= self.total else ""))
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()

@@ -24,3 +24,18 @@ def test_a_resumed_run_counts_on_from_its_step_and_durations_read_as_clock_times
     bar.update()
     assert out.getvalue().startswith("[train] 7/10  70% | ")
     assert format_duration(59.6) == "1:00" and format_duration(3725) == "1:02:05"
+
+
+def test_notes_get_sections_of_their_own_and_a_line_among_others_never_redraws():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    redrawn, among = Terminal(), Terminal()
+    Progress("train", 4, stream=redrawn).update(1)
+    assert redrawn.getvalue().startswith("\r\x1b[2K[train] 1/4") and not redrawn.getvalue().endswith("\n")
+    bar = Progress("tune", 4, unit="step", stream=among, in_place=False)
+    bar.done = 2
+    bar.write_line(bar.line({}, ["trials: 1 running", "best err 3.5 (t0)"]), final=False)
+    assert among.getvalue().startswith("[tune] 2/4  50% | ") and among.getvalue().endswith("\n")
+    assert " | trials: 1 running | best err 3.5 (t0) | elapsed " in among.getvalue()

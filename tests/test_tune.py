@@ -6,6 +6,7 @@ it), with tiny models on tiny toy data."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,17 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
 
     assert not [line for line in (r.stdout + r.stderr).splitlines() if is_noise(line)]
     assert done[0].stat().st_mtime == stamp  # the finished trial was not trained again
+    # One progress line for the search, none per trial step: the resumed search starts
+    # with its finished trial's steps done, ASHA's stop takes the rest of the stopped
+    # trial's steps out of the total, and the last line names the table's best.
+    searched = [line for line in r.stdout.splitlines() if re.match(r"\[tune\] \d+/\d+ ", line)]
+    assert searched and all("ETA" in line for line in searched), r.stdout[-3000:]
+    assert int(re.match(r"\[tune\] (\d+)/", searched[0]).group(1)) >= 10, searched  # the finished trial's 10
+    steps = int(stopped["steps"].iloc[0])
+    assert searched[-1].startswith(f"[tune] {10 + steps}/{10 + steps} 100% "), searched
+    assert "trials: 0 running, 0 waiting, 1 finished, 1 stopped" in searched[-1]
+    assert f"best eval_colour_err {results.iloc[0]['best']:.4g} ({results.iloc[0]['trial']})" in searched[-1]
+    assert not re.search(r"\[train\] \d+/10 ", r.stdout), r.stdout[-3000:]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("raycut-tune").experiment_id])
@@ -110,3 +122,24 @@ def test_space_yaml_overrides_and_checks(tmp_path):
     space.write_text("nce_T: {loguniform: [0.3, 0.03]}\n")
     with pytest.raises(Exception, match="low < high"):
         load_space(space)
+
+
+def test_the_search_line_counts_steps_over_trials_and_drops_those_asha_stopped():
+    """jobs.tune.progress.count_search on the states Tune hands its callbacks: a report
+    or an end that the trial does not show yet counts, a stopped trial's unrun steps
+    leave the total, trials not created yet wait with all their steps."""
+    from types import SimpleNamespace as Trial
+
+    from jobs.tune.progress import count_search
+
+    trials = [Trial(trial_id="t0", status="TERMINATED", last_result={"step": 10, "err": 30.0}),  # restored, finished
+              Trial(trial_id="t1", status="RUNNING", last_result={"step": 5, "err": 50.0}),  # ASHA stops it now
+              Trial(trial_id="t2", status="RUNNING", last_result={"step": 2, "err": 45.0}),
+              Trial(trial_id="t3", status="PENDING", last_result={})]
+    count = count_search(trials, expected=6, steps_per_trial=10, metric="err", mode="min",
+                         latest={"t2": {"step": 4, "err": 29.0}}, ended={"t1"}, scores={"t2": 25.0})
+    assert (count.done, count.total) == (10 + 5 + 4, 10 + 5 + 10 + 10 + 2 * 10)
+    assert (count.running, count.waiting, count.finished, count.stopped) == (1, 3, 1, 1)
+    assert (count.best, count.best_trial) == (25.0, "t2")  # its best so far, not its last score
+    high = count_search(trials, expected=4, steps_per_trial=10, metric="err", mode="max")
+    assert (high.best, high.best_trial, high.total) == (50.0, "t1", 10 + 10 + 10 + 10)

@@ -139,7 +139,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
         config=cfg.to_dict(), data_a=opts.data_a, data_b=opts.data_b, name=name, storage_path=storage, steps=steps,
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
         cpus_per_worker=default_cpus_per_worker(opts), schedule=opts.schedule, register=opts.register,
-        register_raw_g=opts.register_raw_g,
+        register_raw_g=opts.register_raw_g, step_lines=opts.step_lines,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
     if opts.eval_every:
@@ -319,6 +319,10 @@ def _report_ingest(job: TrainJob, report: Any) -> None:
 
     try:
         summary = ray.get(report.summary.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        # The report went down with the process that owns it: ASHA stopping this Tune
+        # trial, or a Ctrl-C. The skipped files were printed as they were met (live).
+        return
     except Exception as e:  # the report must never hide how the run itself ended
         print(f"[train] the ingest report could not be read ({type(e).__name__}); bad files, if any, were skipped",
               flush=True)

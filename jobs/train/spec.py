@@ -61,6 +61,7 @@ class TrainJob:
     eval_every: int = 0
     eval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    step_lines: bool = True  # the lead worker's progress line (a Tune trial's is the search's)
 
     @functools.cached_property
     def cut(self) -> CUTConfig:
@@ -133,3 +134,6 @@ class TrainOptions:
     schedule: Schedule = field(default_factory=Schedule)
     validation: Validation = field(default_factory=Validation)
     parent_run_id: str = ""  # MLflow parent run (a Tune search): this run becomes its child
+    # A Tune trial prints no progress line of its own: the search prints one for every
+    # trial (jobs.tune.progress), where concurrent trials' lines would interleave.
+    step_lines: bool = True

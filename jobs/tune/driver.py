@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.train.spec import Schedule
+from jobs.tune.progress import search_progress_callback
 from jobs.tune.spec import TuneOptions
 
 SPEC_NAME = "tune.json"
@@ -199,7 +200,9 @@ def _tuner(opts: TuneOptions, trainable: Any, storage: Path):
                                     search_alg=search_alg, max_concurrent_trials=opts.max_concurrent),
         run_config=ray.tune.RunConfig(name=opts.name, storage_path=str(storage), verbose=0,
                                       failure_config=ray.tune.FailureConfig(max_failures=1),
-                                      callbacks=_interrupt_callbacks()),
+                                      callbacks=[search_progress_callback(
+                                          expected=_expected_trials(opts), steps_per_trial=opts.steps_per_trial,
+                                          metric=opts.metric, mode=mode)] + _interrupt_callbacks()),
     )
 
 
@@ -329,7 +332,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         schedule=Schedule(checkpoint_every=opts.eval_every, keep_checkpoints=1, log_every=max(1, opts.eval_every),
                           sample_every=opts.steps_per_trial, max_failures=1),
         experiment=opts.experiment, parent_run_id=opts.parent_run_id, eval_every=opts.eval_every,
-        validation=opts.validation, resume=started,
+        validation=opts.validation, resume=started, step_lines=False,
     )
     os.environ["MLFLOW_TRACKING_URI"] = opts.tracking_uri
     run_train(train, callbacks=[_report_to_tune()])
