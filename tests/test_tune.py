@@ -102,6 +102,12 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     assert any(len(client.get_metric_history(x.info.run_id, "eval_colour_err")) >= 2 for x in children)
     best = results.iloc[0]
     assert client.get_model_version_by_alias("toy-tuned", "champion").tags["raycut.trial"] == best["trial"]
+    # Resuming the finished search again trains nothing and registers nothing twice.
+    again = subprocess.run([sys.executable, "-m", "jobs.cli", "tune", "--resume", "--name", "search"], cwd=tmp_path,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=patience(120))
+    assert again.returncode == 0 and "has finished: nothing to resume" in again.stdout, again.stdout + again.stderr
+    assert f"[tune] best: trial {best['trial']} " in again.stdout
+    assert len(client.search_model_versions("name='toy-tuned'")) == 1
 
     # The best config is a YAML that raycut train takes as it is (train resolves its
     # --config with this function; a Ray Train run of a config is tested in test_train_ray).

@@ -37,6 +37,7 @@ CHAMPION = "champion"
 # starting at once on 2 cores, process start-up alone can take longer.
 WORKER_GROUP_START_TIMEOUT_S = "300"
 STOPPED_NAME = "stopped_by_asha.txt"
+FINISHED_NAME = "finished.json"  # written last: the search ended, its results and champion are in place
 RUNGS_NAME = "asha_rungs.json"
 TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
 # Fault injection for tests and drills: after this many trials complete, the driver
@@ -65,6 +66,12 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     if opts.resume:
         opts = _load(storage, opts.name)
         opts = replace(opts, resume=True)
+        ended = _finished_summary(opts, storage)
+        if ended is not None:
+            # Nothing to train; running _finish again would register the champion twice.
+            print(f"[tune] search {opts.name} has finished: nothing to resume; its results:", flush=True)
+            print(format_results(ended), flush=True)
+            return ended
     else:
         opts = _plan(opts, storage)
     exp_dir = storage / opts.name
@@ -398,8 +405,27 @@ def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
                           results_path=out / "results.csv", parent_run_id=opts.parent_run_id, model_version=version,
                           stopped_early=stopped)
     _log_parent(opts, summary, frame, out)
+    (out / FINISHED_NAME).write_text(json.dumps({"model_version": version, "stopped_early": stopped}) + "\n")
     print(format_results(summary), flush=True)
     return summary
+
+
+def _finished_summary(opts: TuneOptions, storage: Path) -> TuneSummary | None:
+    """The summary of a search that has finished, from its files; None if it has not."""
+    import pandas as pd
+
+    from jobs.train.evaluation import score_order
+
+    out = storage / opts.name
+    ended = _read_json(out / FINISHED_NAME)
+    if ended is None:
+        return None
+    frame = pd.read_parquet(out / "results.parquet")
+    rows = [r for r in frame.to_dict("records") if pd.notna(r["best"])]  # ranked best first when written
+    return TuneSummary(rows=rows, metric=opts.metric, mode=score_order(opts.metric), best=rows[0],
+                       best_config_path=out / "best_config.yaml", results_path=out / "results.csv",
+                       parent_run_id=opts.parent_run_id, model_version=ended["model_version"],
+                       stopped_early=int(ended["stopped_early"]))
 
 
 def _write_best_config(opts: TuneOptions, best: dict[str, Any], path: Path) -> Path:
