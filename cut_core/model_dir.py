@@ -15,6 +15,7 @@ Nothing here unpickles: weights are safetensors, config is JSON, and an official
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict
@@ -92,6 +93,22 @@ def load_generator(path: str | Path, *, device: torch.device | str = "cpu") -> G
     generator = build_generator(cfg)
     _load_state(generator, state, source=str(weights))
     return generator.to(device).eval()
+
+
+def model_digest(path: str | Path) -> str:
+    """What identifies the function a model directory computes: a SHA-256 of G's
+    weights file and of the config sections that build and feed G (architecture, model,
+    normalization), 16 hex digits. The training record and other metadata are left
+    out: they change nothing G computes. ~0.1 s for a full-size G's 45 MB."""
+    root = Path(path)
+    meta = read_model_config(root)
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: meta.get(k) for k in ("architecture", "model", "normalization")},
+                             sort_keys=True).encode())
+    with open(root / WEIGHTS_NAME, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def read_model_config(path: str | Path) -> dict[str, Any]:

@@ -104,7 +104,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         tracking.set_alias(uri, opts.model_name, opts.alias, version)
     with clock(5, f"batch-translate testA by {model_uri}"):
         translated = run_translate(TranslateOptions(model=model_uri, input=f"cyclegan:{data}:testA",
-                                                    output=str(out / "translated"), labels=str(data / "labels")))
+                                                    output=str(out / "translated"), labels=str(data / "labels"),
+                                                    # a rerun of the demo replaces its own translations
+                                                    overwrite=True))
     with clock(6, "evaluate against the paired truth and the baselines"):
         report = run_evaluate(EvaluateOptions(toy=str(data), fake=str(out / "translated"), name=opts.preset,
                                               out=str(out / "evaluation.json"), run_id=result.mlflow_run_id))

@@ -23,7 +23,11 @@ MANIFEST_COLUMNS = (("input", "string"), ("output", "string"), ("height", "int32
                     # What G ran in for this row (cut_core.hardware.TranslationPaths.label): each actor
                     # settles auto for its own device, so on a mixed cluster rows can differ.
                     # Parts written before this column read it as null.
-                    ("fast_path", "string"))
+                    ("fast_path", "string"),
+                    # The weights that made the row's output (cut_core.model_dir.model_digest):
+                    # an alias such as models:/x@prod moves between versions, a model folder
+                    # may be overwritten. Null in parts written before this column.
+                    ("model_digest", "string"))
 
 
 def manifest_schema():
@@ -88,6 +92,30 @@ def done_inputs(out_root: str | Path) -> set[str]:
     latest = latest_rows(out_root, ["output", "status"])
     done = latest.filter(pc.equal(latest["status"], "done"))
     return {i for i, o in zip(done["input"].to_pylist(), done["output"].to_pylist()) if os.path.isfile(o)}
+
+
+def outputs_made(out_root: str | Path) -> dict[str, dict[str, Any]]:
+    """Each output file that exists -> the model of the last "done" row that wrote it
+    (``model_uri``, ``model_version``, ``model_digest``): who made the file there now,
+    whatever format or input a later run used."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = read_manifest(out_root, columns=["output", "status", "model_uri", "model_version", "model_digest"])
+    table = table.filter(pc.equal(table["status"], "done")).drop_columns(["status"])
+    table = table.append_column("_row", pa.array(np.arange(len(table), dtype=np.int64)))
+    last = table.group_by("output").aggregate([("_row", "max")])
+    rows = table.take(last["_row_max"]).drop_columns(["_row"]).to_pylist()
+    return {row["output"]: row for row in rows if os.path.isfile(row["output"])}
+
+
+def made_by(row: dict[str, Any], *, digest: str, model_uri: str, model_version: str) -> bool:
+    """Whether a manifest row's output came from this model: by its weights' digest, or,
+    for rows written before the digest was kept, by the same URI and registry version."""
+    if row.get("model_digest"):
+        return row["model_digest"] == digest
+    return row.get("model_uri") == model_uri and (row.get("model_version") or "") == model_version
 
 
 def new_manifest_run(out_root: str | Path) -> int:

@@ -219,6 +219,32 @@ def test_registered_model_translates_by_alias(local_ray, model_dir, tmp_path, mo
         np.testing.assert_array_equal(got, want)
     assert {r["model_version"] for r in read_manifest(tmp_path / "a").to_pylist()} == {"1"}
 
+    # The alias moves to a new version: its outputs are not the old ones, so the same
+    # --output is refused in one line, with nothing written, until --overwrite.
+    from cut_core.errors import RaycutError
+    from cut_core.model_dir import model_digest
+
+    torch.manual_seed(1)
+    cfg = tiny("cut")
+    newer = save_generator(build_generator(cfg.model), tmp_path / "newer", model_config=cfg.model)
+    assert tracking.register(uri, tracking.log_model_dir(uri, run_id, newer), "toy-translate", {}) == "2"
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("0*.png")}
+    again = TranslateOptions(**EXACT, model="models:/toy-translate@latest", input=f"gta5:{data}", output=str(tmp_path / "a"))
+    with pytest.raises(RaycutError, match=r"holds 4 translations of these inputs by another model \(models:/toy-translate"
+                                          r"@latest version 1, weights \w{8}; this run's: models:/toy-translate@latest "
+                                          r"version 2, weights \w{8}\): pass another --output, or --overwrite"):
+        run_translate(again)
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("0*.png")} == before
+    replaced = run_translate(TranslateOptions(**{**again.__dict__, "overwrite": True}))
+    assert (replaced.done, replaced.skipped) == (len(SIZES), 0)
+    G2 = load_generator(newer)
+    for p in inputs:
+        got = np.asarray(Image.open(tmp_path / "a" / p.relative_to(data)))
+        np.testing.assert_array_equal(got, to_uint8_images(translate(G2, to_model_input(np.asarray(Image.open(p))[None])))[0])
+    latest = read_manifest(tmp_path / "a").to_pylist()[-len(SIZES):]
+    assert {(r["model_version"], r["model_digest"]) for r in latest} == {("2", model_digest(newer))}
+    assert run_translate(again).skipped == len(SIZES)  # the new version's own outputs are kept
+
 
 def test_one_image_file_as_input(local_ray, model_dir, tmp_path, capsys) -> None:
     """`--input painting.jpg` (SinCUT's case): the output lands beside no folder structure,
@@ -479,3 +505,15 @@ def test_summary_counts_each_kind_of_g_on_a_mixed_cluster(tmp_path) -> None:
     assert mixed.line().endswith("; G ran in cpu int8 (3 rows), cuda bf16 channels_last (2 rows)")
     assert TranslateSummary(**base, fast_paths={"cpu fp32": 5}).line().endswith("; G ran in cpu fp32")
     assert "G ran in" not in TranslateSummary(**base).line()  # nothing translated this run
+
+
+def test_manifest_rows_from_before_the_digest_match_by_uri_and_version() -> None:
+    """Output folders written before raycut kept the weights' digest still resume: their
+    rows count as this model's when the URI and the registry version are the same."""
+    from pipelines.manifest import made_by
+
+    old = {"model_uri": "models:/x@prod", "model_version": "3", "model_digest": None}
+    assert made_by(old, digest="aa", model_uri="models:/x@prod", model_version="3")
+    assert not made_by(old, digest="aa", model_uri="models:/x@prod", model_version="4")
+    assert not made_by({**old, "model_digest": "bb"}, digest="aa", model_uri="models:/x@prod", model_version="3")
+    assert made_by({**old, "model_digest": "aa"}, digest="aa", model_uri="/a/copy/of/it", model_version="")

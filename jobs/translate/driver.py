@@ -31,7 +31,8 @@ from jobs.translate.spec import DEFAULT_MAX_GPU_ACTORS, TranslateOptions
 from pipelines.decode import TOO_LARGE
 from pipelines.label_files import matching_labels
 from pipelines.sources import parse_source
-from pipelines.manifest import append_manifest, copy_labels, done_inputs, new_manifest_run, remove_partial_files
+from pipelines.manifest import (append_manifest, copy_labels, done_inputs, made_by, new_manifest_run, outputs_made,
+                                remove_partial_files)
 from pipelines.translate import GeneratorStage, TranslateFiles, calibrate_from_bytes
 from pipelines.translate_io import OUTPUT_FORMATS, ROW_COLUMNS, TMP_SUFFIX, TranslateSpec, encode_and_write, read_and_decode
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
@@ -76,14 +77,17 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     inputs = list_inputs(source, labels_dir=opts.labels, output_dir=opts.output)
     from jobs.tracking import resolve_model_dir
 
+    from cut_core.model_dir import model_digest
+
     model_dir = resolve_model_dir(opts.model)
     version = _model_version(opts.model)
+    digest = model_digest(model_dir)
     out = Path(opts.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     removed = remove_partial_files(out)
     if removed:
         print(f"[translate] removed {removed} partial files of an interrupted run", flush=True)
-    done = done_inputs(out)
+    done = _already_done(inputs, out, opts, version, digest)
     todo = {i for i in inputs.ids if i not in done}
     skipped = len(inputs.ids) - len(todo)
     print(f"[translate] {len(inputs.ids)} inputs: {skipped} already done, {len(todo)} to translate with {opts.model}",
@@ -99,10 +103,10 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     failed: list[tuple[str, str]] = []
     n_done = 0
     if todo and _wants_int8(opts, model_dir):
-        spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version))
+        spec = replace(spec, int8_ranges=_int8_ranges(inputs, spec, opts, version, digest))
     stats: dict[str, Any] = {}
     if todo:
-        n_done, failed, stats = _run(inputs, todo, spec, opts, version)
+        n_done, failed, stats = _run(inputs, todo, spec, opts, version, digest)
     labels = 0
     if opts.labels:
         finished = done_inputs(out)  # read the manifest once, after the run
@@ -128,6 +132,39 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     return summary
 
 
+def _already_done(inputs: Inputs, out: Path, opts: TranslateOptions, version: str, digest: str) -> set[str]:
+    """The inputs this run skips: their output (in this --format) is there, made by this
+    model.
+
+    An output there by another model (an alias moved to a new version, a model folder
+    written over) is never kept as this model's, nor replaced without being asked: the
+    run stops before it starts unless --overwrite says to translate those again."""
+    made = outputs_made(out)
+    done, by_other = set(), {}
+    for i in inputs.ids:
+        row = made.get(str(out / f"{inputs.outs[i]}.{opts.fmt}"))
+        if row is None:
+            continue
+        if made_by(row, digest=digest, model_uri=opts.model, model_version=version):
+            done.add(i)
+        else:
+            by_other[i] = row
+    if by_other and not opts.overwrite:
+        row = next(iter(by_other.values()))
+        theirs = _model_words(row["model_uri"], row["model_version"] or "", row["model_digest"])
+        raise RaycutError(f"--output {out} holds {len(by_other)} translations of these inputs by another model "
+                          f"({theirs}; this run's: {_model_words(opts.model, version, digest)}): pass another --output, "
+                          f"or --overwrite to translate them again with this one")
+    if by_other:
+        print(f"[translate] --overwrite: {len(by_other)} outputs by another model will be translated again", flush=True)
+    return done
+
+
+def _model_words(uri: str, version: str, digest: str | None) -> str:
+    """``models:/x@prod version 3, weights 0f3a9c21``"""
+    return uri + (f" version {version}" if version else "") + (f", weights {digest[:8]}" if digest else "")
+
+
 def parse_concurrency(text: str | int | None, *, use_gpu: bool, local: bool = True) -> tuple[int, int]:
     """``--concurrency``: ``N`` (a fixed pool) or ``MIN-MAX`` (a pool that grows as
     nodes join). Default: ``1-DEFAULT_MAX_GPU_ACTORS`` on GPUs or on a cluster (actors
@@ -138,7 +175,7 @@ def parse_concurrency(text: str | int | None, *, use_gpu: bool, local: bool = Tr
 
 
 def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOptions,
-         version: str) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
+         version: str, digest: str) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
     import ray
 
     cpus = os.cpu_count() or 1
@@ -194,7 +231,8 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["input"])):
             row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
-            row.update(model_uri=opts.model, model_version=version, fast_path=str(batch["fast_path"][i]))
+            row.update(model_uri=opts.model, model_version=version, model_digest=digest,
+                       fast_path=str(batch["fast_path"][i]))
             ran[row["fast_path"]] += 1
             pending.append(row)
             if row["status"] == "done":
@@ -217,22 +255,26 @@ def model_busy(busy: dict[str, tuple[float, float]]) -> float:
     return sum(b for b, _ in busy.values()) / wall if wall > 0 else 0.0
 
 
-def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, version: str) -> dict[str, list[float]]:
+def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, version: str,
+                 digest: str) -> dict[str, list[float]]:
     """The int8 ranges for this output folder: measured once on the first inputs and
     kept in CALIBRATION_FILE, so a rerun (after a crash, or with more inputs) goes on
     with the very network that made the outputs already there."""
     path = Path(spec.out_root) / CALIBRATION_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("model") == opts.model and saved.get("model_version") == version:
+        made = {"model_uri": saved.get("model"), "model_version": saved.get("model_version"),
+                "model_digest": saved.get("model_digest")}
+        if made_by(made, digest=digest, model_uri=opts.model, model_version=version):
             print(f"[translate] int8: ranges from {path} (calibrated on {len(saved['inputs'])} images)", flush=True)
             return saved["ranges"]
-        print(f"[translate] int8: {path} is for another model ({saved.get('model')}); calibrating again", flush=True)
+        theirs = _model_words(saved.get("model") or "?", saved.get("model_version") or "", saved.get("model_digest"))
+        print(f"[translate] int8: {path} is for another model ({theirs}); calibrating again", flush=True)
     t = time.perf_counter()
     # A few spare inputs, in case some of the first do not decode.
     head = inputs.head_bytes(opts.calibration_images + 8)
     ranges, used = calibrate_from_bytes(spec.model_dir, head, opts.calibration_images, max_pixels=spec.max_pixels)
-    record = {"model": opts.model, "model_version": version, "inputs": used, "ranges": ranges}
+    record = {"model": opts.model, "model_version": version, "model_digest": digest, "inputs": used, "ranges": ranges}
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)

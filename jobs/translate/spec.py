@@ -47,6 +47,8 @@ class TranslateOptions:
                    choices=list(OUTPUT_FORMATS))
     labels: str | None = opt(None, "label folder to copy alongside (mirrored like the images)")
     link_labels: bool = opt(False, "hard-link labels instead of copying")
+    overwrite: bool = opt(False, "translate again the inputs whose outputs here came from another model (they are "
+                          "replaced); without it such a run stops before it starts")
     png_level: int = opt(1, "PNG zlib level 0-9 (default 1: fast, lossless; PIL's 6 costs more than G on a big frame)")
     jpeg_quality: int = opt(95, "JPEG quality")
     staged: bool = True  # decode / G / encode as separate stages (False: one fused actor, the old job)
