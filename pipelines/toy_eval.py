@@ -129,7 +129,13 @@ def read_translations(root: str | Path, folder: str | Path) -> np.ndarray:
     An output keeps its input's stem, at ``testA/<stem>.*`` (translated with the toy
     root as the source) or ``<stem>.*`` (translated from testA itself)."""
     folder = Path(folder).resolve()
-    found = {str(p.resolve().relative_to(folder).with_suffix("")): p for p in list_images(folder)}
+    found: dict[str, Path] = {}
+    for p in list_images(folder):
+        stem = str(p.resolve().relative_to(folder).with_suffix(""))
+        if stem in found:  # translated twice, in two --format's: which one to score is the user's call
+            raise RaycutError(f"{folder} holds two translations of {stem} ({found[stem].name}, {p.name}); move one "
+                              f"format's files elsewhere, or score a folder that holds one")
+        found[stem] = p
     out = []
     for p in list_images(Path(root) / "testA"):
         hit = found.get(f"testA/{p.stem}") or found.get(p.stem)

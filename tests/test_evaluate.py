@@ -185,6 +185,13 @@ def test_toy_command_scores_a_translation_folder_and_logs_to_mlflow(toy, tmp_pat
     assert logged["eval/baseline/identity/colour_err"] == pytest.approx(report["rows"][IDENTITY]["colour_err"])
     assert "evaluation" in {a.path for a in client.list_artifacts(run_id)}
     mlflow.set_tracking_uri(None)
+    # A second format's translation beside the first: which to score is not guessed.
+    first = sorted(fake.iterdir())[0]
+    Image.open(first).save(first.with_suffix(".jpg"))
+    assert main(["evaluate", "--toy", str(toy), "--fake", str(tmp_path / "translated")]) == 2
+    err = capsys.readouterr().err
+    assert f"holds two translations of testA/{first.stem} ({first.stem}.jpg, {first.name})" in err
+    assert err.count("\n") == 1, err
 
 
 def test_missing_inception_weights_say_what_to_fetch(tmp_path, monkeypatch, capsys, toy):
