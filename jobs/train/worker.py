@@ -87,7 +87,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     plan = EvalPlan(**loop_config["eval"]) if loop_config.get("eval") else None
     evaluator = Evaluator(plan) if plan is not None and lead else None
     logger = RunLogger(job.tracking_uri, job.mlflow_run_id) if lead and job.mlflow_run_id else None
-    bar = Progress("train", job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if lead and job.step_lines else None
+    shows_steps = lead and job.step_lines
+    bar = Progress("train", job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if shows_steps else None
     if lead:
         where = f"resuming at step {resumed_from}" if resumed_from else "starting"
         sys.stdout.write(f"[train] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
