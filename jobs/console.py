@@ -107,17 +107,15 @@ CPP_LOG_START = re.compile(rb"^\[(\d{1,4}(-\d{0,2})?)?$|^\[\d{4}-")
 
 def filter_worker_logs() -> None:
     """Drop :data:`NOISE` from what Ray forwards to this driver (call after ``ray.init``,
-    which installs Ray's printer): the worker logs, and the raylet's notes to the driver.
-    Without Ray's printer (``log_to_driver`` off, or a Ray whose internals moved) this
+    which installs Ray's printer): the raylet's notes to the driver, and the worker logs
+    when Ray forwards them (``log_to_driver``). With a Ray whose internals moved this
     does nothing: the logs print as Ray prints them."""
     try:
         from ray._private import worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
-    with dispatcher._lock:
-        names = [name for name, _ in dispatcher.handlers]
-    if "ray_print_logs" not in names or not hasattr(worker, "print_to_stdstream"):
+    if not callable(getattr(worker, "print_to_stdstream", None)):
         return
     # Once per process, however many Rays it starts: a second call wraps Ray's own.
     ray_print = getattr(worker.print_to_stdstream, "__wrapped__", worker.print_to_stdstream)
@@ -128,10 +126,13 @@ def filter_worker_logs() -> None:
         if lines:
             ray_print({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 
-    # Two routes reach it: the worker logs through the dispatcher's handler (which holds
-    # Ray's function itself), and the raylet's notes, which Ray's error listener passes
-    # to the module's print_to_stdstream by name at each call.
+    # Two routes reach Ray's printer: the raylet's notes, which Ray's error listener
+    # passes to the module's print_to_stdstream by name at each call, and the worker
+    # logs, through a dispatcher handler that holds Ray's function itself.
     worker.print_to_stdstream = print_without_noise
-    ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", functools.partial(print_without_noise, ignore_prefix=ignore_prefix))
+    with dispatcher._lock:
+        names = [name for name, _ in dispatcher.handlers]
+    if "ray_print_logs" in names:
+        ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", functools.partial(print_without_noise, ignore_prefix=ignore_prefix))
