@@ -377,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     except RaycutError as e:
         print(f"raycut: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("raycut: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # A command may say what the interrupt kept and how to go on (raycut train does).
+        print("raycut: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 

@@ -30,6 +30,8 @@ NOISE = (
     re.compile(r"Progress bars disabled\. To enable, set `ray\.data\.DataContext"),
     # Printed by Ray Train's cleaner each time Tune (ASHA) stops a trial, as it should.
     re.compile(r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group"),
+    # ... and by the same cleaner while a Ctrl-C aborts the controller (it goes on watching).
+    re.compile(r"Failed to query Ray Train Controller actor state\. State API may be temporarily unavailable\."),
     # The raylet's note when Ray Data kills a decode pool at the end of a run that worked
     # while a call to it was still on its way (seen once in ~10 `raycut train` runs).
     re.compile(r"Task MapWorker\(MapBatches\(\w+\)\)\.submit failed\. There are infinite retries remaining.*"

@@ -4,6 +4,7 @@ restarted from its checkpoint, a failed run resumes, bad setups fail early."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,41 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     assert {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()} == registered
     with pytest.raises(RaycutError, match="already finished"):
         run_train(TrainOptions(resume=True, storage_path=str(storage)))
+
+
+@pytest.mark.cost(25)
+def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(local_ray, toy, tmp_path, monkeypatch) -> None:
+    """Ctrl-C during `raycut train` (SIGINT to the driver, which Ray Train handles by
+    aborting its workers and leaving through sys.exit): the run ends as KILLED in
+    MLflow, its actors leave the caller's Ray, and the interrupt says which checkpoint
+    the run keeps and the --resume command that goes on from it."""
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
+    checkpointed, sent = _checkpoint_at(run_dir, 5), threading.Event()
+
+    def interrupt() -> None:  # the run is far from its end: the signal lands inside Ray Train's fit
+        deadline = time.monotonic() + patience(120)
+        while time.monotonic() < deadline and not checkpointed():
+            time.sleep(0.1)
+        if checkpointed():
+            sent.set()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_train(_options(toy, storage, steps=100000, workers=1))
+    assert sent.is_set()
+    step = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]["metrics"]["step"]
+    assert str(stopped.value) == (f"run run keeps its checkpoint of step {step} of 100000; continue with "
+                                  f"`raycut train --resume --name run --storage-path {storage}`")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
+    assert run.info.status == "KILLED"
+    assert _train_run_gone(within_s=patience(20)) is None
 
 
 def test_a_local_rays_workers_run_at_the_normal_priority(local_ray) -> None:

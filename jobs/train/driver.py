@@ -90,10 +90,25 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
           flush=True)
     try:
         result = _fit(job, opts, callbacks, listings)
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C: Ray Train's own handler aborts the workers and leaves by sys.exit; the
+        # run keeps what it checkpointed, and the console says where --resume goes on.
+        tracking.end_run(uri, job.mlflow_run_id, "KILLED")
+        raise KeyboardInterrupt(_resume_hint(job)) from None
     except BaseException:
         tracking.end_run(uri, job.mlflow_run_id, "FAILED")
         raise
     return _finish(job, result, uri)
+
+
+def _resume_hint(job: TrainJob) -> str:
+    """``run X keeps step 500 of 2000; continue with `raycut train --resume ...```"""
+    snapshot = json.loads(_read_text(job.storage_path, f"{job.name}/{CHECKPOINT_SNAPSHOT}") or "{}")
+    step = ((snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}).get("step")
+    kept = (f"keeps its checkpoint of step {step} of {job.steps}" if step else
+            f"has no checkpoint yet (one every {job.schedule.checkpoint_every} steps; --resume starts it again)")
+    return (f"run {job.name} {kept}; continue with `raycut train --resume --name {job.name} "
+            f"--storage-path {job.storage_path}`")
 
 
 def _check_options(opts: TrainOptions) -> None:
