@@ -91,6 +91,7 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     assert "trials: 0 running, 0 waiting, 1 finished, 1 stopped" in searched[-1]
     assert f"best eval_colour_err {results.iloc[0]['best']:.4g} ({results.iloc[0]['trial']})" in searched[-1]
     assert not re.search(r"\[train\] \d+/10 ", r.stdout), r.stdout[-3000:]
+    assert "Configuration for experiment" not in r.stdout and "tensorboard --logdir" not in r.stdout  # Tune's banner
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("raycut-tune").experiment_id])

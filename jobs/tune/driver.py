@@ -80,6 +80,10 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     # Trials run in the driver's working directory, so relative data paths mean what
     # the user typed (Tune would otherwise move each trial into its own folder).
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    # Tune's newer console output prints a box of the experiment's settings and a
+    # TensorBoard command for a folder under /tmp/ray at every start, whatever the
+    # verbosity; raycut prints the search's own header and progress line instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _start_ray(opts)
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_CPU})
     trainable = tune.with_parameters(trainable, spec=asdict(opts))
