@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("toy-data", help="generate the toy sim->real dataset (CycleGAN layout + labels + paired truth)")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help="a new or empty folder, or an earlier toy dataset (replaced whole)")
     t.add_argument("--size", type=int, default=128)
     t.add_argument("--n", type=int, default=200, help="training images per domain")
     t.add_argument("--n-test", type=int, default=40, help="test pairs")

@@ -28,6 +28,7 @@ pair is never used to select what it then scores. Everything is deterministic in
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -348,6 +349,7 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
     if spec.scene not in SCENES:  # a ValueError, and one line from the CLI
         raise ConfigError(f"unknown toy scene {spec.scene!r}; choose from {', '.join(SCENES)}")
     root = Path(out)
+    _make_room(root)
     paired = ("testA", "valA") if spec.n_val else ("testA",)  # an A split whose truth is its B twin
     for split in ("trainA", "trainB", *paired):
         (root / split).mkdir(parents=True, exist_ok=True)
@@ -387,6 +389,30 @@ def write_toy_dataset(out: str | Path, spec: ToySpec = ToySpec()) -> Path:
     (root / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
     (root / "README.md").write_text(_README.format(what=scene.what.format(classes=", ".join(scene.classes)), **meta))
     return root
+
+
+TOY_ENTRIES = ("trainA", "trainB", "testA", "testB", "valA", "valB", "labels", "toy.json", "README.md")
+
+
+def _make_room(root: Path) -> None:
+    """An earlier toy dataset in ``root`` is replaced whole (written again with fewer
+    images it would keep the old extra ones); any other content is refused, so that no
+    file of the user's is overwritten or mixed into the toy's splits."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ConfigError(f"{root} is a file; pass a folder for the toy dataset")
+    if (root / "toy.json").is_file():
+        for name in TOY_ENTRIES:
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    if any(root.iterdir()):
+        raise ConfigError(f"{root} is not empty and holds no toy dataset (no toy.json): pass a new or empty folder, so "
+                          f"that none of its files is overwritten or mixed with the toy's")
 
 
 _README = """# raycut toy sim->real dataset ({scene})

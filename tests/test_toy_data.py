@@ -142,3 +142,28 @@ def test_the_aerial_pair_is_a_map_against_a_hazy_satellite_photo(tmp_path):
     rows = evaluate_toy(root, {}, label_preservation=False)
     err = {k: v["colour_err"] for k, v in rows.items()}
     assert err["truth (paired real)"] == 0 and err["baseline/histogram"] < err["baseline/identity"], err
+
+
+def test_writing_again_replaces_the_toy_and_refuses_a_folder_of_other_files(tmp_path, capsys):
+    """A toy dataset written again with fewer images keeps none of the old extra ones; a
+    folder that holds other files (no toy.json) is refused in one line, untouched; what
+    the user added beside a toy's own folders stays."""
+    from jobs.cli import main
+
+    root = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=6, n_test=3, n_val=2))
+    (root / "translated").mkdir()
+    (root / "translated" / "mine.png").write_bytes(b"the user's")
+    write_toy_dataset(root, ToySpec(size=32, n_train=2, n_test=1, n_val=0))
+    assert sorted(p.name for p in (root / "trainA").iterdir()) == ["00000.png", "00001.png"]
+    assert len(list((root / "labels").rglob("*.png"))) == 2 + 2 + 1 and not (root / "valA").exists()
+    assert json.loads((root / "toy.json").read_text())["n_train"] == 2
+    assert (root / "translated" / "mine.png").read_bytes() == b"the user's"
+
+    theirs = tmp_path / "photos"
+    (theirs / "trainA").mkdir(parents=True)
+    (theirs / "trainA" / "00000.png").write_bytes(b"a photo")
+    assert main(["toy-data", "--out", str(theirs), "--size", "32", "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no toy dataset (no toy.json): pass a new or empty folder" in err
+    assert err.count("\n") == 1 and (theirs / "trainA" / "00000.png").read_bytes() == b"a photo"
+    assert sorted(p.name for p in theirs.rglob("*")) == ["00000.png", "trainA"]
