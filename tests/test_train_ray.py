@@ -176,18 +176,19 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
 
 
 @pytest.mark.cost(25)
-def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(local_ray, toy, tmp_path, monkeypatch) -> None:
-    """Ctrl-C during `raycut train` (SIGINT to the driver, which Ray Train handles by
-    aborting its workers and leaving through sys.exit): the run ends as KILLED in
-    MLflow, its actors leave the caller's Ray, and the interrupt says which checkpoint
-    the run keeps and the --resume command that goes on from it."""
+def test_ctrl_c_checkpoints_where_the_run_is_and_says_how_to_resume(local_ray, toy, tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """Ctrl-C during `raycut train` (SIGINT to the driver): the workers save a checkpoint
+    at their next report, not only the last periodic one, and stop; the MLflow run ends
+    as KILLED, the run's actors leave the caller's Ray, and the interrupt names the
+    checkpoint kept and the --resume command that goes on from it."""
     import signal
     import threading
     import time
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
-    checkpointed, sent = _checkpoint_at(run_dir, 5), threading.Event()
+    checkpointed, sent = _checkpoint_at(run_dir, 20), threading.Event()
 
     def interrupt() -> None:  # the run is far from its end: the signal lands inside Ray Train's fit
         deadline = time.monotonic() + patience(120)
@@ -199,9 +200,14 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_says_how_to_resume(local_ray, toy,
 
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt) as stopped:
-        run_train(_options(toy, storage, steps=100000, workers=1))
+        run_train(_options(toy, storage, steps=100000, workers=1, checkpoint_every=20, log_every=3))
     assert sent.is_set()
-    step = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())["latest_checkpoint_result"]["metrics"]["step"]
+    assert "[train] Ctrl-C: the workers save a checkpoint at their next report and stop" in capsys.readouterr().out
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    step = snapshot["latest_checkpoint_result"]["metrics"]["step"]
+    # At a report (every 3 steps) after the signal, not the periodic checkpoint (every
+    # 20) that Ray Train's own abort would have left.
+    assert step > 20 and step % 3 == 0, step
     assert str(stopped.value) == (f"run run keeps its checkpoint of step {step} of 100000; continue with "
                                   f"`raycut train --resume --name run --storage-path {storage}`")
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -91,13 +91,17 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
     try:
         result = _fit(job, opts, callbacks, listings)
     except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C: Ray Train's own handler aborts the workers and leaves by sys.exit; the
-        # run keeps what it checkpointed, and the console says where --resume goes on.
+        # A second Ctrl-C (or Ray Train's own handler) aborts the workers and leaves by
+        # sys.exit: the run keeps its last checkpoint; the console says where --resume goes on.
         tracking.end_run(uri, job.mlflow_run_id, "KILLED")
         raise KeyboardInterrupt(_resume_hint(job)) from None
     except BaseException:
         tracking.end_run(uri, job.mlflow_run_id, "FAILED")
         raise
+    if int((result.metrics or {}).get("step", job.steps)) < job.steps:
+        # A first Ctrl-C: the workers checkpointed where they were and stopped.
+        tracking.end_run(uri, job.mlflow_run_id, "KILLED")
+        raise KeyboardInterrupt(_resume_hint(job))
     return _finish(job, result, uri)
 
 
@@ -237,8 +241,9 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
 def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listings: dict[str, Listing] | None = None) -> Any:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from jobs.train.interrupt import stop_request, torch_trainer
     from jobs.train.worker import train_worker
 
     cfg = job.cut
@@ -271,9 +276,12 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
         score = {"checkpoint_score_attribute": plan.key, "checkpoint_score_order": plan.order}
     use_gpu = job.gpus_per_worker > 0
     resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"job": job.to_dict(), "samples": samples, "eval": plan.__dict__ if plan else None},
+    stop = stop_request()  # Ctrl-C: the workers checkpoint where they are (jobs.train.interrupt)
+    trainer = torch_trainer(
+        stop,
+        train_loop_per_worker=train_worker,
+        train_loop_config={"job": job.to_dict(), "samples": samples, "eval": plan.__dict__ if plan else None,
+                           "stop": stop},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=resources,

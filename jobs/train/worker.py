@@ -42,6 +42,7 @@ from cut_core.training import TrainState
 from jobs.progress import Progress
 from jobs.tracking import RunLogger
 from jobs.train.evaluation import EvalPlan, Evaluator
+from jobs.train.interrupt import stop_requested
 from jobs.train.spec import TrainJob
 from pipelines.ingest import unpaired_batches
 from pipelines.report import save_grid
@@ -106,6 +107,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     sums: dict[str, torch.Tensor] = {}
     window_steps, window_start, waited = 0, time.perf_counter(), 0.0
     lr = state.opt_G.param_groups[0]["lr"]
+    stop = loop_config.get("stop")  # the driver's StopRequest (jobs.train.interrupt): Ctrl-C
     while True:
         t = time.perf_counter()
         pair = next(batches, None)
@@ -119,8 +121,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             sums[k] = sums.get(k, 0.0) + v  # stays on the device: no sync per step
         window_steps += 1
         step, last = state.step, state.step == job.steps
-        save = step % job.schedule.checkpoint_every == 0 or last
-        if not (save or step % job.schedule.log_every == 0):
+        logs, periodic = step % job.schedule.log_every == 0, step % job.schedule.checkpoint_every == 0
+        # Asked at each report (every rank at the same step): after a Ctrl-C, checkpoint here and stop.
+        stopping = (logs or periodic) and not last and stop_requested(stop, lead=lead, world=world, device=device)
+        save = periodic or last or stopping
+        if not (save or logs):
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {k: float(v) / window_steps for k, v in sums.items()}
@@ -156,6 +161,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             _report_checkpoint(state, job, rank, metrics, samples if last else None, best=best if lead and plan else None,
                                with_model=new_best)
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
+        if stopping:
+            break
     if logger is not None:
         logger.flush()  # the driver reads the whole metric history when the workers end
 
