@@ -139,7 +139,8 @@ def test_the_search_line_counts_steps_over_trials_and_drops_those_asha_stopped()
 
     from jobs.tune.progress import count_search
 
-    trials = [Trial(trial_id="t0", status="TERMINATED", last_result={"step": 10, "err": 30.0}),  # restored, finished
+    trials = [Trial(trial_id="t0", status="TERMINATED", last_result={"step": 10, "err": 30.0},  # restored, finished
+                    metric_analysis={"err": {"min": 26.0, "max": 44.0, "last": 30.0}}),
               Trial(trial_id="t1", status="RUNNING", last_result={"step": 5, "err": 50.0}),  # ASHA stops it now
               Trial(trial_id="t2", status="RUNNING", last_result={"step": 2, "err": 45.0}),
               Trial(trial_id="t3", status="PENDING", last_result={})]
@@ -148,5 +149,10 @@ def test_the_search_line_counts_steps_over_trials_and_drops_those_asha_stopped()
     assert (count.done, count.total) == (10 + 5 + 4, 10 + 5 + 10 + 10 + 2 * 10)
     assert (count.running, count.waiting, count.finished, count.stopped) == (1, 3, 1, 1)
     assert (count.best, count.best_trial) == (25.0, "t2")  # its best so far, not its last score
+    trials[2].last_result["err"] = 20.0  # a report that `scores` has not seen yet counts too
+    assert count_search(trials, expected=4, steps_per_trial=10, metric="err", mode="min").best == 20.0
+    trials[2].last_result["err"] = 45.0
+    restored = count_search(trials, expected=4, steps_per_trial=10, metric="err", mode="min", scores={"t2": 27.0})
+    assert (restored.best, restored.best_trial) == (26.0, "t0")  # Tune's record of the restored trial's best
     high = count_search(trials, expected=4, steps_per_trial=10, metric="err", mode="max")
     assert (high.best, high.best_trial, high.total) == (50.0, "t1", 10 + 10 + 10 + 10)

@@ -50,9 +50,10 @@ def count_search(trials: Iterable[Any], *, expected: int, steps_per_trial: int, 
 
     Tune calls its callbacks before it updates the trial they are about: ``latest``
     (trial id -> its newest report) and ``ended`` (ids of trials that ended) say what
-    the Trial objects do not show yet; ``scores`` (trial id -> its best ``metric`` so
-    far) what their last report alone does not (a restored trial's last score stands in).
-    The search's best is the best of those, as its results table will rank them."""
+    the Trial objects do not show yet; ``scores`` (trial id -> its best ``metric`` seen
+    by this process) what their last report alone does not, beside Tune's own record
+    of a restored trial's scores. The search's best is the best trial's best score, as
+    the results table ranks them."""
     latest, scores = latest or {}, scores or {}
     done = total = running = finished = stopped = seen = 0
     best, best_trial = None, ""
@@ -69,9 +70,15 @@ def count_search(trials: Iterable[Any], *, expected: int, steps_per_trial: int, 
         elif t.status == "RUNNING":
             running += 1
         total += step if is_over else steps_per_trial
-        score = scores.get(t.trial_id, result.get(metric))
-        if _better(score, best, mode):
-            best, best_trial = float(score), str(t.trial_id)
+        # Its best so far: what this process saw, what Tune kept of it over a restore
+        # (metric_analysis: min/max/last of each metric), and the report not yet in either.
+        kept = (getattr(t, "metric_analysis", None) or {}).get(metric) or {}
+        own = None
+        for score in (scores.get(t.trial_id), kept.get(mode), result.get(metric)):
+            if _better(score, own, mode):
+                own = float(score)
+        if _better(own, best, mode):
+            best, best_trial = own, str(t.trial_id)
     total += max(0, expected - seen) * steps_per_trial
     waiting = max(0, max(expected, seen) - running - finished - stopped)
     return SearchCount(done, max(total, done), running, waiting, finished, stopped, best, best_trial)
