@@ -75,9 +75,8 @@ def run_translate(opts: TranslateOptions) -> TranslateSummary:
     if opts.labels and not Path(opts.labels).is_dir():
         raise RaycutError(f"--labels {opts.labels} is not a folder")
     inputs = list_inputs(source, labels_dir=opts.labels, output_dir=opts.output)
-    from jobs.tracking import resolve_model_dir
-
     from cut_core.model_dir import model_digest
+    from jobs.tracking import resolve_model_dir
 
     model_dir = resolve_model_dir(opts.model)
     version = _model_version(opts.model)
