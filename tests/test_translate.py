@@ -163,6 +163,38 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
 
 
 @pytest.mark.cost(15)
+def test_ctrl_c_writes_the_rows_it_holds_and_says_how_to_go_on(local_ray, model_dir, tmp_path) -> None:
+    """Ctrl-C (SIGINT to the driver, mid-run): the manifest rows the driver has received
+    are written before it stops, the interrupt says how many outputs are kept and that
+    the same command goes on, and the rerun skips exactly those."""
+    import threading
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "in"
+    data.mkdir()
+    for i in range(240):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
+    out = tmp_path / "out"
+    opts = TranslateOptions(**EXACT, model=str(model_dir), input=str(data), output=str(out), batch_size=2,
+                            manifest_part_rows=8)
+
+    def interrupt() -> None:  # at the first part: far from the end, so the signal lands in the job
+        deadline = time.monotonic() + patience(120)
+        while time.monotonic() < deadline and not list((out / "manifest").glob("part-*.parquet")):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_translate(opts)
+    kept = int(re.match(r"(\d+) outputs of this run are in ", str(stopped.value)).group(1))
+    assert 0 < kept < 240 and str(stopped.value).endswith(f"the same command goes on with the other {240 - kept} inputs")
+    assert sum(r["status"] == "done" for r in read_manifest(out).to_pylist()) == kept  # none held back
+    again = run_translate(opts)
+    assert (again.skipped, again.done) == (kept, 240 - kept)
+
+
+@pytest.mark.cost(15)
 def test_fixed_inputs_are_translated_once_over_several_runs(local_ray, model_dir, tmp_path) -> None:
     """Run 1 with broken inputs, the files fixed, run 2 translates them, run 3 finds
     nothing to do; with small manifest parts, so every run writes several and a later

@@ -227,22 +227,29 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
         append_manifest(spec.out_root, pending, parts, run=run, metadata={"model_busy": f"{model_busy(busy):.4f}"})
         parts, pending, last_flush = parts + 1, [], time.monotonic()
 
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["input"])):
-            row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
-            row.update(model_uri=opts.model, model_version=version, model_digest=digest,
-                       fast_path=str(batch["fast_path"][i]))
-            ran[row["fast_path"]] += 1
-            pending.append(row)
-            if row["status"] == "done":
-                n_done += 1
-            else:
-                failed.append((row["input"], row["error"]))
-            actor = str(batch["actor"][i])
-            busy[actor] = max(busy.get(actor, (0.0, 0.0)), (float(batch["busy_s"][i]), float(batch["wall_s"][i])))
-        bar.update(len(batch["input"]))
-        if len(pending) >= opts.manifest_part_rows or time.monotonic() - last_flush > FLUSH_SECONDS:
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["input"])):
+                row = {k: (int(batch[k][i]) if k in ("height", "width") else str(batch[k][i])) for k in ROW_COLUMNS}
+                row.update(model_uri=opts.model, model_version=version, model_digest=digest,
+                           fast_path=str(batch["fast_path"][i]))
+                ran[row["fast_path"]] += 1
+                pending.append(row)
+                if row["status"] == "done":
+                    n_done += 1
+                else:
+                    failed.append((row["input"], row["error"]))
+                actor = str(batch["actor"][i])
+                busy[actor] = max(busy.get(actor, (0.0, 0.0)), (float(batch["busy_s"][i]), float(batch["wall_s"][i])))
+            bar.update(len(batch["input"]))
+            if len(pending) >= opts.manifest_part_rows or time.monotonic() - last_flush > FLUSH_SECONDS:
+                flush()
+    except KeyboardInterrupt:
+        # Ctrl-C: the rows this driver holds are written, so a rerun skips those outputs.
+        if pending:
             flush()
+        raise KeyboardInterrupt(f"{n_done} outputs of this run are in {spec.out_root}/manifest; the same command "
+                                f"goes on with the other {len(todo) - n_done} inputs") from None
     if pending:
         flush()
     return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy)), "fast_paths": dict(ran)}
