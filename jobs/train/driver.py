@@ -98,7 +98,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
     except BaseException:
         tracking.end_run(uri, job.mlflow_run_id, "FAILED")
         raise
-    if int((result.metrics or {}).get("step", job.steps)) < job.steps:
+    if (result.metrics or {}).get("interrupted"):
         # A first Ctrl-C: the workers checkpointed where they were and stopped.
         tracking.end_run(uri, job.mlflow_run_id, "KILLED")
         raise KeyboardInterrupt(_resume_hint(job))

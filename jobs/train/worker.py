@@ -134,6 +134,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                        data_wait_frac=waited / elapsed)
         if save:  # every rank takes part
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
+        if stopping:
+            metrics["interrupted"] = 1.0  # tells the driver this run stopped on request, not at its end
         new_best = False
         if save and evaluator is not None:
             metrics.update(evaluator(state.inference_G, device))
