@@ -100,6 +100,10 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    # Concurrent trials print lines that differ only in numbers (their trial ids among
+    # them), which Ray's log de-duplication folds into "[repeated 2x across cluster]":
+    # one trial's warning would hide another's. Ray reads this when it is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from jobs.options import options_from
     from jobs.train.spec import Validation
     from jobs.tune.driver import run_tune

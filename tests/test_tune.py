@@ -92,6 +92,10 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     assert f"best eval_colour_err {results.iloc[0]['best']:.4g} ({results.iloc[0]['trial']})" in searched[-1]
     assert not re.search(r"\[train\] \d+/10 ", r.stdout), r.stdout[-3000:]
     assert "Configuration for experiment" not in r.stdout and "tensorboard --logdir" not in r.stdout  # Tune's banner
+    # A trial's own lines say which trial they come from (trials may run side by side).
+    trial_ids = set(results["trial"])
+    named = set(re.findall(r"\[trial (\w+)\] (?:starting|resuming at step \d+): ", r.stdout))
+    assert named and named <= trial_ids and first not in named, r.stdout[-3000:]  # the finished trial does not train
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("raycut-tune").experiment_id])

@@ -86,7 +86,7 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
         job = _start_tracking(job, opts, uri)
     _write_text(storage, f"{job.name}/{SPEC_NAME}", json.dumps(job.to_dict(), indent=2, sort_keys=True) + "\n")
     _write_text(storage, LATEST_NAME, job.name + "\n")
-    print(f"[train] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
+    print(f"[{job.console_label}] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
           flush=True)
     try:
         result = _fit(job, opts, callbacks, listings)
@@ -159,6 +159,7 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
         steps_per_epoch=spe, workers=opts.workers, gpus_per_worker=opts.gpus_per_worker,
         cpus_per_worker=default_cpus_per_worker(opts), schedule=opts.schedule, register=opts.register,
         register_raw_g=opts.register_raw_g, step_lines=opts.step_lines,
+        console_label=opts.console_label,
         extra={"images_a": size_a, "images_b": size_b, "placement": opts.placement},
     )
     if opts.eval_every:
@@ -347,7 +348,7 @@ def _report_ingest(job: TrainJob, report: Any) -> None:
         # trial, or a Ctrl-C. The skipped files were printed as they were met (live).
         return
     except Exception as e:  # the report must never hide how the run itself ended
-        print(f"[train] the ingest report could not be read ({type(e).__name__}); bad files, if any, were skipped",
+        print(f"[{job.console_label}] the ingest report could not be read ({type(e).__name__}); bad files, if any, were skipped",
               flush=True)
         return
     print(format_report(summary, name="ingest A + B"), flush=True)
@@ -358,7 +359,7 @@ def _report_ingest(job: TrainJob, report: Any) -> None:
         if counts.get("skipped") or counts.get("converted"):
             tracking.log_dict(job.tracking_uri, job.mlflow_run_id, summary, "ingest_report.json")
     except Exception as e:  # noqa: BLE001 - printed above; a store that went away must not hide the run's end
-        print(f"[train] the ingest report was not logged to MLflow ({type(e).__name__}: {str(e)[:200]})", flush=True)
+        print(f"[{job.console_label}] the ingest report was not logged to MLflow ({type(e).__name__}: {str(e)[:200]})", flush=True)
 
 
 def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
@@ -423,7 +424,7 @@ def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) ->
     tracking.log_metrics_now(uri, job.mlflow_run_id, {f"best_{key}": best["value"], "best_step": best["step"]},
                              step=best["step"])
     _write_text(job.storage_path, f"{job.name}/best.json", json.dumps(best, indent=2) + "\n")
-    print(f"[train] best checkpoint: step {best['step']}, {key} {best['value']:.4f} -> {model_uri}", flush=True)
+    print(f"[{job.console_label}] best checkpoint: step {best['step']}, {key} {best['value']:.4f} -> {model_uri}", flush=True)
     return best
 
 
@@ -448,10 +449,10 @@ def _log_loss_plot(uri: str, run_id: str, folder: Path) -> None:
 def _summary(job: TrainJob, metrics: dict[str, Any], uri: str, model_uri: str, version: str | None) -> str:
     losses = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("G_GAN", "NCE", "D") if k in metrics)
     lines = [
-        f"[train] done: {job.name}, step {int(metrics.get('step', job.steps))}/{job.steps} ({losses}), "
+        f"[{job.console_label}] done: {job.name}, step {int(metrics.get('step', job.steps))}/{job.steps} ({losses}), "
         f"{metrics.get('images_per_s', 0):.1f} images/s on {int(metrics.get('nodes', 1))} node(s)",
-        f"[train] model: {model_uri}" + (f", registered as models:/{job.register}@latest (version {version})" if version else ""),
-        f"[train] see it: mlflow ui --backend-store-uri {uri}",
+        f"[{job.console_label}] model: {model_uri}" + (f", registered as models:/{job.register}@latest (version {version})" if version else ""),
+        f"[{job.console_label}] see it: mlflow ui --backend-store-uri {uri}",
     ]
     return "\n".join(lines)
 

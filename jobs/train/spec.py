@@ -62,6 +62,7 @@ class TrainJob:
     eval: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     step_lines: bool = True  # the lead worker's progress line (a Tune trial's is the search's)
+    console_label: str = "train"  # the worker's lines start [train]; a Tune trial's name its trial
 
     @functools.cached_property
     def cut(self) -> CUTConfig:
@@ -135,5 +136,7 @@ class TrainOptions:
     validation: Validation = field(default_factory=Validation)
     parent_run_id: str = ""  # MLflow parent run (a Tune search): this run becomes its child
     # A Tune trial prints no progress line of its own: the search prints one for every
-    # trial (jobs.tune.progress), where concurrent trials' lines would interleave.
+    # trial (jobs.tune.progress), where concurrent trials' lines would interleave; its
+    # other lines (start, fast paths, warnings) say which trial they come from.
     step_lines: bool = True
+    console_label: str = "train"

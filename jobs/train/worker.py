@@ -89,13 +89,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     evaluator = Evaluator(plan) if plan is not None and lead else None
     logger = RunLogger(job.tracking_uri, job.mlflow_run_id) if lead and job.mlflow_run_id else None
     shows_steps = lead and job.step_lines
-    bar = Progress("train", job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if shows_steps else None
+    bar = Progress(job.console_label, job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if shows_steps else None
     if lead:
         where = f"resuming at step {resumed_from}" if resumed_from else "starting"
-        sys.stdout.write(f"[train] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
+        sys.stdout.write(f"[{job.console_label}] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
                          f"worker per step (global batch {job.global_batch}), {job.steps} steps of "
                          f"{job.steps_per_epoch} per epoch; {cfg.d_summary}\n"
-                         f"[train] {describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}\n")
+                         f"[{job.console_label}] {describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}\n")
         sys.stdout.flush()
     if logger and resumed_from:
         logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
@@ -178,9 +178,9 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
     fast = state.fast
     why = f" ({fast.paths.reason})" if fast.paths is not None else ""
     malloc = f"; malloc: {fast.malloc}" if fast.malloc else ""
-    sys.stdout.write(f"[train] fast paths on {state.device}: {fast.summary}{why}{malloc}\n")
+    sys.stdout.write(f"[{job.console_label}] fast paths on {state.device}: {fast.summary}{why}{malloc}\n")
     for line in fast.warnings:
-        sys.stdout.write(f"[train] warning: {line}\n")
+        sys.stdout.write(f"[{job.console_label}] warning: {line}\n")
     sys.stdout.flush()
     if job.mlflow_run_id:
         params = fast.params()
@@ -193,7 +193,7 @@ def _warn(job: TrainJob, what: str, message: str) -> None:
     """One console line, and the same words as the MLflow tag ``raycut.warning.<what>``."""
     from jobs import tracking
 
-    sys.stdout.write(f"\n[train] warning: {message}\n")
+    sys.stdout.write(f"\n[{job.console_label}] warning: {message}\n")
     sys.stdout.flush()
     if job.mlflow_run_id:
         tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.warning.{what}": message})

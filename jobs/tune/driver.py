@@ -343,7 +343,7 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         schedule=Schedule(checkpoint_every=opts.eval_every, keep_checkpoints=1, log_every=max(1, opts.eval_every),
                           sample_every=opts.steps_per_trial, max_failures=1),
         experiment=opts.experiment, parent_run_id=opts.parent_run_id, eval_every=opts.eval_every,
-        validation=opts.validation, resume=started, step_lines=False,
+        validation=opts.validation, resume=started, step_lines=False, console_label=f"trial {trial}",
     )
     os.environ["MLFLOW_TRACKING_URI"] = opts.tracking_uri
     run_train(train, callbacks=[_report_to_tune()])
