@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: sample grids and loss curves."""
+"""Pictures people would rather look at than read: sample grids, loss curves, and a
+search's trials side by side."""
 
 from __future__ import annotations
 
@@ -96,4 +97,25 @@ def save_variant_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, floa
             ax.plot(steps, y, lw=1.4, color=f"C{i}", ls=("-", "--", ":", "-.")[i % 4], label=variant)
         _label(ax, k)
     axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def save_trial_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, *, metric: str,
+                      stopped: Sequence[str] = (), best: str = "") -> Path:
+    """A search at a glance: each trial's ``metric`` over its steps, from ``{trial:
+    [(step, score), ...]}``; the trials ASHA ``stopped`` dashed and ending in a cross,
+    the ``best`` one drawn thick and named in the legend."""
+    fig, (ax,) = _panels(1, 6.0, 3.6)
+    for i, (trial, points) in enumerate(sorted(curves.items())):
+        if not points:
+            continue
+        steps, scores = zip(*points)
+        is_best, was_stopped = trial == best, trial in stopped
+        ax.plot(steps, scores, lw=2.4 if is_best else 1.0, ls="--" if was_stopped else "-", color=f"C{i % 10}",
+                alpha=1.0 if is_best else 0.7, label=f"{trial} (best)" if is_best else trial if len(curves) <= 10 else None)
+        if was_stopped:
+            ax.plot(steps[-1], scores[-1], "x", color=f"C{i % 10}")
+    _label(ax, f"{metric} by trial (dashed: stopped by ASHA)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return _save(fig, path)

@@ -102,6 +102,13 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     parent = [x for x in runs if x.data.tags.get("raycut.tune") == "search"]
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(parent) == 1 and len(children) == 2  # one run per trial, resumed trials included
+    # The trials' curves: a picture beside the results and in the parent run.
+    from PIL import Image
+
+    with Image.open(out / "search.png") as im:
+        im.verify()
+    assert {"results.csv", "best_config.yaml", "search.png"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert f"the trials' curves: {out / 'search.png'}" in r.stdout
     assert sum(x.data.tags.get("raycut.run") == first for x in children) == 1
     assert all(x.info.status in ("FINISHED", "KILLED") for x in children)
     assert any(len(client.get_metric_history(x.info.run_id, "eval_colour_err")) >= 2 for x in children)

@@ -29,6 +29,7 @@ from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.train.spec import Schedule
 from jobs.tune.progress import search_progress_callback
+from pipelines.report import save_trial_curves
 from jobs.tune.spec import TuneOptions
 
 SPEC_NAME = "tune.json"
@@ -37,6 +38,7 @@ CHAMPION = "champion"
 # starting at once on 2 cores, process start-up alone can take longer.
 WORKER_GROUP_START_TIMEOUT_S = "300"
 STOPPED_NAME = "stopped_by_asha.txt"
+CURVES_NAME = "search.png"  # every trial's score over its steps
 FINISHED_NAME = "finished.json"  # written last: the search ended, its results and champion are in place
 RUNGS_NAME = "asha_rungs.json"
 TRIAL_CPU = 0.05  # the Tune function itself: it only waits on its Ray Train run
@@ -373,13 +375,17 @@ def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
 
     mode = score_order(opts.metric)
     rows = []
+    curves: dict[str, list[tuple[float, float]]] = {}  # trial -> its scores by step, for the picture
     for r in results:
         m = r.metrics or {}
         trial = m.get("trial_id") or (r.path and Path(r.path).name)
         folder = storage / opts.name / "trials" / str(trial)
         spec, done, best = (_read_json(folder / n) for n in ("run.json", "done.json", "best.json"))
         history = r.metrics_dataframe
-        scores = history[opts.metric].dropna().tolist() if history is not None and opts.metric in history else []
+        scored_steps = (history[["step", opts.metric]].dropna() if history is not None and opts.metric in history
+                        and "step" in history else None)
+        scores = scored_steps[opts.metric].tolist() if scored_steps is not None else []
+        curves[str(trial)] = list(zip(scored_steps["step"], scores)) if scored_steps is not None else []
         last_step = int(m.get("step", 0))
         outcome = "error" if r.error else _trial_outcome(storage, opts, r)
         rows.append({
@@ -401,6 +407,8 @@ def _finish(opts: TuneOptions, results: Any, storage: Path) -> TuneSummary:
     frame.to_csv(out / "results.csv", index=False)
     frame.to_parquet(out / "results.parquet", index=False)
     config_path = _write_best_config(opts, best, out / "best_config.yaml")
+    save_trial_curves(curves, out / CURVES_NAME, metric=opts.metric, best=str(best["trial"]),
+                      stopped=[str(r["trial"]) for r in rows if r["stopped_early"]])
     # The champion is the best trial that ran to its end (a stopped trial logged no model).
     with_model = next((r for r in scored if r["best_model_uri"]), None)
     version = _promote(opts, with_model) if opts.register and with_model else None
@@ -459,7 +467,7 @@ def _log_parent(opts: TuneOptions, summary: TuneSummary, frame: Any, out: Path) 
     tracking.log_metrics_now(opts.tracking_uri, opts.parent_run_id, {
         f"best_{opts.metric}": float(summary.best["best"]), "trials": float(len(frame)),
         "stopped_early": float(summary.stopped_early)})
-    for name in ("results.csv", "best_config.yaml"):
+    for name in ("results.csv", "best_config.yaml", CURVES_NAME):
         tracking.log_artifact(opts.tracking_uri, opts.parent_run_id, out / name)
     tracking.end_run(opts.tracking_uri, opts.parent_run_id, "FINISHED")
 
@@ -479,7 +487,8 @@ def format_results(summary: TuneSummary) -> str:
         f"[tune] best: trial {summary.best['trial']} ({summary.metric} {summary.best['best']:.4f}); "
         f"{summary.stopped_early} trial(s) stopped early by ASHA",
         f"[tune] best config: {summary.best_config_path} (raycut train --config {summary.best_config_path})",
-        f"[tune] results: {summary.results_path} (+ .parquet); MLflow parent run {summary.parent_run_id}",
+        f"[tune] results: {summary.results_path} (+ .parquet), the trials' curves: "
+        f"{summary.results_path.with_name(CURVES_NAME)}; MLflow parent run {summary.parent_run_id}",
     ]
     if summary.model_version:
         lines.append(f"[tune] registered version {summary.model_version} with alias {CHAMPION}")
