@@ -60,8 +60,10 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
                        text=True, timeout=patience(600))
     trials = tmp_path / "raycut-tune" / "search" / "trials"
     done = list(trials.glob("*/done.json"))
-    assert r.returncode != 0 and len(done) == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "raycut tune --resume" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 130 and len(done) == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert ("raycut: interrupted: search search has 1 trial(s) unfinished; continue it with `raycut tune --resume "
+            "--name search --storage-path raycut-tune`") in r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Tuner.restore(" not in r.stdout + r.stderr  # Ray Tune's Python advice, not a command
     first, stamp = done[0].parent.name, done[0].stat().st_mtime
 
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "tune", "--resume", "--name", "search"], cwd=tmp_path,

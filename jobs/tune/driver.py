@@ -17,6 +17,7 @@ the worker group a start timeout long enough for a busy 2-core machine.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -86,6 +87,7 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     # TensorBoard command for a folder under /tmp/ray at every start, whatever the
     # verbosity; raycut prints the search's own header and progress line instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.tune").addFilter(_without_python_resume_advice)
     _start_ray(opts)
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_CPU})
     trainable = tune.with_parameters(trainable, spec=asdict(opts))
@@ -103,9 +105,19 @@ def run_tune(opts: TuneOptions) -> TuneSummary:
     complete = sum(1 for r in results if r.error or _trial_outcome(storage, opts, r) != "interrupted")
     unfinished = _expected_trials(opts) - complete
     if unfinished > 0:
-        raise RaycutError(f"search {opts.name} interrupted with {unfinished} trial(s) unfinished; continue it with "
-                          f"raycut tune --resume --name {opts.name} --storage-path {opts.storage_path}")
+        raise KeyboardInterrupt(f"search {opts.name} has {unfinished} trial(s) unfinished; continue it with "
+                                f"`raycut tune --resume --name {opts.name} --storage-path {opts.storage_path}`")
     return _finish(opts, results, storage)
+
+
+def _without_python_resume_advice(record: logging.LogRecord) -> bool:
+    """After a Ctrl-C Ray Tune advises ``Tuner.restore(path=..., trainable=...)``, its
+    Python API; raycut says its own command (``raycut tune --resume``). The rest of the
+    warning stays."""
+    message = record.getMessage()
+    if "\nResume experiment with: " in message:
+        record.msg, record.args = message.split("\nResume experiment with: ")[0], ()
+    return True
 
 
 def _plan(opts: TuneOptions, storage: Path) -> TuneOptions:
