@@ -171,16 +171,21 @@ def follow(client: Any, job_id: str) -> int:
                 print(new, end="", flush=True)
                 printed += len(new)
 
-    while True:
-        try:
-            asyncio.run(tail())
-        except Exception:  # noqa: BLE001 - a dropped stream; the status decides what comes next
-            pass
-        status = str(client.get_job_status(job_id).value)
-        if status in TERMINAL:
-            break
-        print(f"[submit] log stream of {job_id} dropped while it is {status}; reconnecting", flush=True)
-        time.sleep(RECONNECT_S)
+    try:
+        while True:
+            try:
+                asyncio.run(tail())
+            except Exception:  # noqa: BLE001 - a dropped stream; the status decides what comes next
+                pass
+            status = str(client.get_job_status(job_id).value)
+            if status in TERMINAL:
+                break
+            print(f"[submit] log stream of {job_id} dropped while it is {status}; reconnecting", flush=True)
+            time.sleep(RECONNECT_S)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the watching, not the job: say so, and how to watch or stop it.
+        raise KeyboardInterrupt(f"job {job_id} goes on running on the cluster: `raycut jobs logs {job_id} --follow` "
+                                f"watches it again, `raycut jobs stop {job_id}` stops it") from None
     if status == "SUCCEEDED":
         print(f"[submit] job {job_id} SUCCEEDED", flush=True)
         return 0

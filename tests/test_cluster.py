@@ -285,6 +285,34 @@ print("streams", client.streams, "exit", code)
     assert lines[-1].startswith("streams ") and int(lines[-1].split()[1]) >= 2 and lines[-1].endswith("exit 0"), r.stdout
 
 
+def test_ctrl_c_while_following_leaves_the_job_running_and_says_so(head, tmp_path):
+    """Ctrl-C during `raycut submit`'s log stream stops the watching, not the job: the
+    interrupt says the job goes on and names the commands that watch and stop it."""
+    script = f"""
+import os, signal, threading, time
+from ray.job_submission import JobSubmissionClient
+from jobs.submit import follow
+
+client = JobSubmissionClient({head["address"]!r})
+job = client.submit_job(entrypoint="python -c \\"import time\\nprint('started', flush=True)\\ntime.sleep(120)\\"")
+threading.Timer(8, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    follow(client, job)
+except KeyboardInterrupt as e:
+    print("interrupted:", e)
+print("status", client.get_job_status(job).value)
+client.stop_job(job)
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**head["env"], "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=patience(120))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    said = next(line for line in r.stdout.splitlines() if line.startswith("interrupted: "))
+    job = said.split()[2]
+    assert said == (f"interrupted: job {job} goes on running on the cluster: `raycut jobs logs {job} --follow` "
+                    f"watches it again, `raycut jobs stop {job}` stops it"), r.stdout
+    assert r.stdout.splitlines()[-1] in ("status RUNNING", "status PENDING"), r.stdout
+
+
 def test_no_wait_returns_at_once_and_the_job_runs_on_in_its_uploaded_folder(head, tmp_path):
     env = {**head["env"], "PYTHONPATH": str(ROOT)}
     (tmp_path / "inputs").mkdir()
