@@ -3,14 +3,14 @@
 Ray Train's own SIGINT handler aborts the worker group at once, so a run kept only its
 last periodic checkpoint (up to ``--checkpoint-every`` steps behind). raycut's handler
 instead asks the workers, through a small actor, to checkpoint at their next report
-(every ``--log-every`` steps) and leave the loop; the run then ends like any other,
+(every ``--log-every`` steps, and at each periodic checkpoint) and leave the loop; the run then ends like any other,
 with nothing lost, and the driver says how to go on. A second Ctrl-C aborts as Ray
 Train would.
 
     driver: Ctrl-C -> StopRequest.request()
-    lead worker, every log window: StopRequest.requested() -> broadcast to every rank
-    every rank: checkpoint (as at a checkpoint step) -> leave the loop
-    driver: fit() returns before the planned step -> "interrupted ... --resume"
+    lead worker, at each report: StopRequest.requested() -> broadcast to every rank
+    every rank: checkpoint (as at a checkpoint step), its metrics marked interrupted -> leave the loop
+    driver: fit() returns with that mark -> "interrupted ... --resume"
 """
 
 from __future__ import annotations
