@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from cut_core.cores import thread_cap, usable_cores
+
 PACKAGES = ("raycut", "torch", "torchvision", "ray", "mlflow", "pyarrow")
 
 
@@ -40,7 +42,8 @@ class EnvReport:
     python: str
     platform: str
     packages: dict[str, str]
-    cpu_count: int
+    cpu_count: int  # the host's logical CPUs
+    usable_cores: int  # what this process may run on: affinity, cgroup quota (cut_core.cores)
     torch_threads: int
     isa_limits: dict[str, str]  # ONEDNN_MAX_CPU_ISA and the like, where set
     devices: tuple[DeviceReport, ...]
@@ -68,6 +71,7 @@ def gather(*, probe: bool = True) -> EnvReport:
         platform=f"{platform.system()} {platform.machine()}",
         packages={p: _version(p) for p in PACKAGES},
         cpu_count=os.cpu_count() or 1,
+        usable_cores=usable_cores(),
         torch_threads=torch.get_num_threads(),
         isa_limits={k: os.environ[k] for k in ISA_ENV if os.environ.get(k)},
         devices=tuple(_device(d, probe) for d in devices),
@@ -77,7 +81,7 @@ def gather(*, probe: bool = True) -> EnvReport:
         malloc=keep_freed_memory() if platform.system() == "Linux" else "unchanged (not Linux)",
         ray=(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}: commands run on that cluster"
              if os.environ.get("RAY_ADDRESS") else
-             f"no RAY_ADDRESS: each command starts a local Ray with at least {os.cpu_count() or 1} logical CPUs"),
+             f"no RAY_ADDRESS: each command starts a local Ray with at least {usable_cores()} logical CPUs"),
         mlflow=tracking_uri() + ("" if os.environ.get("MLFLOW_TRACKING_URI") else
                                  " (no MLFLOW_TRACKING_URI: the SQLite file in the working directory)"),
     )
@@ -118,7 +122,11 @@ def _version(package: str) -> str:
 def format_env(report: EnvReport) -> str:
     lines = [f"python    {report.python} on {report.platform}",
              "packages  " + ", ".join(f"{k} {v}" for k, v in report.packages.items()),
-             f"cores     {report.cpu_count} logical, torch uses {report.torch_threads} threads here"
+             f"cores     {report.cpu_count} logical"
+             + (f", {report.usable_cores} of them usable here (CPU affinity or a cgroup quota)"
+                if report.usable_cores < report.cpu_count else "")
+             + f", torch uses {report.torch_threads} thread{'' if report.torch_threads == 1 else 's'} here"
+             + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if thread_cap() else "")
              + (f"; ISA limited by {', '.join(f'{k}={v}' for k, v in report.isa_limits.items())}"
                 if report.isa_limits else "")]
     for d in report.devices:

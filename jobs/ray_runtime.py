@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
+from cut_core.cores import usable_cores
 from jobs.console import filter_worker_logs
 
 # Keep the console to raycut's progress lines and real warnings: Ray Data logs every
@@ -82,7 +83,7 @@ def start_ray(train_cpus: float) -> None:
         return
     for k, v in {**QUIET_ENV, **LOCAL_RAY_ENV}.items():  # local workers inherit the driver's environment
         os.environ.setdefault(k, v)
-    cpus = max(os.cpu_count() or 1, int(np.ceil(train_cpus)) + 2)
+    cpus = max(usable_cores(), int(np.ceil(train_cpus)) + 2)
     # The dashboard stays on: Ray Train's cleanup polls the State API it serves.
     # Its workers find that API by RAY_API_SERVER_ADDRESS, else by looking for a Ray on
     # this machine; with a second Ray here (a notebook's, another raycut command's) the

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cut_core.cores import threads_per_worker
 from cut_core.errors import RaycutError
 from pipelines.decode import DEFAULT_MAX_PIXELS, decode_image
 from pipelines.feature_extractors import ExtractorSpec, load_extractor, resize_for
@@ -69,13 +70,11 @@ def extract_features(files: list[str], spec: ExtractorSpec, *, batch_size: int =
     float32, [(path, why)] of the files that could not be read). Runs on the current
     Ray cluster (``ray.init`` first) in a pool of (MIN, MAX) actors, each with
     ``threads`` torch threads (default: this machine's cores shared by MAX actors)."""
-    import os
-
     import ray
 
     if not files:
         raise RaycutError("no images to extract features from")
-    threads = threads or max(1, (os.cpu_count() or 1) // pool[1])
+    threads = threads or threads_per_worker(pool[1])
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=max(1, min(len(files) // batch_size, 1000)))
     ds = ds.map_batches(ExtractFeatures, fn_constructor_kwargs={"spec": asdict(spec), "threads": threads},
                         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1]),

@@ -15,8 +15,17 @@ from cut_core import CUTConfig
 from cut_core.config import TINY_OVERRIDES
 from jobs.ray_runtime import LOCAL_RAY_ENV
 
-# `make test` runs two pytest workers (pytest-xdist) on a 2-core machine: a thread each.
-torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
+# `make test` runs two pytest workers (pytest-xdist) on a 2-core machine: a thread each,
+# here and in every process a test starts (commands, Ray's workers: raycut's defaults
+# honour OMP_NUM_THREADS, cut_core.cores). Two torch threads in a command beside the
+# other worker's test wait on each other at every parallel region: on the 2-core Xeon
+# with AMX (2026-12-06), `raycut bench train`'s test took 36 s and 38 CPU-seconds beside
+# one busy core, 23 s and 18 CPU-seconds with one thread.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+else:
+    torch.set_num_threads(2)
 # Every Ray a test starts (in process, `ray start`, ray.cluster_utils) as `raycut` starts
 # its local one: without idle workers prestarted (jobs.ray_runtime.LOCAL_RAY_ENV).
 os.environ.update(LOCAL_RAY_ENV)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from cut_core.cores import threads_per_worker
 from cut_core.errors import RaycutError
 from jobs.bench import device as benchmark
 from jobs.bench.records import format_table, write_record
@@ -209,7 +210,7 @@ def bench_train_ray(presets: tuple[str, ...] = ("fastcut",), *, crop: int = 256,
     from jobs.train.spec import Schedule, TrainOptions
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
-    cores = os.cpu_count() or 1
+    cores = threads_per_worker(1)
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

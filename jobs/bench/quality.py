@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from cut_core.config import ADA_GUARD_SETS
+from cut_core.cores import usable_cores
 from cut_core.errors import RaycutError
 from jobs.bench.processes import spawn_manager, spawn_pool
 from jobs.progress import Progress
@@ -218,7 +219,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         first = next(iter(variants))
-        with spawn_manager() as manager, spawn_pool(os.cpu_count() or 1) as pool:
+        with spawn_manager() as manager, spawn_pool(usable_cores()) as pool:
             budget = {v: steps for v in variants}
             reference = cyclegan_reference(variants)
             if reference is not None:  # CycleGAN gets the wall-clock time of `steps` reference steps

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from pyarrow.fs import FileSelector, FileType
 
+from cut_core.cores import threads_per_worker
 from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
@@ -174,9 +175,10 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
 
 
 def default_cpus_per_worker(opts: TrainOptions) -> float:
-    """--cpus-per-worker, else: on a local Ray, this machine's cores shared by the
-    workers (each worker's torch runs that many threads; one thread per worker left a
-    2-core laptop half idle); on a cluster (RAY_ADDRESS), 1 per worker, as Ray's own
+    """--cpus-per-worker, else: on a local Ray, the cores this process may use (its
+    affinity and cgroup quota, not the host's count) shared by the workers, at most
+    OMP_NUM_THREADS where set (each worker's torch runs that many threads; one thread
+    per worker left a 2-core laptop half idle); on a cluster (RAY_ADDRESS), 1 per worker, as Ray's own
     default, since the nodes' sizes are not known here."""
     if opts.cpus_per_worker is not None:
         if opts.cpus_per_worker <= 0:
@@ -184,7 +186,7 @@ def default_cpus_per_worker(opts: TrainOptions) -> float:
         return opts.cpus_per_worker
     if os.environ.get("RAY_ADDRESS"):
         return 1.0
-    return float(max(1, (os.cpu_count() or 1) // max(1, opts.workers)))
+    return float(threads_per_worker(opts.workers))
 
 
 def _ingest_options(job: TrainJob, opts: TrainOptions) -> IngestOptions:

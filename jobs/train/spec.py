@@ -109,7 +109,8 @@ class TrainOptions:
     workers: int = opt(1, "data-parallel workers (DDP)")
     gpus_per_worker: float = opt(0.0, "GPUs per worker")
     cpus_per_worker: float | None = opt(None, "CPUs (and torch threads) per worker (default: on a local Ray, the "
-                                        "cores / --workers; 1 on a cluster)")
+                                        "cores this process may use / --workers, at most OMP_NUM_THREADS; 1 on a "
+                                        "cluster)")
     steps: int | None = opt(None, "total training steps (the LR schedule's n_epochs + n_epochs_decay are fitted to "
                             "them, keeping its shape)", group="length")
     epochs: int | None = opt(None, "total epochs (default: n_epochs + n_epochs_decay of the config; the LR schedule "

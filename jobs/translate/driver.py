@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cut_core.cores import threads_per_worker, usable_cores
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
 from jobs.progress import Progress
@@ -177,7 +178,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
          version: str, digest: str) -> tuple[int, list[tuple[str, str]], dict[str, Any]]:
     import ray
 
-    cpus = os.cpu_count() or 1
+    cpus = usable_cores()
     start_ray(cpus)
     require_gpus(opts.gpus_per_actor, "--gpus-per-actor")
     use_gpu = opts.gpus_per_actor > 0
@@ -194,7 +195,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
     # A GPU actor needs one core to feed its GPU; decode and encode have the rest. CPU
     # actors on this machine share its cores (cores / max actors torch threads each); on
     # a cluster each CPU actor takes a fixed share of a node, so the pool grows by nodes.
-    threads = 1 if use_gpu else max(1, cpus // high) if local else CLUSTER_CPU_ACTOR_THREADS
+    threads = 1 if use_gpu else threads_per_worker(high) if local else CLUSTER_CPU_ACTOR_THREADS
     fs = inputs.fs if is_remote(inputs.source) else None
     pool = ray.data.ActorPoolStrategy(min_size=low, max_size=high)
     model_args = {"spec": asdict(spec), "device": "cuda" if use_gpu else "cpu", "threads": threads}

@@ -26,6 +26,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from cut_core.cores import usable_cores
 from cut_core.errors import RaycutError
 from jobs import tracking
 from jobs.train.spec import Schedule
@@ -186,7 +187,7 @@ def _ray_cpus(opts: TuneOptions) -> float:
         return float(ray.cluster_resources().get("CPU", 1))
     # A local Ray gets 2 logical CPUs per concurrent trial (at least the cores): the OS
     # shares the cores, Ray's scheduler needs room for each trial's actors.
-    return float(max(os.cpu_count() or 1, 2 * opts.max_concurrent))
+    return float(max(usable_cores(), 2 * opts.max_concurrent))
 
 
 def _start_ray(opts: TuneOptions) -> None:
