@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from cut_core import load_generator, save_generator
+from cut_core.cores import threads_per_worker
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.networks import build_generator
 from cut_core.translate import translate
@@ -417,11 +418,11 @@ def test_int8_job_is_cut_core_int8_with_the_calibration_it_keeps(local_ray, mode
     assert (again.done, again.skipped) == (1, len(SIZES))
     assert (out / "int8_calibration.json").read_text() == saved
     assert {r["fast_path"] for r in read_manifest(out).to_pylist()} == {"cpu int8"}
-    # The one CPU actor runs G with the machine's cores as torch threads; so does this
-    # check: int8's rounding turns the float reductions of another thread count into
-    # pixels one level off.
+    # The one CPU actor runs G with the cores this process may use as torch threads (at
+    # most OMP_NUM_THREADS, which the suite sets); so does this check: int8's rounding
+    # turns the float reductions of another thread count into pixels one level off.
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads_per_worker(1))
     try:
         for rel in [Path("images") / "00000.png", Path("images") / "city" / "00003.png", extra.relative_to(data)]:
             src = np.asarray(Image.open(data / rel))
