@@ -55,3 +55,15 @@ def test_omp_num_threads_caps_each_workers_threads(monkeypatch):
     assert threads_per_worker(1) == cores
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # unreadable: ignored, as torch's own default
     assert threads_per_worker(1) == cores
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs to pin to one")
+def test_raycut_env_says_how_many_cores_are_usable_here():
+    one = {min(os.sched_getaffinity(0))}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "env", "--no-probe"], capture_output=True, text=True,
+                       timeout=120, env=env, preexec_fn=lambda: os.sched_setaffinity(0, one))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("cores"))
+    assert f"{os.cpu_count()} logical, 1 of them usable here" in line and "torch uses 1 thread here" in line, line
