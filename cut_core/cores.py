@@ -45,14 +45,23 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
         text = _read(v2)
         if text:  # "max 100000" or "250000 100000"
             quota, _, period = text.partition(" ")
-            if quota != "max" and period:
-                return int(quota) / int(period)
+            if quota != "max":
+                return _ratio(quota, period)
             continue
         for v1 in (root / "cpu" / rel.lstrip("/"), root / "cpu,cpuacct" / rel.lstrip("/")):
-            quota_text, period_text = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
-            if quota_text and period_text and int(quota_text) > 0:
-                return int(quota_text) / int(period_text)
+            got = _ratio(_read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us"))  # quota -1: none
+            if got is not None:
+                return got
     return None
+
+
+def _ratio(quota: str | None, period: str | None) -> float | None:
+    """quota / period of a cgroup file's numbers; None for no quota or text that is not one."""
+    try:
+        q, p = int(quota or ""), int(period or "")
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
 
 
 def thread_cap() -> int | None:

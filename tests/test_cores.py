@@ -67,3 +67,8 @@ def test_raycut_env_says_how_many_cores_are_usable_here():
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("cores"))
     assert f"{os.cpu_count()} logical, 1 of them usable here" in line and "torch uses 1 thread here" in line, line
+
+
+def test_a_cgroup_file_that_is_not_numbers_is_no_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert cgroup_cpu_quota(tmp_path) is None
