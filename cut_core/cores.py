@@ -2,9 +2,10 @@
 
 ``os.cpu_count()`` counts the host's CPUs, not the ones this process is given. In a
 container started with ``--cpus 4`` on a 64-core host, or under ``taskset``, it still
-says 64; a trainer that ran 64 torch threads on 4 cores' worth of quota spends most of
-its time waiting for its threads at each parallel region (OpenMP's barriers), and the
-quota throttles the rest. So raycut sizes its defaults by what the kernel lets this
+says 64, and a trainer would start 64 torch threads on 4 cores' worth of quota. More
+threads than cores wait on each other at every parallel region (OpenMP's barriers):
+measured on a 2-core Xeon (2026-12-06), a full-size FastCUT bench beside one busy
+process took 36 s and 38 CPU-seconds with two threads, 23 s and 18 with one. So raycut sizes its defaults by what the kernel lets this
 process run: the CPUs of its affinity mask, capped by a cgroup's CPU quota (cgroup v2's
 ``cpu.max``, v1's ``cpu.cfs_quota_us``), rounded up to whole cores.
 

@@ -66,12 +66,13 @@ def gather(*, probe: bool = True) -> EnvReport:
     from jobs.tracking import tracking_uri
 
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    cores = usable_cores()
     return EnvReport(
         python=f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         platform=f"{platform.system()} {platform.machine()}",
         packages={p: _version(p) for p in PACKAGES},
         cpu_count=os.cpu_count() or 1,
-        usable_cores=usable_cores(),
+        usable_cores=cores,
         torch_threads=torch.get_num_threads(),
         isa_limits={k: os.environ[k] for k in ISA_ENV if os.environ.get(k)},
         devices=tuple(_device(d, probe) for d in devices),
@@ -81,7 +82,7 @@ def gather(*, probe: bool = True) -> EnvReport:
         malloc=keep_freed_memory() if platform.system() == "Linux" else "unchanged (not Linux)",
         ray=(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}: commands run on that cluster"
              if os.environ.get("RAY_ADDRESS") else
-             f"no RAY_ADDRESS: each command starts a local Ray with at least {usable_cores()} logical CPUs"),
+             f"no RAY_ADDRESS: each command starts a local Ray with at least {cores} logical CPUs"),
         mlflow=tracking_uri() + ("" if os.environ.get("MLFLOW_TRACKING_URI") else
                                  " (no MLFLOW_TRACKING_URI: the SQLite file in the working directory)"),
     )
