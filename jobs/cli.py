@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
          "Train on Ray Train; checkpoints in --storage-path, metrics and sample grids in MLflow "
          "(MLFLOW_TRACKING_URI, default ./mlflow.db). batch_size is per worker: global batch = batch_size x workers.",
          "cut | fastcut | sincut (one image per domain, official SinCUT) | sincut-paper (its appendix recipe) | "
-         "cyclegan (the baseline, one worker); default: the config file's preset:, else cut",
+         "cyclegan (the baseline to compare with); default: the config file's preset:, else cut",
          ((TrainOptions, {"storage_path": os.environ.get("RAYCUT_STORAGE_PATH", "raycut-runs")}), (Schedule, None),
           (Validation, None))),
         ("tune", _cmd_tune,

@@ -118,10 +118,16 @@ def builtin_configs() -> list[str]:
 
 
 def config_path(config_file: str | Path) -> Path:
-    """A YAML path, or the name of a built-in config (``toy``) when no such file exists."""
+    """A YAML path, or the name of a built-in config (``toy``) when no such file exists.
+
+    Only a file shadows a built-in name: the README makes a ``toy/`` dataset folder and
+    then trains with ``--config toy`` from the same directory."""
     path = Path(config_file)
-    if not path.exists() and path.suffix == "" and (BUILTIN_CONFIGS / f"{path.name}.yaml").is_file():
+    if not path.is_file() and path.suffix == "" and (BUILTIN_CONFIGS / f"{path.name}.yaml").is_file():
         return BUILTIN_CONFIGS / f"{path.name}.yaml"
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a YAML file (built-in configs by name: "
+                          f"{', '.join(builtin_configs())})")
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (built-in configs by name: {', '.join(builtin_configs())})")
     return path

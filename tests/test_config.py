@@ -175,7 +175,8 @@ def test_cli_version_dry_run_dataroot_and_examples(tmp_path, capsys):
 
 def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     """``--config toy`` names the shipped YAML (the demo's model, defined once); a file
-    of that name in the working directory wins; a missing name lists the built-ins."""
+    of that name in the working directory wins, a folder (the toy dataset) does not; a
+    missing name lists the built-ins."""
     from jobs.config_file import resolve_config
     from jobs.demo import DemoOptions, demo_config
 
@@ -184,8 +185,16 @@ def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     assert (toy.model.ngf, toy.model.ndf, toy.model.n_blocks, toy.model.n_layers_D) == (16, 8, 6, 2)
     demo = demo_config(DemoOptions(size=32, workers=2))
     assert demo.model == toy.model and demo.optim.batch_size == 2 and demo.data.crop_size == 32
+    # A folder of that name (the README's `raycut toy-data --out toy`) does not hide it...
+    (tmp_path / "toy").mkdir()
+    assert resolve_config("fastcut", "toy", []).model == toy.model
+    (tmp_path / "toy").rmdir()
+    # ... a file does; and a folder that names no built-in config says what it is.
     (tmp_path / "toy").write_text("ngf: 24\n")
     assert resolve_config("fastcut", "toy", []).model.ngf == 24
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="config file runs is a folder; pass a YAML file"):
+        resolve_config("fastcut", "runs", [])
     small = resolve_config(None, "fastcut-small-data", [])  # names its preset, keeps the preset's model
     assert small.preset == "fastcut" and small.loss.lambda_NCE == 1 and small.model == CUTConfig.from_preset("fastcut").model
     # The guard it ships is the one the bench and the D-won advice name.

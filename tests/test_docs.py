@@ -57,3 +57,42 @@ def test_every_relative_link_in_the_readme_and_docs_resolves(tmp_path):
     assert len(PAGES) > 5
     dead = {p.relative_to(ROOT).as_posix(): d for p in PAGES if (d := dead_links(p))}
     assert not dead, dead
+
+
+def cheat_sheet_commands() -> list[list[str]]:
+    """The README's cheat sheet as argument lists: continuation lines joined, comments
+    and the lines that are not `raycut` commands dropped."""
+    import shlex
+
+    block = re.search(r"## Cheat sheet\n+```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
+    joined = re.sub(r"\\\n", " ", block)
+    commands = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["raycut"]:
+            commands.append(words[1:])
+    return commands
+
+
+def test_the_cheat_sheets_commands_resolve_as_written_beside_the_toy_data(tmp_path, monkeypatch, capsys):
+    """Run from one directory as a user would: `raycut toy-data --out toy` makes the
+    folder `toy`, and the train, tune and config lines after it (with --dry-run) must
+    still find the built-in `--config toy` and train at the toy data's 64 px, not the
+    full-size preset's 256 (a tune line without --config did)."""
+    from jobs.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    commands = cheat_sheet_commands()
+    (make,) = [c for c in commands if c[0] == "toy-data"]
+    assert main(make) == 0 and (tmp_path / "toy" / "trainA").is_dir()
+    size = int(make[make.index("--size") + 1])
+    checked = []
+    for args in commands:
+        if args[0] in ("train", "tune") or args[:2] == ["config", "show"]:
+            capsys.readouterr()
+            assert main(args + ["--dry-run"] if args[0] != "config" else args) == 0, args
+            shown = capsys.readouterr().out
+            crop = int(re.search(r"^\s*crop_size: (\d+)", shown, flags=re.M).group(1))
+            assert crop == size, f"raycut {' '.join(args)}: crop_size {crop}, the toy data is {size} px"
+            checked.append(args[0])
+    assert {"train", "tune", "config"} <= set(checked), checked

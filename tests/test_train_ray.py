@@ -112,7 +112,8 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     # The corrupt file of domain B was skipped, and said so once however many passes met
     # it: on the console and in the run (a tag, and the list as an artifact).
     corrupt = str(toy / "trainB" / "zz-corrupt.png")
-    report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ingest A + B]")]
+    console = capsys.readouterr().out
+    report = [line for line in console.splitlines() if line.startswith("[ingest A + B]")]
     assert report and report[-1].startswith("[ingest A + B] decoded 32 images, skipped 1 bad files"), report
     assert run.data.tags["raycut.ingest_skipped_files"] == "1"
     listed = client.download_artifacts(run.info.run_id, "ingest_report.json", str(tmp_path))
@@ -161,6 +162,11 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     assert str(version.version) == result.model_version and version.tags["raycut.steps"] == str(best_step)
     assert (marked["model_uri"] == result.model_uri) == (best_step == 20)
     assert version.source == marked["model_uri"] or version.model_id == marked["model_uri"].removeprefix("models:/")
+    # ... and the console's last words say which model that was.
+    registered_as = f"models:/toy-resumed@latest (version {result.model_version})"
+    said = f"registered: the best checkpoint's (step {best_step}) as {registered_as}" if best_step != 20 else \
+        f"model: {result.model_uri}, registered as {registered_as}"
+    assert f"[train] model: {result.model_uri}" in console and said in console, console[-2000:]
 
     # Retention: the best checkpoint by score (keep_checkpoints 1) and the newest, each a
     # complete state. A crash between a checkpoint's upload and its registration leaves

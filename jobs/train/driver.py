@@ -389,7 +389,7 @@ def _finish(job: TrainJob, result: Any, uri: str) -> TrainResult:
                 json.dumps({"steps": job.steps, "mlflow_run_id": job.mlflow_run_id, "model_uri": model_uri,
                             "registered": job.register, "version": version}) + "\n")
     metrics = dict(result.metrics or {})
-    print(_summary(job, metrics, uri, model_uri, version), flush=True)
+    print(_summary(job, metrics, uri, model_uri, version, best), flush=True)
     return TrainResult(job=job, metrics=metrics, checkpoint_dir=local, model_dir=model_dir, mlflow_run_id=job.mlflow_run_id,
                        model_uri=model_uri, model_version=version, timings={"log_model_s": time.perf_counter() - t},
                        best=best)
@@ -448,12 +448,23 @@ def _log_loss_plot(uri: str, run_id: str, folder: Path) -> None:
         client.log_artifact(run_id, str(plot))
 
 
-def _summary(job: TrainJob, metrics: dict[str, Any], uri: str, model_uri: str, version: str | None) -> str:
+def _summary(job: TrainJob, metrics: dict[str, Any], uri: str, model_uri: str, version: str | None,
+             best: dict[str, Any] | None = None) -> str:
     losses = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("G_GAN", "NCE", "D") if k in metrics)
+    # The registered model is the best checkpoint's where the run was evaluated, which
+    # need not be the final one: the line says which it is.
+    earlier = best is not None and best["model_uri"] != model_uri
+    registered = (f"models:/{job.register}@latest (version {version})" if version else "")
+    if not registered:
+        model = f"model: {model_uri}"
+    elif earlier:
+        model = f"model: {model_uri}; registered: the best checkpoint's (step {best['step']}) as {registered}"
+    else:
+        model = f"model: {model_uri}, registered as {registered}"
     lines = [
         f"[{job.console_label}] done: {job.name}, step {int(metrics.get('step', job.steps))}/{job.steps} ({losses}), "
         f"{metrics.get('images_per_s', 0):.1f} images/s on {int(metrics.get('nodes', 1))} node(s)",
-        f"[{job.console_label}] model: {model_uri}" + (f", registered as models:/{job.register}@latest (version {version})" if version else ""),
+        f"[{job.console_label}] {model}",
         f"[{job.console_label}] see it: mlflow ui --backend-store-uri {uri}",
     ]
     return "\n".join(lines)
