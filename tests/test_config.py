@@ -162,10 +162,17 @@ def test_cli_version_dry_run_dataroot_and_examples(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("raycut ")
+    for domain in ("trainA", "trainB"):
+        (tmp_path / domain).mkdir()
     assert main(["train", "--CUT_mode", "FastCUT", "--dataroot", str(tmp_path), "--set", "crop_size=64",
                  "--set", "load_size=64", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# raycut config: preset fastcut") and "crop_size: 64  # --set" in out
+    # A domain's folder where its parent belongs: one line that says which folder to pass.
+    assert main(["train", "--dataroot", str(tmp_path / "trainA"), "--dry-run"]) == 2
+    assert capsys.readouterr().err == (f"raycut: error: --dataroot {tmp_path / 'trainA'} holds no trainA/ folder; pass the "
+                                       f"folder above trainA/ and trainB/ (CUT's layout), or name each domain with "
+                                       f"--data-a and --data-b\n")
     assert main(["train", "--set", "normG=batch", "--dry-run"]) == 2
     assert "raycut: error: raycut does not vary normG" in capsys.readouterr().err
     parser = build_parser()
