@@ -187,7 +187,7 @@ EXAMPLES = {
              "    --workers 2 --steps 2000 --register grumpy\n"
              "raycut train --preset fastcut --config toy --data-a cyclegan:toy:trainA "
              "--data-b cyclegan:toy:trainB --dry-run",
-    "tune": "raycut tune --preset fastcut --dataroot toy --samples 8 --steps-per-trial 400 --register toy-best",
+    "tune": "raycut tune --preset fastcut --config toy --dataroot toy --samples 8 --steps-per-trial 400 --register toy-best",
     "translate": "raycut translate --model models:/grumpy@latest --input gta5:/data/gta5 --output /data/gta5-real \\\n"
                  "    --labels /data/gta5/labels --gpus-per-actor 1 --concurrency 1-8",
     "evaluate": "raycut evaluate --toy toy --fake toy-real\n"

@@ -59,12 +59,11 @@ def test_every_relative_link_in_the_readme_and_docs_resolves(tmp_path):
     assert not dead, dead
 
 
-def cheat_sheet_commands() -> list[list[str]]:
-    """The README's cheat sheet as argument lists: continuation lines joined, comments
-    and the lines that are not `raycut` commands dropped."""
+def raycut_commands(block: str) -> list[list[str]]:
+    """Shell text as the argument lists of its `raycut` commands: continuation lines
+    joined, comments and the other lines dropped."""
     import shlex
 
-    block = re.search(r"## Cheat sheet\n+```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
     joined = re.sub(r"\\\n", " ", block)
     commands = []
     for line in joined.splitlines():
@@ -78,11 +77,15 @@ def test_the_cheat_sheets_commands_resolve_as_written_beside_the_toy_data(tmp_pa
     """Run from one directory as a user would: `raycut toy-data --out toy` makes the
     folder `toy`, and the train, tune and config lines after it (with --dry-run) must
     still find the built-in `--config toy` and train at the toy data's 64 px, not the
-    full-size preset's 256 (a tune line without --config did)."""
-    from jobs.cli import main
+    full-size preset's 256 (the tune line without --config did, here and in `raycut
+    tune --help`). The --help examples that train on the toy data are checked too."""
+    from jobs.cli import EXAMPLES, main
 
     monkeypatch.chdir(tmp_path)
-    commands = cheat_sheet_commands()
+    block = re.search(r"## Cheat sheet\n+```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
+    commands = raycut_commands(block)
+    examples = [c for c in raycut_commands(EXAMPLES["train"] + "\n" + EXAMPLES["tune"]) if "toy" in " ".join(c)]
+    commands += examples
     (make,) = [c for c in commands if c[0] == "toy-data"]
     assert main(make) == 0 and (tmp_path / "toy" / "trainA").is_dir()
     size = int(make[make.index("--size") + 1])
@@ -94,5 +97,6 @@ def test_the_cheat_sheets_commands_resolve_as_written_beside_the_toy_data(tmp_pa
             shown = capsys.readouterr().out
             crop = int(re.search(r"^\s*crop_size: (\d+)", shown, flags=re.M).group(1))
             assert crop == size, f"raycut {' '.join(args)}: crop_size {crop}, the toy data is {size} px"
-            checked.append(args[0])
-    assert {"train", "tune", "config"} <= set(checked), checked
+            checked.append(args)
+    assert {c[0] for c in checked} == {"train", "tune", "config"} and [e for e in examples if e in checked] == examples
+    assert {c[0] for c in examples} == {"train", "tune"}, examples
