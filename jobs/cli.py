@@ -52,7 +52,8 @@ def _data_args(args: argparse.Namespace) -> None:
     """``--dataroot ROOT``: the CycleGAN layout (ROOT/trainA, ROOT/trainB), as in CUT."""
     if getattr(args, "dataroot", None):
         root = Path(args.dataroot)
-        if "://" not in args.dataroot and root.is_dir() and not (root / "trainA").exists() and not (args.data_a and args.data_b):
+        local = "://" not in args.dataroot and root.is_dir()
+        if local and not (root / "trainA").exists() and not (args.data_a and args.data_b):
             # The usual slip: the domain's own folder (toy/trainA) instead of the root above it.
             raise RaycutError(f"--dataroot {args.dataroot} holds no trainA/ folder; pass the folder above trainA/ and "
                               f"trainB/ (CUT's layout), or name each domain with --data-a and --data-b")

@@ -453,11 +453,10 @@ def _summary(job: TrainJob, metrics: dict[str, Any], uri: str, model_uri: str, v
     losses = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("G_GAN", "NCE", "D") if k in metrics)
     # The registered model is the best checkpoint's where the run was evaluated, which
     # need not be the final one: the line says which it is.
-    earlier = best is not None and best["model_uri"] != model_uri
-    registered = (f"models:/{job.register}@latest (version {version})" if version else "")
+    registered = f"models:/{job.register}@latest (version {version})" if version else ""
     if not registered:
         model = f"model: {model_uri}"
-    elif earlier:
+    elif best is not None and best["model_uri"] != model_uri:
         model = f"model: {model_uri}; registered: the best checkpoint's (step {best['step']}) as {registered}"
     else:
         model = f"model: {model_uri}, registered as {registered}"
