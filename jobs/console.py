@@ -8,6 +8,10 @@ raycut command printed several ERROR lines. Ray Train's DatasetManager also sets
 Ray Data option that Ray itself deprecates. Those lines are dropped; anything else
 (another ERROR, a traceback, a warning of ours) is printed as before.
 
+A few of Ray's lines are true and worth reading once but repeat for as long as they hold
+(the raylet says every 10 s that its disk is nearly full): the first is said once, in
+raycut's words with what to do, and the rest are dropped (:func:`tidy`).
+
 Two routes reach the console: the C++ log of this process's own core worker writes
 to file descriptor 2 directly, and the logs of Ray's worker processes arrive through
 Ray's log monitor. Both are filtered, line by line.
@@ -48,6 +52,41 @@ def is_noise(line: str) -> bool:
     return any(p.search(line) for p in NOISE)
 
 
+# The raylet's file-system monitor, every 10 s while the disk under Ray's session folder
+# is over its threshold (95% by default). Nothing fails until Ray must spill objects, and
+# a raycut run spills none on its own data sizes; but a CI host with 12.5 GB free of 252
+# printed it 17 times, at ERROR, through one demo run.
+DISK_FULL = re.compile(r"file_system_monitor\.cc:\d+: (?P<path>\S+) is over (?P<pct>\d+)% full, "
+                       r"available space: (?P<free>[\d.]+) GB; capacity: (?P<cap>[\d.]+) GB")
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def _say_once(key: str, text: str) -> str | None:
+    with _said_lock:
+        if key in _said:
+            return None
+        _said.add(key)
+    return text
+
+
+def tidy(line: str) -> str | None:
+    """What the console shows for one of Ray's lines: None for noise (:func:`is_noise`) and
+    for a repeat of a note already said; a note Ray repeats, the first time, restated as
+    one line that says what to do; any other line as it is."""
+    if is_noise(line):
+        return None
+    if m := DISK_FULL.search(line):
+        # The session folder's parent is what a user recognises (and what RAY_TMPDIR moves).
+        root = os.path.dirname(m["path"].rstrip("/")) or m["path"]
+        end = "\r" if line.endswith("\r") else "\n"
+        return _say_once(f"disk {root}", f"raycut: warning: the disk under {root} is over {m['pct']}% full "
+                                 f"({float(m['free']):.1f} GB free of {float(m['cap']):.0f} GB): Ray fails any task "
+                                 f"that must spill objects there. Free space on it, or set RAY_TMPDIR to a folder "
+                                 f"on a roomier disk.{end}")
+    return line
+
+
 _installed = False
 
 
@@ -82,7 +121,7 @@ def filter_stderr() -> None:
             try:
                 # A line ends at \n, or at \r (a progress line redrawn in place).
                 *lines, pending = LINE_END.split(pending + chunk)
-                out = b"".join(line for line in lines if not is_noise(line.decode(errors="replace")))
+                out = b"".join(_tidy_bytes(line) for line in lines)
                 if pending and not CPP_LOG_START.match(pending):  # not a log line in the making: show it now
                     out, pending = out + pending, b""
             except Exception:  # noqa: BLE001 - never stop pumping: a full pipe would block every writer
@@ -100,6 +139,14 @@ def filter_stderr() -> None:
         thread.join(timeout=5)  # a child that still holds the pipe open must not hang the exit
 
     atexit.register(drain)
+
+
+def _tidy_bytes(line: bytes) -> bytes:
+    text = line.decode(errors="replace")
+    shown = tidy(text)
+    if shown is None:
+        return b""
+    return line if shown is text else shown.encode()
 
 
 LINE_END = re.compile(rb"(?<=[\r\n])")
@@ -124,7 +171,13 @@ def filter_worker_logs() -> None:
 
     @functools.wraps(ray_print)
     def print_without_noise(data: dict, ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if not is_noise(line)]
+        lines = []
+        for line in data.get("lines", []):
+            shown = tidy(line)
+            if shown is line:
+                lines.append(line)
+            elif shown is not None:  # raycut's own words: without Ray's "(raylet)" prefix
+                print(shown.rstrip("\r\n"), file=sys.stderr, flush=True)
         if lines:
             ray_print({**data, "lines": lines}, ignore_prefix=ignore_prefix)
 

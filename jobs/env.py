@@ -2,7 +2,8 @@
 
 The versions it runs with, what the CPU and GPUs report, what ``auto`` settles on for
 training and for translation here and the measurements behind it, what raycut does to
-malloc, and where a run would go (a Ray cluster or a local Ray; the MLflow store).
+malloc, and where a run would go (a Ray cluster or a local Ray, and how full the disk
+under a local Ray's files is; the MLflow store).
 It is the first thing to look at when a run is slower than expected, and the thing
 to paste into a bug report. It starts no Ray and opens no tracking store.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -51,6 +53,8 @@ class EnvReport:
     probe_cache_writable: bool  # False: every process probes again (seconds each)
     malloc: str
     ray: str
+    ray_files: str | None  # a local Ray's folder and its disk (None on a cluster: its nodes' disks count)
+    ray_disk_over_limit: bool  # the raylet refuses to spill objects there
     mlflow: str
 
 
@@ -67,6 +71,7 @@ def gather(*, probe: bool = True) -> EnvReport:
 
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     cores = usable_cores()
+    ray_files, over = (None, False) if os.environ.get("RAY_ADDRESS") else _ray_disk()
     return EnvReport(
         python=f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         platform=f"{platform.system()} {platform.machine()}",
@@ -83,6 +88,8 @@ def gather(*, probe: bool = True) -> EnvReport:
         ray=(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}: commands run on that cluster"
              if os.environ.get("RAY_ADDRESS") else
              f"no RAY_ADDRESS: each command starts a local Ray with at least {cores} logical CPUs"),
+        ray_files=ray_files,
+        ray_disk_over_limit=over,
         mlflow=tracking_uri() + ("" if os.environ.get("MLFLOW_TRACKING_URI") else
                                  " (no MLFLOW_TRACKING_URI: the SQLite file in the working directory)"),
     )
@@ -103,6 +110,28 @@ def _device(device: str, probe: bool) -> DeviceReport:
     translation = resolve_translation("auto", "auto", device)  # reads the entry just cached
     return DeviceReport(device, caps.name, caps.isa, caps.bf16, caps.vnni, settle_perf(PerfConfig(), paths).summary,
                         translation.summary, paths.reason, probed)
+
+
+def _ray_disk() -> tuple[str, bool]:
+    """Where a local Ray writes its session files (logs, spilled objects) and how full
+    that disk is, as the raylet measures it (1 - available/capacity): over its threshold
+    (``RAY_local_fs_capacity_threshold``, 95% by default) it refuses to spill there and
+    logs an ERROR line every 10 s (jobs.console says it once). The folder follows Ray's
+    own rule (ray._common.utils.get_default_ray_temp_dir), read here without importing Ray."""
+    system = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    root = Path(system or "/tmp") / "ray"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    usage = shutil.disk_usage(existing)
+    full = 1 - usage.free / usage.total
+    limit = float(os.environ.get("RAY_local_fs_capacity_threshold", "0.95"))
+    gb = 2 ** 30  # as the raylet's and df's figures
+    text = f"{root}, on a disk with {usage.free / gb:.1f} GB free of {usage.total / gb:.0f} GB ({full:.0%} full)"
+    if full > limit:
+        text += (f": over Ray's {limit:.0%} limit, so Ray fails any task that must spill objects there; free space "
+                 "on it, or set RAY_TMPDIR to a folder on a roomier disk")
+    return text, full > limit
 
 
 def _writable(folder: Path) -> bool:
@@ -145,7 +174,10 @@ def format_env(report: EnvReport) -> str:
              f"probes    {report.probe_cache} cannot be written: every process probes again (seconds each); "
              "set RAYCUT_CACHE to a writable folder")
     lines += [cache, f"malloc    {report.malloc}",
-              f"ray       {report.ray}", f"mlflow    {report.mlflow}"]
+              f"ray       {report.ray}"]
+    if report.ray_files:
+        lines.append(f"          its files: {report.ray_files}")
+    lines.append(f"mlflow    {report.mlflow}")
     return "\n".join(lines)
 
 

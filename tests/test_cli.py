@@ -25,8 +25,9 @@ RAY_WORKER_EXIT_ABORT = re.compile(r"^\S*\(\S+ pid=\d+\)\S* \[[^]]+ E \d+ \d+\] 
                                    r"(\*\*\* SIG[A-Z]+ received at time=|PC: @|\s+@\s)")
 
 
-def raycut(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=patience(600))
+def raycut(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env}, timeout=patience(600))
 
 
 def test_help_lists_the_commands():
@@ -65,6 +66,14 @@ def test_env_says_what_auto_picks_here_and_why(tmp_path):
     cached = env_command("--no-probe").stdout
     assert "why (from the cache" in cached and "training:    precision auto -> fp32" in cached, cached
     assert "no RAY_ADDRESS" in cached
+    # Where a local Ray's files go (RAY_TMPDIR, as Ray reads it) and how full that disk
+    # is, against the raylet's spill limit (lowered here to 1%: any disk is over it).
+    assert " GB free of " in report["ray_files"] and "its files: " in cached
+    env.update(RAY_TMPDIR=str(tmp_path / "ray-tmp"), RAY_local_fs_capacity_threshold="0.01")
+    full = json.loads(env_command("--json", "--no-probe").stdout)
+    assert full["ray_files"].startswith(f"{tmp_path / 'ray-tmp' / 'ray'}, on a disk with ") and full["ray_disk_over_limit"]
+    assert "over Ray's 1% limit" in full["ray_files"] and "RAY_TMPDIR" in full["ray_files"]
+    del env["RAY_local_fs_capacity_threshold"], env["RAY_TMPDIR"]
     (tmp_path / "a-file").write_text("")
     env["RAYCUT_CACHE"] = str(tmp_path / "a-file" / "cache")  # unwritable for root too
     assert "cannot be written: every process probes again" in env_command("--no-probe").stdout
@@ -126,7 +135,12 @@ def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
     # pair), and in the old runs where D took over it did so after step ~100, where the
     # val-chosen checkpoint of an earlier step is what is judged (docs/quality.md).
     steps = 180
-    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", str(steps), cwd=tmp_path)
+    # As on a nearly full disk (a CI host with 12.5 GB free of 252 failed this test on
+    # it): the raylet's "over N% full" ERROR line, every 10 s, becomes one warning of
+    # raycut's (jobs.console.tidy). A threshold of 1% makes any disk "full"; nothing here
+    # spills, so nothing else changes.
+    r = raycut("demo", "--out", str(tmp_path / "demo"), "--size", "32", "--steps", str(steps), cwd=tmp_path,
+               env={"RAY_local_fs_capacity_threshold": "0.01"})
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "demo"
     for name in ("samples.png", "losses.png"):
@@ -177,6 +191,8 @@ def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
                 and not RAY_WORKER_EXIT_ABORT.search(line)]
     # The first problem with what follows it: a traceback's first line alone says nothing.
     assert not problems, "\n".join(lines[problems[0]:problems[0] + 25]) if problems else ""
+    full = [line for line in lines if "is over 1% full" in line]
+    assert len(full) == 1 and full[0].startswith("raycut: warning: the disk under ") and "RAY_TMPDIR" in full[0], full
 
 
 def test_the_console_filter_drops_rays_noise_and_keeps_everything_else():
@@ -196,6 +212,10 @@ os.write(2, b"(PlacementGroupCleaner pid=7) Detected that the Ray Train controll
 os.write(2, b"(raylet) Task MapWorker(MapBatches(DecodeA)).submit failed. There are infinite retries remaining, so "
             b"the task will be retried. Error: The actor is dead because it was killed by `ray.kill`.\\n")
 os.write(2, b"[train] 1/4 25%\\r")
+for free in (12.5587, 12.5585):  # the raylet's note every 10 s: said once, in raycut's words
+    os.write(2, f"[2026-12-06 06:24:26,013 E 29800 29811] (raylet) file_system_monitor.cc:116: /tmp/ray/session_2026-12-06_1 "
+                f"is over 95% full, available space: {{free}} GB; capacity: 251.972 GB. Object creation will fail if "
+                f"spilling is required.\\n".encode())
 print("python's own stderr", file=sys.stderr)
 os.write(2, b"[2026-11-30 02:55:58,436 E 1 1] core_")
 os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store and max_restarts > 0\\nTraceback (most recent call last)\\n")
@@ -206,13 +226,16 @@ os.write(2, b"worker.cc:1: Actor x has constructor arguments in the object store
     assert "MapWorker" not in r.stderr
     assert real in r.stderr and "Traceback (most recent call last)" in r.stderr
     assert "[train] 1/4 25%" in r.stderr and "python's own stderr" in r.stderr
+    assert "file_system_monitor" not in r.stderr
+    assert r.stderr.count("raycut: warning: the disk under /tmp/ray is over 95% full (12.6 GB free of 252 GB)") == 1
 
 
 def test_the_raylets_notes_to_the_driver_go_through_the_filter_too(local_ray, capsys):
     """Ray's error listener prints the raylet's notes (here: it started more worker
     processes than the node has cores, which every Tune search on 2 cores does) through
     the module's print_to_stdstream, not the worker-log handler: raycut's Ray filters
-    that route too; other notes print."""
+    that route too; a note Ray repeats (the disk nearly full) is said once, as raycut's;
+    other notes print."""
     from ray._private import worker
 
     from jobs.console import filter_worker_logs
@@ -220,10 +243,18 @@ def test_the_raylets_notes_to_the_driver_go_through_the_filter_too(local_ray, ca
     filter_worker_logs()
     note = ("WARNING: 14 PYTHON worker processes have been started on node: 8adf with address: 192.0.2.2, which is 7x "
             "the maximum expected startup concurrency (2). This could be a result of using a large number of actors")
-    worker.print_to_stdstream({"lines": [note, "a raylet note that stays"], "pid": "raylet", "is_err": False},
-                              ignore_prefix=False)
-    out = capsys.readouterr().out
+    full = ("[2026-12-06 06:24:26,013 E 29800 29811] file_system_monitor.cc:116: /var/tmp/r/session_1 is over 97% full, "
+            "available space: 3.04 GB; capacity: 100 GB. Object creation will fail if spilling is required.")
+    for _ in range(2):
+        worker.print_to_stdstream({"lines": [note, full, "a raylet note that stays"], "pid": "raylet", "is_err": False},
+                                  ignore_prefix=False)
+    out, err = capsys.readouterr()
     assert "a raylet note that stays" in out and "PYTHON worker processes" not in out, out
+    assert "file_system_monitor" not in out + err
+    said = [line for line in err.splitlines() if "over 97% full" in line]
+    assert said == ["raycut: warning: the disk under /var/tmp/r is over 97% full (3.0 GB free of 100 GB): Ray fails "
+                    "any task that must spill objects there. Free space on it, or set RAY_TMPDIR to a folder on a "
+                    "roomier disk."], err
 
 
 @pytest.mark.cost(15)
