@@ -67,5 +67,6 @@ def describe_schedule(optim: OptimConfig, total_steps: int, steps_per_epoch: int
         shape = f"a linear warm-up over the first {warm} steps, then {shape}"
     data_epochs = total_steps / max(1, steps_per_epoch)
     fitted = "" if total_steps == (optim.n_epochs + optim.n_epochs_decay) * steps_per_epoch else (
-        f" (the config's {optim.n_epochs}+{optim.n_epochs_decay} epochs fitted to this run's {data_epochs:.3g})")
+        f" (the config's {optim.n_epochs}+{optim.n_epochs_decay} epochs fitted to this run's {total_steps} steps, "
+        f"{data_epochs:.3g} epochs of its data)")
     return f"lr {optim.lr:g} {shape}{fitted}"

@@ -90,7 +90,8 @@ def test_a_shorter_or_longer_run_gets_the_schedule_fitted_to_its_length():
     assert factors[1124] == 1.0 > factors[1125] and factors[-1] == pytest.approx(1 / 51)
     assert all(x >= y for x, y in zip(factors, factors[1:]))
     assert "constant for 1125 steps, then a linear decay over the last 375" in describe_schedule(o, 1500, 64)
-    assert "fitted to this run's 23.4" in describe_schedule(o, 1500, 64)
+    assert "(the config's 150+50 epochs fitted to this run's 1500 steps, 23.4 epochs of its data)" in (
+        describe_schedule(o, 1500, 64))
     # Taken literally, 4x the config's epochs ran into negative LRs; fitted, never.
     long = [lr_factor(o, schedule_epoch(o, s, 800 * 3)) for s in range(800 * 3)]
     assert min(long) == pytest.approx(1 / 51) and constant_steps(o, 2400) == 1800
