@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from cut_core.cores import thread_cap, usable_cores
+from jobs.disk import human_bytes, room
 
 PACKAGES = ("raycut", "torch", "torchvision", "ray", "mlflow", "pyarrow")
 
@@ -120,14 +120,10 @@ def _ray_disk() -> tuple[str, bool]:
     own rule (ray._common.utils.get_default_ray_temp_dir), read here without importing Ray."""
     system = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
     root = Path(system or "/tmp") / "ray"
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    usage = shutil.disk_usage(existing)
-    full = 1 - usage.free / usage.total
+    free, total = room(root)
+    full = 1 - free / total
     limit = float(os.environ.get("RAY_local_fs_capacity_threshold", "0.95"))
-    gb = 2 ** 30  # as the raylet's and df's figures
-    text = f"{root}, on a disk with {usage.free / gb:.1f} GB free of {usage.total / gb:.0f} GB ({full:.0%} full)"
+    text = f"{root}, on a disk with {human_bytes(free)} free of {human_bytes(total)} ({full:.0%} full)"
     if full > limit:
         text += (f": over Ray's {limit:.0%} limit, so Ray fails any task that must spill objects there; free space "
                  "on it, or set RAY_TMPDIR to a folder on a roomier disk")

@@ -146,7 +146,11 @@ def append_manifest(out_root: str | Path, rows: list[dict[str, Any]], index: int
     path = folder / f"part-{run:06d}-{index:06d}-{os.getpid():010d}.parquet"
     tmp = path.with_name(path.name + TMP_SUFFIX)
     schema = manifest_schema().with_metadata({f"raycut.{k}": v for k, v in (metadata or {}).items()})
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    try:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 

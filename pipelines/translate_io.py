@@ -61,12 +61,16 @@ def write_atomic(image: np.ndarray, path: str, *, fmt: str, quality: int = 95, p
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
-    if fmt == "jpg":
-        Image.fromarray(image).save(tmp, format="JPEG", quality=quality)
-    elif fmt == "webp":
-        Image.fromarray(image).save(tmp, format="WEBP", lossless=True, method=0)  # method 0: the fastest lossless
-    else:
-        Image.fromarray(image).save(tmp, format="PNG", compress_level=png_level)
+    try:
+        if fmt == "jpg":
+            Image.fromarray(image).save(tmp, format="JPEG", quality=quality)
+        elif fmt == "webp":
+            Image.fromarray(image).save(tmp, format="WEBP", lossless=True, method=0)  # method 0: the fastest lossless
+        else:
+            Image.fromarray(image).save(tmp, format="PNG", compress_level=png_level)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a write cut short (a full disk) gives back its space at once
+        raise
     os.replace(tmp, target)
 
 

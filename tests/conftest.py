@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -162,6 +164,26 @@ def cpus_held(within_s: float) -> float:
     while (held := total - ray.available_resources().get("CPU", 0.0)) > 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     return held
+
+
+@contextlib.contextmanager
+def small_disk(folder, size: str):
+    """A real disk of ``size`` (a tmpfs, "16k") mounted at ``folder`` for the block, to
+    fill: yields a function that resizes it ("4m"). Skips the test where this machine
+    gives no right to mount (not root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"a small tmpfs to fill needs mount rights here: {mounted.stderr.strip()}")
+
+    def resize(new: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new}", str(folder)], check=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(folder)])
 
 
 def free_ports(n: int) -> list[int]:

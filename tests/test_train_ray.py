@@ -18,7 +18,7 @@ from cut_core.lr_schedule import lr_factor, schedule_epoch
 from jobs.train.driver import run_train
 from jobs.train.spec import SPEC_NAME, Schedule, TrainOptions
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when, patience
+from tests.conftest import TINY_SETS, cpus_held, kill_train_workers_when, patience, small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,11 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
     sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout")
     killer = kill_train_workers_when(_checkpoint_at(run_dir, 5), _checkpoint_at(run_dir, 10))
-    with pytest.raises(RaycutError, match="--resume"):
+    # The line says why, what the run keeps and how to go on (the kill may come before
+    # Ray Train registers the checkpoint that set it off).
+    with pytest.raises(RaycutError, match=r"^training failed after 1 restart \(.*\); fix the cause, then: run run keeps "
+                                          r"its checkpoint of step (5|10) of 20; continue with `raycut train --resume "
+                                          r"--name run --storage-path "):
         run_train(_options(toy, storage, max_failures=1, eval_every=5, keep_checkpoints=1, sets=sets))
     killer.join(timeout=1)
     assert len(killer.killed) == 2, f"the run ended after {len(killer.killed)} kill(s)"
@@ -298,3 +302,51 @@ def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, 
     _drop_unregistered_checkpoints(str(tmp_path), "run")
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoint_a", "checkpoint_best"]
     assert "removed 1 checkpoint folder(s)" in capsys.readouterr().out
+    # A run that failed at its first checkpoint (a full disk: Ray Train registered none,
+    # so it has no snapshot) leaves the truncated folder and one per restart: all go.
+    failed = tmp_path / "failed"
+    for name in ("checkpoint_1", "checkpoint_2"):
+        (failed / name).mkdir(parents=True)
+        (failed / name / "networks.safetensors").write_bytes(b"")
+    (failed / "run.json").write_text("{}")
+    _drop_unregistered_checkpoints(str(tmp_path), "failed")
+    assert [p.name for p in failed.iterdir()] == ["run.json"]
+    assert "removed 2 checkpoint folder(s)" in capsys.readouterr().out
+
+
+@pytest.mark.cost(15)
+def test_checkpoints_to_a_full_disk_end_the_run_in_one_line_that_names_it(local_ray, toy, tmp_path) -> None:
+    """A real full disk (a 16 KB tmpfs as the storage): Ray Train's upload of the first
+    checkpoint fails with errno 28, and the run ends with one line that names the disk,
+    the room on it and that nothing is kept yet."""
+    disk = tmp_path / "small"
+    with small_disk(disk, "16k"), pytest.raises(RaycutError) as failed:
+        run_train(_options(toy, disk / "runs", workers=1, steps=5, max_failures=0))
+    line = str(failed.value)
+    assert "\n" not in line and "No space left on device" in line, line
+    assert f"a disk is full: checkpoints go to {disk / 'runs'} (" in line and "free of 16.0 KB)" in line, line
+    assert "free space, then: run run has no checkpoint yet" in line and "raycut train --resume --name run" in line
+
+
+def test_a_run_that_fills_its_disk_says_where_it_writes_and_how_full_each_place_is(tmp_path) -> None:
+    """pyarrow's copy of a checkpoint to a full disk fails with errno 28 inside Ray
+    Train's upload; the line raycut prints names the storage and the temp folder that
+    each checkpoint passes through, with the room left on each."""
+    import tempfile
+
+    from ray.train import WorkerGroupError
+
+    from jobs.disk import human_bytes, is_disk_full, room
+    from jobs.train.driver import _disk_full_hint, failure_cause
+
+    trace = RuntimeError("Traceback (most recent call last):\n  File \"storage.py\", line 113\nOSError: [Errno 28] Error "
+                         "writing bytes to file. Detail: [errno 28] No space left on device")
+    cause = failure_cause(WorkerGroupError("...", {0: trace}))
+    assert is_disk_full(cause) and is_disk_full(OSError(28, "No space left on device"))
+    assert not is_disk_full("ValueError: bad shape") and not is_disk_full(OSError(2, "No such file"))
+    hint = _disk_full_hint(str(tmp_path / "runs"))  # not made yet: the disk it will be on
+    free, total = room(tmp_path)
+    assert hint.startswith(f"a disk is full: checkpoints go to {tmp_path / 'runs'} (") and f"free of {human_bytes(total)})" in hint
+    assert f"temp folder, here {tempfile.gettempdir()} (" in hint
+    assert "checkpoints go to" not in _disk_full_hint("s3://bucket/runs")
+    assert human_bytes(3 * 2 ** 20) == "3.0 MB" and human_bytes(12.5 * 2 ** 30) == "12.5 GB" and human_bytes(10) == "10 B"

@@ -20,13 +20,14 @@ from PIL import Image
 
 from cut_core import load_generator, save_generator
 from cut_core.cores import threads_per_worker
+from cut_core.errors import RaycutError
 from cut_core.images import to_model_input, to_uint8_images
 from cut_core.networks import build_generator
 from cut_core.translate import translate
 from jobs.translate.driver import run_translate
 from jobs.translate.spec import TranslateOptions
 from pipelines.manifest import read_manifest
-from tests.conftest import patience, tiny
+from tests.conftest import patience, small_disk, tiny
 
 pytestmark = pytest.mark.slow
 # Pixel-exact comparisons with cut_core's fp32: auto may pick int8 or bf16 on some CPUs.
@@ -161,6 +162,37 @@ def test_killed_run_resumes_with_every_output_exactly_once(local_ray, model_dir,
     done_rows = Counter(r["input"] for r in read_manifest(out).to_pylist() if r["status"] == "done")
     assert set(done_rows) == good and set(done_rows.values()) == {1}
     assert s.skipped >= 1  # run 1 recorded at least one part before the kill: the rerun skipped those
+
+
+@pytest.mark.cost(12)
+def test_a_full_output_disk_stops_the_job_in_one_line_and_the_rerun_goes_on(local_ray, model_dir, tmp_path) -> None:
+    """Outputs to a real disk that fills part-way (a 96 KB tmpfs): the job stops at the
+    first write that finds no space instead of failing every input after it, leaves no
+    partial file, records what it wrote, and says so in one line; once there is room,
+    the same command translates only the rest."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "in"
+    data.mkdir()
+    for i in range(40):  # G's outputs of noise: ~4 KB each as PNG
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
+    disk = tmp_path / "small"
+    with small_disk(disk, "96k") as resize:
+        # A manifest part every 4 rows, so that parts land before the disk is full (a
+        # part that finds it full leaves its rows to the rerun, which the line says).
+        opts = TranslateOptions(**EXACT, model=str(model_dir), input=str(data), output=str(disk / "out"), batch_size=2,
+                                manifest_part_rows=4)
+        with pytest.raises(RaycutError) as stop:
+            run_translate(opts)
+        line = str(stop.value)
+        assert "\n" not in line and line.startswith(f"the output folder's disk is full: {disk / 'out'} (")
+        assert "the job stopped" in line and "run the same command again" in line, line
+        recorded = [r for r in read_manifest(disk / "out").to_pylist() if r["status"] == "done"]
+        assert 0 < len(recorded) < 40 and f"{len(recorded)} outputs of this run are recorded" in line, line
+        assert not list(disk.rglob("*.raycut-tmp"))  # a write cut short gave its space back
+        resize("4m")
+        s = run_translate(opts)
+        assert (s.skipped, s.done, s.failed) == (len(recorded), 40 - len(recorded), [])
+        assert len(list((disk / "out").glob("*.png"))) == 40
 
 
 @pytest.mark.cost(15)

@@ -30,6 +30,7 @@ from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
+from jobs.disk import describe_room, is_disk_full
 from jobs.ray_runtime import compute_runtime_env, require_gpus, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
@@ -310,11 +311,22 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
         with train_run_released():
             return trainer.fit()
     except Exception as e:  # Ray wraps worker errors; say the cause in one line, point at --resume
-        raise RaycutError(f"training failed after {job.schedule.max_failures} restarts ({failure_cause(e)}); fix the "
-                          f"cause and run `raycut train --resume --name {job.name} --storage-path {job.storage_path}`") from e
+        cause, n = failure_cause(e), job.schedule.max_failures
+        fix = f"{_disk_full_hint(job.storage_path)}; free space" if is_disk_full(cause) else "fix the cause"
+        raise RaycutError(f"training failed after {n} restart{'' if n == 1 else 's'} ({cause}); {fix}, then: "
+                          f"{_resume_hint(job)}") from e
     finally:
         if report is not None:
             _report_ingest(job, report)
+
+
+def _disk_full_hint(storage: str) -> str:
+    """Which of the run's disks may be the full one: each checkpoint is written to a
+    worker's temp folder, then copied to the storage (a local folder, NFS or s3://)."""
+    staged = f"each worker writes a checkpoint first to its temp folder, here {describe_room(tempfile.gettempdir())}"
+    if "://" in storage:
+        return f"a disk is full: {staged}"
+    return f"a disk is full: checkpoints go to {describe_room(storage)}, and {staged}"
 
 
 def failure_cause(e: BaseException) -> str:
@@ -506,9 +518,9 @@ def _drop_unregistered_checkpoints(storage: str, name: str) -> None:
     the resumed fit, while nothing writes to the run's folder.
     """
     snapshot = _read_text(storage, f"{name}/{CHECKPOINT_SNAPSHOT}")
-    if snapshot is None:
-        return
-    known = {r["checkpoint_dir_name"] for r in json.loads(snapshot).get("checkpoint_results", [])}
+    # No snapshot: Ray Train registered no checkpoint (a run that failed at its first,
+    # on a full disk: the truncated folder and one per restart stay behind).
+    known = {r["checkpoint_dir_name"] for r in json.loads(snapshot or "{}").get("checkpoint_results", [])}
     best_path = json.loads(_read_text(storage, f"{name}/best.json") or "{}").get("checkpoint", "")
     best = best_path.rstrip("/").rsplit("/", 1)[-1]
     fs, root = filesystem_for(storage)

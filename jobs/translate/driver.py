@@ -20,11 +20,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cut_core.cores import threads_per_worker, usable_cores
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
+from jobs.disk import describe_room, is_disk_full
 from jobs.progress import Progress
 from jobs.ray_runtime import (compute_runtime_env, on_this_machine, parse_pool, require_gpus, start_ray,
                               without_progress_bars)
@@ -228,6 +229,7 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
         append_manifest(spec.out_root, pending, parts, run=run, metadata={"model_busy": f"{model_busy(busy):.4f}"})
         parts, pending, last_flush = parts + 1, [], time.monotonic()
 
+    full = False  # the output disk filled: every later write would fail too, so the job stops
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["input"])):
@@ -240,9 +242,12 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
                     n_done += 1
                 else:
                     failed.append((row["input"], row["error"]))
+                    full = full or is_disk_full(row["error"])
                 actor = str(batch["actor"][i])
                 busy[actor] = max(busy.get(actor, (0.0, 0.0)), (float(batch["busy_s"][i]), float(batch["wall_s"][i])))
             bar.update(len(batch["input"]))
+            if full:
+                break
             if len(pending) >= opts.manifest_part_rows or time.monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
     except KeyboardInterrupt:
@@ -251,9 +256,31 @@ def _run(inputs: Inputs, todo: set[str], spec: TranslateSpec, opts: TranslateOpt
             flush()
         raise KeyboardInterrupt(f"{n_done} outputs of this run are in {spec.out_root}/manifest; the same command "
                                 f"goes on with the other {len(todo) - n_done} inputs") from None
+    except OSError as e:  # the manifest's own write
+        if not is_disk_full(e):
+            raise
+        full = True
+    if full:
+        raise RaycutError(_disk_full_stop(spec.out_root, n_done, pending, flush))
     if pending:
         flush()
     return n_done, failed, {"model_busy": model_busy(busy), "g_actors": float(len(busy)), "fast_paths": dict(ran)}
+
+
+def _disk_full_stop(out_root: str, n_done: int, pending: list[dict], flush: Callable[[], None]) -> str:
+    """The line for a job whose output disk filled: what the manifest now records (a
+    rerun skips exactly that) after one last try at writing the rows held here."""
+    unrecorded = sum(row["status"] == "done" for row in pending)
+    if pending:
+        try:
+            flush()
+            unrecorded = 0
+        except OSError:
+            pass  # still full: those outputs are translated again by the rerun
+    kept = f"{n_done - unrecorded} outputs of this run are recorded in its manifest" + (
+        f" ({unrecorded} more were written but not recorded: the rerun makes them again)" if unrecorded else "")
+    return (f"the output folder's disk is full: {describe_room(out_root)}; the job stopped. {kept}. Free space "
+            f"and run the same command again: it goes on with the inputs not recorded")
 
 
 def model_busy(busy: dict[str, tuple[float, float]]) -> float:
