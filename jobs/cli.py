@@ -391,6 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         # A command may say what the interrupt kept and how to go on (raycut train does).
         print("raycut: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
+    except OSError as e:
+        # A full disk met where no command expected it (the commands name their own
+        # folders where they can): one line, not pyarrow's or PIL's traceback.
+        from jobs.disk import describe_room, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        where = f" under {describe_room(os.path.dirname(e.filename))}" if e.filename else ""
+        print(f"raycut: error: a disk is full{where} ({e}); free space and run the same command again", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

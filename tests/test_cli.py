@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cut_core.errors import RaycutError
-from tests.conftest import patience
+from tests.conftest import patience, small_disk
 
 
 # An ERROR-level line of Python's logging or of Ray's C++ log, a deprecation warning,
@@ -193,6 +193,16 @@ def test_demo_runs_every_stage_and_writes_its_report(local_ray, tmp_path):
     assert not problems, "\n".join(lines[problems[0]:problems[0] + 25]) if problems else ""
     full = [line for line in lines if "is over 1% full" in line]
     assert len(full) == 1 and full[0].startswith("raycut: warning: the disk under ") and "RAY_TMPDIR" in full[0], full
+
+
+def test_a_full_disk_anywhere_is_one_line_not_a_traceback(tmp_path):
+    """A disk that fills where no command names its folder (here the toy data's PNGs, on
+    a real 64 KB tmpfs): `raycut` says so in one line and exits 2."""
+    with small_disk(tmp_path / "small", "64k"):
+        r = raycut("toy-data", "--out", str(tmp_path / "small" / "toy"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("raycut: error: a disk is full") and "No space left on device" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
 
 
 def test_the_console_filter_drops_rays_noise_and_keeps_everything_else():

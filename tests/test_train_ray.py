@@ -314,18 +314,24 @@ def test_resume_removes_checkpoint_folders_ray_train_never_registered(tmp_path, 
     assert "removed 2 checkpoint folder(s)" in capsys.readouterr().out
 
 
-@pytest.mark.cost(15)
-def test_checkpoints_to_a_full_disk_end_the_run_in_one_line_that_names_it(local_ray, toy, tmp_path) -> None:
-    """A real full disk (a 16 KB tmpfs as the storage): Ray Train's upload of the first
-    checkpoint fails with errno 28, and the run ends with one line that names the disk,
-    the room on it and that nothing is kept yet."""
+def test_a_full_checkpoint_storage_fails_before_training_in_one_line(toy, tmp_path, monkeypatch) -> None:
+    """A real full disk as the storage (a filled tmpfs): the run's spec cannot be
+    written, and the run stops before Ray starts, in one line that names the storage and
+    its room, leaving no empty run.json to block the name and no MLflow run marked
+    running. (A disk that fills at a checkpoint, inside Ray Train's upload, is the
+    next test's line.)"""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     disk = tmp_path / "small"
-    with small_disk(disk, "16k"), pytest.raises(RaycutError) as failed:
-        run_train(_options(toy, disk / "runs", workers=1, steps=5, max_failures=0))
-    line = str(failed.value)
-    assert "\n" not in line and "No space left on device" in line, line
-    assert f"a disk is full: checkpoints go to {disk / 'runs'} (" in line and "free of 16.0 KB)" in line, line
-    assert "free space, then: run run has no checkpoint yet" in line and "raycut train --resume --name run" in line
+    with small_disk(disk, "8k"):
+        (disk / "fill").write_bytes(bytes(8192)[: 8192 - 1])
+        with pytest.raises(RaycutError) as failed:
+            run_train(_options(toy, disk / "runs", workers=1, steps=5))
+        assert str(failed.value) == (f"the checkpoint storage is full: {disk / 'runs'} (0 B free of 8.0 KB); free space "
+                                     "on it or pass another --storage-path")
+        assert not list((disk / "runs").rglob("run.json*"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
+    assert run.info.status == "FAILED"
 
 
 def test_a_run_that_fills_its_disk_says_where_it_writes_and_how_full_each_place_is(tmp_path) -> None:

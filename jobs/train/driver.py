@@ -15,6 +15,7 @@ spec sits beside them as ``run.json``; ``--resume`` reads it back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -86,11 +87,10 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
         uri = tracking.tracking_uri()
         tracking.check_reachable(uri)  # before anything slow
         job = _start_tracking(job, opts, uri)
-    _write_text(storage, f"{job.name}/{SPEC_NAME}", json.dumps(job.to_dict(), indent=2, sort_keys=True) + "\n")
-    _write_text(storage, LATEST_NAME, job.name + "\n")
-    print(f"[{job.console_label}] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run {job.mlflow_run_id} at {uri}",
-          flush=True)
     try:
+        _write_spec(job, storage)
+        print(f"[{job.console_label}] run {job.name}: {job.steps} steps, checkpoints in {job.run_dir}, MLflow run "
+              f"{job.mlflow_run_id} at {uri}", flush=True)
         result = _fit(job, opts, callbacks, listings)
     except (KeyboardInterrupt, SystemExit):
         # A second Ctrl-C (or Ray Train's own handler) aborts the workers and leaves by
@@ -105,6 +105,19 @@ def run_train(opts: TrainOptions, *, callbacks: Sequence[Any] = ()) -> TrainResu
         tracking.end_run(uri, job.mlflow_run_id, "KILLED")
         raise KeyboardInterrupt(_resume_hint(job))
     return _finish(job, result, uri)
+
+
+def _write_spec(job: TrainJob, storage: str) -> None:
+    """The run's spec beside its checkpoints, and the storage's LATEST pointer."""
+    try:
+        _write_text(storage, f"{job.name}/{SPEC_NAME}", json.dumps(job.to_dict(), indent=2, sort_keys=True) + "\n")
+        _write_text(storage, LATEST_NAME, job.name + "\n")
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        where = storage if "://" in storage else describe_room(storage)
+        raise RaycutError(f"the checkpoint storage is full: {where}; free space on it or pass another "
+                          f"--storage-path") from e
 
 
 def _resume_hint(job: TrainJob) -> str:
@@ -489,11 +502,22 @@ def _absolute_storage(path: str) -> str:
 
 
 def _write_text(storage: str, rel: str, text: str) -> None:
+    """Whole or not at all: in a local (or NFS) folder through a temporary name and a
+    rename, so that a full disk leaves no empty run.json to block the run's name; an
+    object store's PUT is whole already."""
     fs, root = filesystem_for(storage)
     path = f"{root.rstrip('/')}/{rel}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
+    tmp = f"{path}.raycut-tmp" if fs.type_name == "local" else path
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise
+    if tmp != path:
+        fs.move(tmp, path)
 
 
 def _read_text(storage: str, rel: str) -> str | None:
