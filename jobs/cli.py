@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_disk_full(e):
             raise
-        where = f" under {describe_room(os.path.dirname(e.filename))}" if e.filename else ""
+        where = f" under {describe_room(os.path.dirname(os.path.abspath(e.filename)))}" if e.filename else ""
         print(f"raycut: error: a disk is full{where} ({e}); free space and run the same command again", file=sys.stderr)
         return 2
 
