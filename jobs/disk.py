@@ -8,8 +8,11 @@ line a user needs says which of raycut's folders sit on that disk and how full i
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from pathlib import Path
+
+from cut_core.errors import RaycutError
 
 GIB = 2 ** 30  # what df and the raylet call a GB
 
@@ -47,3 +50,21 @@ def is_disk_full(message: str | BaseException) -> bool:
         return True
     text = str(message)
     return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def full_disk_error(what: str, folder: str | Path, fix: str) -> RaycutError:
+    """The one line for a folder whose disk is full: ``what`` names it for the user."""
+    return RaycutError(f"{what} is full: {describe_room(folder)}; free space on it or {fix}")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary name and a rename: whole or not at
+    all, so that a full disk leaves no empty file behind (an empty spec would block its
+    run's name for good)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.raycut-tmp")
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

@@ -19,7 +19,7 @@ from jobs.config_file import resolve_config
 from jobs.tune.driver import INTERRUPT_AFTER_ENV
 from jobs.tune.space import DEFAULT_SPACE, load_space, overrides
 from pipelines.toy_data import ToySpec, write_toy_dataset
-from tests.conftest import TINY_SETS, patience
+from tests.conftest import TINY_SETS, patience, small_disk
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,24 @@ def test_search_stops_weak_trials_resumes_after_ctrl_c_and_its_best_config_train
     assert cfg.loss.nce_layers == tuple(int(v) for v in str(best["config/nce_layers"]).split(","))
     assert cfg.loss.lambda_NCE == pytest.approx(best["config/lambda_NCE"])
     assert cfg.optim.lr == pytest.approx(best["config/lr"]) and cfg.model.ngf == 8  # the base --set values too
+
+
+def test_a_full_storage_stops_the_search_in_one_line_before_any_trial(toy, tmp_path):
+    """A real full disk as the search's storage (a filled 8 KB tmpfs): one line that
+    names it and its room, no empty search spec left to block the name, and the MLflow
+    parent run marked FAILED, not left running."""
+    disk = tmp_path / "small"
+    with small_disk(disk, "8k"):
+        (disk / "fill").write_bytes(bytes(8191))
+        r = subprocess.run(_tune_cmd(toy, "--samples", "1", "--storage-path", str(disk / "tune")), cwd=tmp_path,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=patience(120))
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip() == (f"raycut: error: the search's storage is full: {disk / 'tune'} (0 B free of "
+                                    "8.0 KB); free space on it or pass another --storage-path")
+        assert not list(disk.rglob("tune.json*")) and not list(disk.rglob("*.raycut-tmp"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("raycut-tune").experiment_id])
+    assert parent.info.status == "FAILED"
 
 
 def test_space_yaml_overrides_and_checks(tmp_path):

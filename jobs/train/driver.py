@@ -31,7 +31,7 @@ from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.disk import describe_room, is_disk_full
+from jobs.disk import describe_room, full_disk_error, is_disk_full
 from jobs.ray_runtime import compute_runtime_env, require_gpus, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
@@ -115,9 +115,10 @@ def _write_spec(job: TrainJob, storage: str) -> None:
     except OSError as e:
         if not is_disk_full(e):
             raise
-        where = storage if "://" in storage else describe_room(storage)
-        raise RaycutError(f"the checkpoint storage is full: {where}; free space on it or pass another "
-                          f"--storage-path") from e
+        if "://" in storage:
+            raise RaycutError(f"the checkpoint storage is full: {storage}; free space on it or pass another "
+                              "--storage-path") from e
+        raise full_disk_error("the checkpoint storage", storage, "pass another --storage-path") from e
 
 
 def _resume_hint(job: TrainJob) -> str:

@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from cut_core.cores import usable_cores
 from cut_core.errors import RaycutError
 from jobs import tracking
+from jobs.disk import full_disk_error, is_disk_full, write_whole
 from jobs.train.spec import Schedule
 from jobs.tune.progress import search_progress_callback
 from pipelines.report import save_trial_curves
@@ -164,8 +165,14 @@ def _plan(opts: TuneOptions, storage: Path) -> TuneOptions:
         "data_b": opts.data_b, "sets": " ".join(opts.sets)}, {"raycut.tune": name})
     opts = replace(opts, name=name, metric=metric, eval_every=eval_every, grace_period=opts.grace_period or eval_every,
                    parent_run_id=parent, tracking_uri=uri, space_resolved=space, **_cpu_budget(opts))
-    (storage / name).mkdir(parents=True, exist_ok=True)
-    (storage / name / SPEC_NAME).write_text(json.dumps(asdict(opts), indent=2, sort_keys=True) + "\n")
+    try:
+        (storage / name).mkdir(parents=True, exist_ok=True)
+        write_whole(storage / name / SPEC_NAME, json.dumps(asdict(opts), indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        tracking.end_run(uri, parent, "FAILED")
+        if is_disk_full(e):
+            raise full_disk_error("the search's storage", storage, "pass another --storage-path") from e
+        raise
     print(f"[tune] search {name}: {opts.samples} trials of {opts.steps_per_trial} steps, {opts.max_concurrent} at a time, "
           f"ASHA on {metric} every {eval_every} steps; MLflow parent run {parent} at {uri}", flush=True)
     return opts
