@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from cut_core.errors import RaycutError
+from pipelines.translate_io import TMP_SUFFIX  # what a rerun sweeps up as a partial file
 
 GIB = 2 ** 30  # what df and the raylet call a GB
 
@@ -61,7 +62,7 @@ def write_whole(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary name and a rename: whole or not at
     all, so that a full disk leaves no empty file behind (an empty spec would block its
     run's name for good)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.raycut-tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         tmp.write_text(text)
     except BaseException:

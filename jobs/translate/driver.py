@@ -25,7 +25,7 @@ from typing import Any, Callable
 from cut_core.cores import threads_per_worker, usable_cores
 from cut_core.errors import RaycutError
 from cut_core.config import TRANSLATE_PRECISIONS as PRECISIONS
-from jobs.disk import describe_room, is_disk_full
+from jobs.disk import describe_room, is_disk_full, write_whole
 from jobs.progress import Progress
 from jobs.ray_runtime import (compute_runtime_env, on_this_machine, parse_pool, require_gpus, start_ray,
                               without_progress_bars)
@@ -36,7 +36,7 @@ from pipelines.sources import parse_source
 from pipelines.manifest import (append_manifest, copy_labels, done_inputs, made_by, new_manifest_run, outputs_made,
                                 remove_partial_files)
 from pipelines.translate import GeneratorStage, TranslateFiles, calibrate_from_bytes
-from pipelines.translate_io import OUTPUT_FORMATS, ROW_COLUMNS, TMP_SUFFIX, TranslateSpec, encode_and_write, read_and_decode
+from pipelines.translate_io import OUTPUT_FORMATS, ROW_COLUMNS, TranslateSpec, encode_and_write, read_and_decode
 from pipelines.translate_inputs import Inputs, is_remote, list_inputs, read_row_group
 
 CLUSTER_CPU_ACTOR_THREADS = 4  # torch threads (and logical CPUs) of one CPU G actor on a cluster
@@ -309,9 +309,7 @@ def _int8_ranges(inputs: Inputs, spec: TranslateSpec, opts: TranslateOptions, ve
     head = inputs.head_bytes(opts.calibration_images + 8)
     ranges, used = calibrate_from_bytes(spec.model_dir, head, opts.calibration_images, max_pixels=spec.max_pixels)
     record = {"model": opts.model, "model_version": version, "model_digest": digest, "inputs": used, "ranges": ranges}
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(record, indent=1) + "\n")
     print(f"[translate] int8: calibrated on the first {len(used)} readable inputs in {time.perf_counter() - t:.1f} s -> {path}",
           flush=True)
     return ranges
