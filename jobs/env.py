@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from cut_core.cores import thread_cap, usable_cores
-from jobs.disk import human_bytes, room
+from jobs.disk import human_bytes, nearest_existing, room
 
 PACKAGES = ("raycut", "torch", "torchvision", "ray", "mlflow", "pyarrow")
 
@@ -133,8 +133,7 @@ def _ray_disk() -> tuple[str, bool]:
 def _writable(folder: Path) -> bool:
     """Whether ``folder`` can be written, or created under its nearest existing parent
     (which must be a folder, not a file)."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(folder)
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 

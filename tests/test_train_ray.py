@@ -328,7 +328,7 @@ def test_a_full_checkpoint_storage_fails_before_training_in_one_line(toy, tmp_pa
             run_train(_options(toy, disk / "runs", workers=1, steps=5))
         assert str(failed.value) == (f"the checkpoint storage is full: {disk / 'runs'} (0 B free of 8.0 KB); free space "
                                      "on it or pass another --storage-path")
-        assert not list((disk / "runs").rglob("run.json*"))
+        assert not list((disk / "runs").rglob("run.json*")) and not list(disk.rglob("*.raycut-tmp"))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("raycut").experiment_id])
     assert run.info.status == "FAILED"

@@ -15,7 +15,6 @@ spec sits beside them as ``run.json``; ``--resume`` reads it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -31,7 +30,7 @@ from cut_core.errors import RaycutError
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
-from jobs.disk import describe_room, full_disk_error, is_disk_full
+from jobs.disk import describe_room, full_disk_error, is_disk_full, write_whole
 from jobs.ray_runtime import compute_runtime_env, require_gpus, start_ray, train_run_released, without_progress_bars
 from jobs.train.spec import PLACEMENTS, SPEC_NAME, TrainJob, TrainOptions
 from pipelines.ingest import IngestOptions, IngestReport, decode_head, format_report, read_domain
@@ -503,22 +502,17 @@ def _absolute_storage(path: str) -> str:
 
 
 def _write_text(storage: str, rel: str, text: str) -> None:
-    """Whole or not at all: in a local (or NFS) folder through a temporary name and a
-    rename, so that a full disk leaves no empty run.json to block the run's name; an
-    object store's PUT is whole already."""
+    """Whole or not at all: in a local (or NFS) folder through jobs.disk.write_whole, so
+    that a full disk leaves no empty run.json to block the run's name; an object
+    store's PUT is whole already."""
     fs, root = filesystem_for(storage)
     path = f"{root.rstrip('/')}/{rel}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}.raycut-tmp" if fs.type_name == "local" else path
-    try:
-        with fs.open_output_stream(tmp) as f:
-            f.write(text.encode())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.delete_file(tmp)
-        raise
-    if tmp != path:
-        fs.move(tmp, path)
+    if fs.type_name == "local":
+        write_whole(Path(path), text)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
 
 
 def _read_text(storage: str, rel: str) -> str | None:
