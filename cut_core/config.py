@@ -265,7 +265,9 @@ class OptimConfig:
     n_epochs_warmup: int = 0
     batch_size: int = 1  # per worker
     # An exponential moving average of G's weights (cut_core.ema), 0 = off: the G that is
-    # evaluated, shown and registered when on. 0.999 averages about the last 1000 steps.
+    # evaluated, shown and registered when on. 0.999 averages about the last 1000 steps,
+    # but only from step ~9000 on: before that the ramp (cut_core.ema) holds the decay at
+    # (1 + t) / (10 + t), about the last t / 9 steps (170 at step 1500).
     ema_decay: float = 0.0
     # G's and F's gradient norms clipped at this many times the median of their last 200
     # steps' norms (cut_core.grad_guard), 0 = off: a guard against one-step spikes.

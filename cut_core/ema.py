@@ -24,10 +24,7 @@ import copy
 import torch
 from torch import nn
 
-
-def ema_decay_at(decay: float, step: int) -> float:
-    """The decay used by the update after step ``step`` (1-based)."""
-    return min(decay, (1.0 + step) / (10.0 + step))
+from cut_core.ema_schedule import ema_decay_at
 
 
 class GeneratorEMA(nn.Module):

@@ -14,6 +14,7 @@ from cut_core.errors import ConfigError
 from cut_core.config import parse_policy
 from cut_core.d_balance import AdaptiveP, WinWatch, augment, overfit_sign
 from cut_core.ema import GeneratorEMA, ema_decay_at
+from cut_core.ema_schedule import describe_ema, ramp_end
 from cut_core.grad_guard import GradSpikeGuard
 from cut_core.nce_watch import NCEWatch, nce_chance
 from cut_core.train_checkpoint import load_train_state, save_train_state
@@ -112,6 +113,23 @@ def test_ema_follows_the_formula():
     assert not any(p.requires_grad for p in ema.average.parameters())
     with pytest.raises(ValueError, match="ema_decay"):
         GeneratorEMA(G, decay=1.0)
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.9, 0.99, 0.999, 0.9999])
+def test_the_ema_line_says_what_the_ramp_leaves_of_the_decay(decay):
+    """In a run shorter than the ramp the span is the ramp's, whatever the key says;
+    past it, about 1 / (1 - decay) steps."""
+    end = ramp_end(decay)
+    assert ema_decay_at(decay, end) >= decay and (end == 1 or ema_decay_at(decay, end - 1) < decay)
+    long = describe_ema(decay, 2 * end)
+    assert f"from step {end} on" in long and f"about the last {round(1 / (1 - decay))} steps" in long
+    short = describe_ema(decay, end // 2 + 1)
+    if end // 2 + 1 < end:
+        span = round(1 / (1 - ema_decay_at(decay, end // 2 + 1)))
+        assert f"until step {end}" in short and (f"about the last {span} steps" in short or span == 1)
+    # 1500 steps: 0.999 and 0.9999 are one average, about the last t/9 steps.
+    assert describe_ema(0.999, 1500).split(": ")[-1] == describe_ema(0.9999, 1500).split(": ")[-1]
+    assert "about the last 168 steps" in describe_ema(decay, 1500) or ramp_end(decay) <= 1500
 
 
 def test_training_with_augmentation_ema_and_ada_resumes_exactly(tmp_path):

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from cut_core import CUTConfig
+from cut_core.ema_schedule import describe_ema
 from cut_core.errors import RaycutError
 from cut_core.lr_schedule import lr_factor, schedule_epoch
 from jobs.train.driver import run_train
@@ -131,6 +132,7 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     # step 15, then the decay), the same across the restart and the resume.
     optim = CUTConfig.from_dict(json.loads((run_dir / SPEC_NAME).read_text())["config"]).optim
     assert run.data.params["lr_constant_steps"] == "15" and "fitted" in run.data.params["lr_schedule"]
+    assert run.data.params["ema_schedule"] == describe_ema(0.9, 20) and "ramp" in run.data.params["ema_schedule"]
     lrs = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "lr")}
     assert sorted(lrs) == [5, 10, 15, 20]
     assert [lrs[s] for s in (5, 10, 15)] == [pytest.approx(optim.lr)] * 3

@@ -103,6 +103,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     torch.set_num_threads(1)
     from cut_core.d_balance import WinWatch
+    from cut_core.ema_schedule import describe_ema
     from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
     from jobs.train.evaluation import Evaluator, plan_eval
     from jobs.train.in_process import train_in_process, translate_array
@@ -151,6 +152,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
            "lr_schedule": describe_schedule(cfg.optim, steps, epoch),
+           **({"ema_schedule": describe_ema(cfg.optim.ema_decay, steps)} if cfg.optim.ema_decay else {}),
            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
     if best:
         out.update(best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],

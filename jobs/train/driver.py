@@ -27,6 +27,7 @@ from pyarrow.fs import FileSelector, FileType
 
 from cut_core.cores import threads_per_worker
 from cut_core.errors import RaycutError
+from cut_core.ema_schedule import describe_ema
 from cut_core.lr_schedule import constant_steps, data_steps_per_epoch, describe_schedule
 from jobs import tracking
 from jobs.config_file import resolve_config
@@ -246,6 +247,8 @@ def _start_tracking(job: TrainJob, opts: TrainOptions, uri: str) -> TrainJob:
               "gpus_per_worker": job.gpus_per_worker,
               "lr_constant_steps": constant_steps(cfg.optim, job.steps),
               "lr_schedule": describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}
+    if cfg.optim.ema_decay:  # what the average spans in this run, which the ramp decides in short ones
+        params["ema_schedule"] = describe_ema(cfg.optim.ema_decay, job.steps)
     if cfg.model.netD == "basic":  # the depth n_layers_D (auto) built; a StyleGAN2 D has none
         params["resolved_n_layers_D"] = cfg.d_layers
     tags = {"raycut.run": job.name, "raycut.run_dir": job.run_dir, "raycut.preset": cfg.preset}

@@ -35,6 +35,7 @@ from cut_core.nce_watch import NCEWatch
 from cut_core.distributed import agree_fast_paths, replica_divergence, wrap_data_parallel
 from cut_core.hardware import resolve_perf
 from cut_core.images import to_model_input
+from cut_core.ema_schedule import describe_ema
 from cut_core.lr_schedule import describe_schedule
 from cut_core.translate import translate_uint8
 from cut_core.train_checkpoint import load_train_state, save_train_state
@@ -95,7 +96,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sys.stdout.write(f"[{job.console_label}] {where}: {world} worker(s) on {nodes} node(s), {job.batch_per_worker} images per "
                          f"worker per step (global batch {job.global_batch}), {job.steps} steps of "
                          f"{job.steps_per_epoch} per epoch; {cfg.d_summary}\n"
-                         f"[{job.console_label}] {describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}\n")
+                         f"[{job.console_label}] {describe_schedule(cfg.optim, job.steps, job.steps_per_epoch)}\n"
+                         + (f"[{job.console_label}] {describe_ema(cfg.optim.ema_decay, job.steps)}\n" if state.G_ema else ""))
         sys.stdout.flush()
     if logger and resumed_from:
         logger.metrics({"resumed_from_step": resumed_from}, step=resumed_from)
