@@ -14,6 +14,8 @@ def ema_decay_at(decay: float, step: int) -> float:
 
 def ramp_end(decay: float) -> int:
     """The first step whose update uses ``decay`` itself: (1 + t) / (10 + t) >= decay."""
+    # The 1e-6: a whole answer can come out a hair over (80.000000001 at 0.9), and
+    # ceil would then name the step after it.
     return max(1, math.ceil((10.0 * decay - 1.0) / (1.0 - decay) - 1e-6))
 
 
