@@ -187,7 +187,8 @@ class LossConfig:
     # color,translation,cutout ("" = off), each applied per image with probability
     # d_augment_p, or, when d_augment_target > 0, with ADA's adaptive probability that
     # follows D's overfitting signal r_t towards that target (0.6 in the ADA paper).
-    # ADA's p can go from 0 to 1 in d_augment_speed images seen by D (the paper: 500k,
+    # ADA's p can go from 0 to 1 in d_augment_speed images seen by D, every worker's
+    # counted, with r_t pooled over the workers so they share one p (the paper: 500k,
     # for runs of millions; at raycut's 20k default a run of 1500 batch-1 steps moves p
     # by 0.075 at most, so a short run needs a few thousand).
     d_augment: str = ""

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -115,6 +116,11 @@ class AdaptiveP(nn.Module):
     images): with ADA's constants, p can go from 0 to 1 in 500k images; raycut's runs
     are shorter, so ``speed_images`` defaults to 20k (0 -> 1 in 20k images seen by D;
     the config's ``d_augment_speed``).
+
+    Under data parallelism the ranks pool r_t and count the images of all of them, as
+    ADA does: each rank's r_t comes from its own share of the batch, so ranks that each
+    followed their own would drift to different p, and D's replicas, which DDP keeps
+    equal, would be trained on differently augmented inputs.
     """
 
     def __init__(self, target: float, *, interval: int = 4, speed_images: int = 20_000) -> None:
@@ -136,8 +142,12 @@ class AdaptiveP(nn.Module):
         self.rt_sum += rt.detach().double()
         self.rt_count += 1
         if int(self.rt_count) >= self.interval:
-            mean = float(self.rt_sum / self.rt_count)
-            step = (1 if mean > self.target else -1) * batch * self.interval / self.speed_images
+            pooled, images = torch.stack([self.rt_sum, self.rt_count]), batch * self.interval
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(pooled)  # every rank calls observe at the same steps
+                images *= dist.get_world_size()
+            mean = float(pooled[0] / pooled[1])
+            step = (1 if mean > self.target else -1) * images / self.speed_images
             self.p.fill_(min(1.0, max(0.0, float(self.p) + step)))
             self.rt_sum.zero_()
             self.rt_count.zero_()

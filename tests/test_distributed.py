@@ -162,3 +162,30 @@ def test_ranks_settle_fast_paths_together(tmp_path: Path) -> None:
         assert "bf16 on 1," in r["precision"]["warnings"][0]
         assert r["explicit"] == {"own": ["fp32", True], "got": ["fp32", True], "warnings": []}
         assert r["divergence"] == 0.0 and r["G_layout"] is False
+
+
+# ---- ADA's probability, one for the whole group ------------------------------------
+
+
+def _ada_worker(rank: int, world: int, tmp: str) -> None:
+    from cut_core.d_balance import AdaptiveP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+    try:
+        ada = AdaptiveP(0.6, interval=4, speed_images=1000)
+        # Rank 0's D calls every real patch real, rank 1's only 40% of them: alone, rank
+        # 0 would raise p and rank 1 keep it at 0; pooled, the mean 0.7 is above 0.6.
+        for _ in range(8):
+            ada.observe(torch.tensor(1.0 if rank == 0 else 0.4), batch=2)
+        Path(f"{tmp}/ada{rank}.json").write_text(json.dumps({"p": ada.value}))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_adas_probability(tmp_path: Path) -> None:
+    """ADA pools r_t over the ranks and counts every rank's images, so p is one value
+    for the group: two adjustments of 2 ranks x batch 2 x 4 steps / 1000 images."""
+    mp.spawn(_ada_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    p = [json.loads((tmp_path / f"ada{r}.json").read_text())["p"] for r in range(2)]
+    assert p[0] == p[1] == pytest.approx(2 * 2 * 2 * 4 / 1000)
