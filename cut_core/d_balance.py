@@ -244,5 +244,10 @@ def d_won_advice(cfg: CUTConfig) -> str:
         # 5); a narrower D only moved the failure to another seed.
         return ("D wins even on augmented inputs: try CUT's recipe (--preset cut: with its identity NCE term D won "
                 "far less often on the toy pairs, docs/quality.md)")
+    if loss.d_augment_target > 0.9:
+        # CUT's guard at 0.95 waits until D is nearly sure of every real patch; at 0.9
+        # it held D on every seed of the toy pairs, at some cost to labels on one.
+        return ("D wins through ADA's late guard: try --set d_augment_target=0.9 (p starts moving sooner; "
+                "docs/quality.md)")
     return ("D wins even on augmented inputs: try a faster ADA (a smaller d_augment_speed), more training images, "
             "or a narrower D (a smaller ndf or n_layers_D)")

@@ -56,6 +56,8 @@ def test_dict_round_trip_and_flat_view():
         ({"crop_size": "big"}, "not a valid int"),
         ({"nce_idt": "maybe"}, "not a boolean"),
         ({"no_such_option": 1}, "unknown config key"),
+        # CUT's ADA guard needs D's ops: emptying them alone says how to turn it off.
+        ({"d_augment": ""}, "or set d_augment_target=0 too"),
     ],
 )
 def test_bad_values_get_one_clear_message(override, words):

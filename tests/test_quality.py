@@ -192,14 +192,18 @@ def test_ada_as_a_guard_leaves_a_balanced_d_alone_and_pulls_back_one_near_winnin
 
 def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     # One change at a time, in the order measured: FastCUT's NCE weight, D's depth at
-    # the crop, D's inputs, CUT's recipe, D.
+    # the crop, D's inputs, CUT's recipe, the guard's target, D.
     fastcut = CUTConfig.from_preset("fastcut")
     first = WinWatch.for_config(fastcut).message(300)
     assert "try --set lambda_NCE=1 " in first and "d_augment" not in first and "--config fastcut-small-data" in first
     cut = WinWatch.for_config(CUTConfig.from_preset("cut")).message(300)
-    assert "try ADA as a guard: --set d_augment=color" in cut and "d_augment_target=0.9" in cut
-    assert "d_augment_speed=1000" in cut
+    # CUT carries ADA's guard at 0.95: the next step is the guard that acts sooner.
+    assert "try --set d_augment_target=0.9 " in cut
     assert "lambda_NCE" not in cut and "n_layers_D" not in cut  # CUT's NCE weight is 1; D's depth is auto
+    unguarded = CUTConfig.from_preset("cut").with_overrides({"d_augment": "", "d_augment_target": 0})
+    advice = WinWatch.for_config(unguarded).message(300)
+    assert "try ADA as a guard: --set d_augment=color" in advice and "d_augment_target=0.9" in advice
+    assert "d_augment_speed=1000" in advice
     # The paper's 3 layers forced at 64 px crops: D sees the whole crop.
     deep = CUTConfig.from_preset("cut").with_overrides({"crop_size": 64, "load_size": 64, "n_layers_D": 3})
     assert "D's 3 layers see most of each 64 px crop: try --set n_layers_D=auto (1 at this crop" in (
@@ -207,7 +211,7 @@ def test_the_d_won_warning_advises_what_the_run_has_not_tried():
     assert "n_layers_D=auto" not in WinWatch.for_config(deep.with_overrides({"crop_size": 256, "load_size": 286})).message(300)
     augmented = fastcut.with_overrides({"d_augment": "color,cutout", "lambda_NCE": 1.0})
     assert "--preset cut" in WinWatch.for_config(augmented).message(300)  # FastCUT: CUT's identity term
-    cut_augmented = CUTConfig.from_preset("cut").with_overrides({"d_augment": "color,cutout"})
+    cut_augmented = CUTConfig.from_preset("cut").with_overrides({"d_augment": "color,cutout", "d_augment_target": 0})
     assert "narrower D" in WinWatch.for_config(cut_augmented).message(300)
 
 

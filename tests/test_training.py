@@ -22,6 +22,7 @@ def test_one_step_changes_G_D_and_F_and_returns_finite_scalars(preset, images):
     expected = {"D", "D_real", "D_fake", "D_rt", "G", "G_GAN", "NCE", "G_grad_norm", "F_grad_norm"}
     expected |= {"NCE_Y"} if preset in ("cut", "sincut") else set()
     expected |= {"idt", "D_R1"} if preset == "sincut" else set()
+    expected |= {"D_aug_p"} if preset == "cut" else set()  # CUT's ADA guard (p 0 until D nears winning)
     assert set(out) == expected
     assert all(v.ndim == 0 and torch.isfinite(v) and not v.requires_grad for v in out.values())
     for name, module in state.modules().items():
