@@ -142,7 +142,10 @@ class AdaptiveP(nn.Module):
         self.rt_sum += rt.detach().double()
         self.rt_count += 1
         if int(self.rt_count) >= self.interval:
-            pooled, images = torch.stack([self.rt_sum, self.rt_count]), batch * self.interval
+            # On r_t's device (the count stays on the CPU, read every step without a sync):
+            # NCCL reduces only CUDA tensors, and stack takes no mix of devices.
+            pooled = torch.stack([self.rt_sum, self.rt_count.to(self.rt_sum.device)])
+            images = batch * self.interval
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 dist.all_reduce(pooled)  # every rank calls observe at the same steps
                 images *= dist.get_world_size()
