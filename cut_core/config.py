@@ -284,6 +284,14 @@ class OptimConfig:
     # What a gradient over that limit is cut to, as a multiple of the same median; 0 =
     # the limit itself. Under grad_clip_median, a loose trigger can cut spikes deep.
     grad_clip_to: float = 0.0
+    # A rate that follows the val metric (cut_core.lr_plateau), 0 = off: after this many
+    # evaluations (`--eval-every`) in a row without a new best, before the decay, the
+    # schedule's rate is multiplied by lr_plateau_factor, never below lr_plateau_min of it.
+    # One cut to half by default: half the paper's rate is the lowest measured to finish
+    # CUT's runs (docs/quality.md); lower it for more cuts.
+    lr_plateau_patience: int = 0
+    lr_plateau_factor: float = 0.5
+    lr_plateau_min: float = 0.5
 
     @property
     def grad_clip_target(self) -> float:
@@ -306,6 +314,10 @@ class OptimConfig:
                f"n_epochs_warmup={self.n_epochs_warmup} must lie in [0, n_epochs={self.n_epochs}]: "
                "the warm-up is the start of the epochs at the full rate")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1")
+        _check(self.lr_plateau_patience >= 0,
+               f"lr_plateau_patience={self.lr_plateau_patience} must be >= 0 (evaluations; 0 turns the cuts off)")
+        _check(0 < self.lr_plateau_factor < 1, f"lr_plateau_factor={self.lr_plateau_factor} must lie in (0, 1)")
+        _check(0 < self.lr_plateau_min <= 1, f"lr_plateau_min={self.lr_plateau_min} must lie in (0, 1]")
 
 
 @dataclass(frozen=True)

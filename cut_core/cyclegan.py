@@ -31,7 +31,7 @@ from cut_core.config import CUTConfig
 from cut_core.fast_paths import autocast, prepare_module, to_memory_format
 from cut_core.hardware import ResolvedPerf, resolve_perf
 from cut_core.networks import Discriminator, Generator, build_discriminator, build_generator
-from cut_core.training import TrainState, adam
+from cut_core.training import TrainState, adam, rate_plateau
 
 
 class ImagePool(nn.Module):
@@ -90,6 +90,8 @@ class CycleGANState(TrainState):
                                      "pool_A": self.pool_A, "pool_B": self.pool_B}
         if self.G_ema is not None:
             out["G_ema"] = self.G_ema
+        if self.lr_plateau is not None:
+            out["lr_plateau"] = self.lr_plateau
         return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -123,6 +125,7 @@ def build_cyclegan_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", 
     )
     if o.ema_decay:
         state.G_ema = GeneratorEMA(G, o.ema_decay)
+    state.lr_plateau = rate_plateau(o)
     # Each network's first call of a step goes through ``run``: under DDP the wrapper
     # that syncs its gradients (cut_core.distributed). Its other calls in the same
     # backward (the reconstructions, the identity terms, a D read by the G step with

@@ -41,7 +41,7 @@ class CheckpointError(RaycutError):
 # Parts of the state that a run may turn on when it resumes (--set ema_decay=0.999 or
 # d_augment_target=0.6 on a run saved without them): absent from the checkpoint, they
 # start fresh instead of failing the load.
-ADDABLE_MODULES = ("G_ema", "ADA")
+ADDABLE_MODULES = ("G_ema", "ADA", "lr_plateau")
 
 
 def rng_name(rank: int) -> str:

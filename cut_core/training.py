@@ -32,7 +32,8 @@ from cut_core.ema import GeneratorEMA
 from cut_core.fast_paths import autocast, maybe_compile, prepare_module, to_memory_format
 from cut_core.grad_guard import GradSpikeGuard, grad_norm, gradients
 from cut_core.hardware import ResolvedPerf, resolve_perf
-from cut_core.lr_schedule import lr_factor, schedule_epoch
+from cut_core.lr_plateau import RatePlateau
+from cut_core.lr_schedule import constant_steps, lr_factor, schedule_epoch
 from cut_core.memory_bank import MomentumKeyEncoder, PatchMemoryBank
 from cut_core.networks import (
     Discriminator,
@@ -72,13 +73,14 @@ class TrainState:
     bank: PatchMemoryBank | None = None
     G_ema: GeneratorEMA | None = None  # optim.ema_decay > 0
     d_aug_p: AdaptiveP | None = None  # loss.d_augment_target > 0: ADA's probability
+    lr_plateau: RatePlateau | None = None  # optim.lr_plateau_patience > 0: the LR's scale
     d_ops: tuple[str, ...] = ()  # loss.d_augment, parsed
     # optim.grad_clip_median > 0: one guard per net, {"G": ..., "F": ...}
     grad_guards: dict[str, GradSpikeGuard] = field(default_factory=dict)
 
     def modules(self) -> dict[str, nn.Module]:
         """Everything a checkpoint holds: G, D, F (+ the key encoder and bank, the EMA
-        of G and ADA's probability, when used)."""
+        of G, ADA's probability and the LR's plateau scale, when used)."""
         out: dict[str, nn.Module] = {"G": self.G, "D": self.D, "F": self.F}
         if self.key_encoder is not None and self.bank is not None:
             out.update(K=self.key_encoder, bank=self.bank)
@@ -86,6 +88,8 @@ class TrainState:
             out["G_ema"] = self.G_ema
         if self.d_aug_p is not None:
             out["ADA"] = self.d_aug_p
+        if self.lr_plateau is not None:
+            out["lr_plateau"] = self.lr_plateau
         out.update({f"guard_{name}": guard for name, guard in self.grad_guards.items()})
         return out
 
@@ -164,6 +168,7 @@ def build_train_state(cfg: CUTConfig, *, device: torch.device | str = "cpu", ran
     state.d_ops = parse_policy(cfg.loss.d_augment)
     if cfg.loss.d_augment_target:
         state.d_aug_p = AdaptiveP(cfg.loss.d_augment_target, speed_images=cfg.loss.d_augment_speed)
+    state.lr_plateau = rate_plateau(o)
     state.run = {
         "G_forward_and_encode": maybe_compile(perf, G.forward_and_encode),
         "G_encode": maybe_compile(perf, G.encode),
@@ -187,6 +192,8 @@ def set_epoch(state: TrainState, epoch: int) -> float:
     resumed run only needs the epoch number to be exact."""
     state.epoch = epoch
     lr = state.config.optim.lr * lr_factor(state.config.optim, epoch)
+    if state.lr_plateau is not None:
+        lr *= state.lr_plateau.value
     for opt in state.optimizers().values():
         for group in opt.param_groups:
             group["lr"] = lr
@@ -198,6 +205,24 @@ def set_step_lr(state: TrainState, total_steps: int) -> float:
     ``total_steps`` (lr_schedule.schedule_epoch); returns it. Called every step: a few
     dict writes, nothing next to the step itself."""
     return set_epoch(state, schedule_epoch(state.config.optim, state.step, total_steps))
+
+
+def rate_plateau(o: OptimConfig) -> RatePlateau | None:
+    """The run's plateau cut of the LR, or None where ``lr_plateau_patience`` is 0."""
+    if not o.lr_plateau_patience:
+        return None
+    return RatePlateau(patience=o.lr_plateau_patience, factor=o.lr_plateau_factor, min_scale=o.lr_plateau_min)
+
+
+def observe_val_metric(state: TrainState, value: float | None, total_steps: int, *, order: str = "min") -> bool:
+    """Give the LR's plateau cut (optim.lr_plateau_patience) the val metric of the
+    evaluation after ``state.step`` steps of a ``total_steps`` run (rank 0's value,
+    ``None`` on the other ranks, which must call this at the same step); returns
+    whether the rate was cut. The cut takes effect at the next ``set_step_lr``."""
+    if state.lr_plateau is None:
+        return False
+    decaying = state.step >= constant_steps(state.config.optim, total_steps)
+    return state.lr_plateau.observe(value, decaying=decaying, order=order, device=state.device)
 
 
 # ---- phases -----------------------------------------------------------------------

@@ -105,6 +105,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from cut_core.d_balance import WinWatch
     from cut_core.ema_schedule import describe_ema
     from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
+    from cut_core.training import observe_val_metric
     from jobs.train.evaluation import Evaluator, plan_eval
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
@@ -119,6 +120,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
                      crop_size=size) if eval_every else None
     evaluator = Evaluator(plan) if plan else None
     val_curve: list[dict[str, float]] = []
+    lr_cuts: list[dict[str, float]] = []  # optim.lr_plateau_patience: where the rate was cut
     best: dict[str, Any] = {}
 
     def report(step: int, _row: dict[str, float], state: Any) -> None:
@@ -131,6 +133,8 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
         if due:
             value = evaluator(state.inference_G, torch.device("cpu"))[plan.key]
             val_curve.append({"step": step, plan.key: round(value, 4)})
+            if observe_val_metric(state, value, steps, order=plan.order):
+                lr_cuts.append({"step": step, "scale": state.lr_plateau.value})
             if plan.better(value, best.get("value")):
                 best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
 
@@ -153,7 +157,8 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
            "lr_schedule": describe_schedule(cfg.optim, steps, epoch),
            **({"ema_schedule": describe_ema(cfg.optim.ema_decay, steps)} if cfg.optim.ema_decay else {}),
-           "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history]}
+           "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history],
+           **({"lr_cuts": lr_cuts} if state.lr_plateau is not None else {})}
     if best:
         out.update(best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
                    best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
@@ -248,6 +253,9 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                         r = fut.result()
                         best = (f"; best on val at step {r['best_step']}: {r['best_colour_err']:.1f}, "
                                 f"mIoU {r['best_mIoU']:.3f}" if "best_step" in r else "")
+                        if "lr_cuts" in r:
+                            best += "; lr cut at " + (", ".join(f"step {c['step']} (x{c['scale']:g})" for c in r["lr_cuts"])
+                                                      or "no step")
                         log(f"  {v} seed {s}: colour error {r['colour_err']:.1f} (histogram {r['histogram']:.1f}), "
                             f"mIoU {r['mIoU']:.3f}{best}, D won for {r['d_won_longest']} steps at most, "
                             f"{r['seconds']:.0f} s")
@@ -282,7 +290,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
                      "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
                      "lr_schedule": rs[0]["lr_schedule"],
-                     "histories": [r["history"] for r in rs]})
+                     "histories": [r["history"] for r in rs],
+                     **({"lr_cuts_per_seed": [r["lr_cuts"] for r in rs]} if "lr_cuts" in rs[0] else {})})
         if "best_step" in rs[0]:
             best = [r["best_colour_err"] for r in rs]
             rows[-1].update(best=round(statistics.median(best), 2), best_per_seed=[round(e, 2) for e in best],

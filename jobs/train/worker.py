@@ -39,7 +39,7 @@ from cut_core.ema_schedule import describe_ema
 from cut_core.lr_schedule import describe_schedule
 from cut_core.translate import translate_uint8
 from cut_core.train_checkpoint import load_train_state, save_train_state
-from cut_core.training import TrainState
+from cut_core.training import TrainState, observe_val_metric
 from jobs.progress import Progress
 from jobs.tracking import RunLogger
 from jobs.train.evaluation import EvalPlan, Evaluator
@@ -145,6 +145,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             if new_best:
                 best = {"step": step, "metric": plan.key, "value": metrics[plan.key]}
             metrics[f"best_{plan.key}"] = best["value"]
+        if save and plan is not None and state.lr_plateau is not None:
+            # Every rank at the same step: rank 0's value decides, the others get its scale.
+            if observe_val_metric(state, metrics.get(plan.key), job.steps, order=plan.order) and lead:
+                _note(job, f"step {step}: {plan.key} has not beaten {best['value']:.4g} (step {best['step']}) in "
+                           f"{cfg.optim.lr_plateau_patience} evaluations: the rate is cut to "
+                           f"x{state.lr_plateau.value:g} of the schedule's")
+            metrics["lr_scale"] = state.lr_plateau.value
         if watch is not None and "D" in metrics:
             if watch.observe(metrics["D"], window_steps, metrics.get("D_rt")):
                 _warn(job, "d_won", watch.message(step))
@@ -189,6 +196,12 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
         if fresh:
             tracking.log_params(job.tracking_uri, job.mlflow_run_id, params)
         tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.{k}": v for k, v in params.items()})
+
+
+def _note(job: TrainJob, message: str) -> None:
+    """One console line of something the run changed in itself (not a warning)."""
+    sys.stdout.write(f"\n[{job.console_label}] {message}\n")
+    sys.stdout.flush()
 
 
 def _warn(job: TrainJob, what: str, message: str) -> None:
