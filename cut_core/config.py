@@ -587,7 +587,8 @@ OFFICIAL_FIXED: dict[str, tuple[str, str]] = {
     "normD": ("instance", "instance norm in D"),
     "init_type": ("xavier", "xavier init (its gain is init_gain)"),
     "netF": ("mlp_sample", "the mlp_sample patch MLP (its width is netF_nc)"),
-    "lr_policy": ("linear", "the linear policy: n_epochs constant, then n_epochs_decay down to 0"),
+    "lr_policy": ("linear", "the linear policy: n_epochs constant, then n_epochs_decay down to 0; for cuts on the "
+                            "val metric add lr_plateau_patience=N with --eval-every"),
     "no_dropout": ("true", "no dropout (as the official CUT default)"),
     "dataset_mode": ("unaligned", "unaligned A and B, drawn independently"),
     "direction": ("atob", "A -> B (swap --data-a and --data-b for B -> A)"),

@@ -189,3 +189,30 @@ def test_ranks_share_adas_probability(tmp_path: Path) -> None:
     mp.spawn(_ada_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     p = [json.loads((tmp_path / f"ada{r}.json").read_text())["p"] for r in range(2)]
     assert p[0] == p[1] == pytest.approx(2 * 2 * 2 * 4 / 1000)
+
+
+# ---- the LR's plateau cut, decided on rank 0 ----------------------------------------
+
+
+def _plateau_worker(rank: int, world: int, tmp: str) -> None:
+    from cut_core.lr_plateau import RatePlateau
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+    try:
+        plateau = RatePlateau(patience=1, factor=0.5, min_scale=0.25)
+        # Only rank 0 evaluates; the other rank passes None at the same steps.
+        cuts = [plateau.observe(v if rank == 0 else None, decaying=False) for v in (0.5, 0.7, 0.4)]
+        state = {k: float(v) for k, v in plateau.state_dict().items()}
+        Path(f"{tmp}/plateau{rank}.json").write_text(json.dumps({"cut_at": cuts, "state": state}))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_take_rank_0s_cut_of_the_rate(tmp_path: Path) -> None:
+    """Rank 0's evaluations decide the cut (0.7 after 0.5, patience 1); every rank gets
+    the same scale, best and count, and hears of the cut at the same step."""
+    mp.spawn(_plateau_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"plateau{r}.json").read_text()) for r in range(2)]
+    assert got[0] == got[1] == {"cut_at": [False, True, False],
+                                "state": {"scale": 0.5, "best": 0.4, "bad": 0.0, "cuts": 1.0}}

@@ -81,12 +81,13 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     checkpoint is restarted from it (max_failures 1); a second kill, after the next
     checkpoint, ends the run with a pointer to --resume; the resume finishes the same
     MLflow run. The run is evaluated every checkpoint, with an EMA of G and D's
-    augmentation on: the marks survive the restart and the resume, and the best
-    checkpoint (the moving average) is the one kept and registered."""
+    augmentation on, and the rate cut on the val metric: the marks and the cut survive the
+    restart and the resume, and the best checkpoint (the moving average) is the one kept
+    and registered."""
     monkeypatch.chdir(tmp_path)  # the embedded default: ./mlflow.db and ./mlruns
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "run"
-    sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout")
+    sets = (*TINY_SETS, "ema_decay=0.9", "d_augment=color,translation,cutout", "lr_plateau_patience=1")
     killer = kill_train_workers_when(_checkpoint_at(run_dir, 5), _checkpoint_at(run_dir, 10))
     # The line says why, what the run keeps and how to go on (the kill may come before
     # Ray Train registers the checkpoint that set it off).
@@ -135,8 +136,16 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
     assert run.data.params["ema_schedule"] == describe_ema(0.9, 20) and "ramp" in run.data.params["ema_schedule"]
     lrs = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "lr")}
     assert sorted(lrs) == [5, 10, 15, 20]
-    assert [lrs[s] for s in (5, 10, 15)] == [pytest.approx(optim.lr)] * 3
-    assert lrs[20] == pytest.approx(optim.lr * lr_factor(optim, schedule_epoch(optim, 19, 20))) and lrs[20] < optim.lr
+    # ... times the plateau's scale (lr_plateau_patience=1, decided on rank 0, shared by
+    # both): cut to half at step 10 exactly when that evaluation did not beat step 5's
+    # (step 15's is in the decay, which cuts nothing); the replicas stayed one model.
+    history = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "eval_colour_err")}
+    scale = 0.5 if history[10] >= history[5] else 1.0
+    assert {h.step: h.value for h in client.get_metric_history(run.info.run_id, "lr_scale")} == {
+        5: 1.0, 10: scale, 15: scale, 20: scale}
+    assert [lrs[s] for s in (5, 10, 15)] == [pytest.approx(optim.lr)] * 2 + [pytest.approx(optim.lr * scale)]
+    assert lrs[20] == pytest.approx(optim.lr * scale * lr_factor(optim, schedule_epoch(optim, 19, 20)))
+    assert lrs[20] < optim.lr * scale
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
     assert {"samples/step_0000010.png", "samples/step_0000020.png"} <= artifacts
     # ... and in MLflow's image view, by key and step
@@ -146,7 +155,6 @@ def test_crashed_worker_restarts_then_the_failed_run_resumes(local_ray, toy, tmp
 
     # Evaluation: a mark at every checkpoint step, across the restart and the resume
     # (a step evaluated again after a restart logs the same step twice).
-    history = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "eval_colour_err")}
     assert sorted(history) == [5, 10, 15, 20]
     best_step = min(history, key=history.get)
     marked = json.loads((run_dir / "best.json").read_text())

@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import pytest
@@ -136,6 +137,71 @@ def test_set_step_lr_follows_the_fitted_schedule_through_training():
     train_in_process(cfg, imgs[:2], imgs[2:], steps=4, log_every=1, progress=False,
                      on_log=lambda step, row, state: seen.append(state.opt_G.param_groups[0]["lr"]))
     assert seen == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+
+
+def test_the_rate_is_cut_after_patience_evaluations_without_a_new_best_and_only_before_the_decay():
+    """lr_plateau_patience=2: two evaluations in a row that do not beat the best so far
+    halve the schedule's rate (set from the next step on), never below lr_plateau_min;
+    a value that is not finite counts as no better; in the decay nothing is cut."""
+    from cut_core.training import observe_val_metric, set_step_lr
+
+    total = 100  # 1 + 1 epochs: steps 0-49 at the full rate, then the decay
+    state = build_train_state(tiny("cut", n_epochs=1, n_epochs_decay=1, lr=1e-3, lr_plateau_patience=2,
+                                   lr_plateau_min=0.25))
+    assert set(state.modules()) >= {"lr_plateau"}
+
+    def evaluate(step: int, value: float) -> tuple[bool, float, float]:
+        state.step = step
+        cut = observe_val_metric(state, value, total)
+        return cut, state.lr_plateau.value, set_step_lr(state, total)
+
+    assert evaluate(5, 0.9) == (False, 1.0, 1e-3)  # the first value is the best
+    assert evaluate(10, 0.8) == (False, 1.0, 1e-3)
+    assert evaluate(15, 0.8)[0] is False  # level is not better: 1 of 2
+    assert evaluate(20, math.nan) == (True, 0.5, 5e-4)  # diverged: 2 of 2, cut
+    assert evaluate(25, 0.85) == (False, 0.5, 5e-4)  # the count starts again after a cut
+    assert evaluate(30, 0.7) == (False, 0.5, 5e-4)  # a new best resets it
+    assert evaluate(35, 0.75) == (False, 0.5, 5e-4)
+    assert evaluate(40, 0.75) == (True, 0.25, 2.5e-4)
+    assert evaluate(45, 0.75)[0] is False and evaluate(49, 0.9) == (False, 0.25, 2.5e-4)  # at the floor
+    # In the decay (step 50 on) the schedule lowers the rate; the plateau only keeps its best.
+    state.lr_plateau.scale.fill_(1.0)
+    assert evaluate(50, 0.9) == (False, 1.0, pytest.approx(1e-3 * lr_factor(state.config.optim, 1)))
+    assert evaluate(60, 0.9)[0] is False and evaluate(70, 0.65)[0] is False and float(state.lr_plateau.best) == 0.65
+    # Scores where higher is better cut the other way round.
+    up = build_train_state(tiny("cut", n_epochs=1, n_epochs_decay=1, lr_plateau_patience=1))
+    assert [observe_val_metric(up, v, total, order="max") for v in (0.5, 0.6, 0.55)] == [False, False, True]
+    assert "cut x0.5 after 2 evaluations without a new best" in describe_schedule(state.config.optim, total, 10)
+    assert build_train_state(tiny("cut")).lr_plateau is None  # off unless asked for
+    with pytest.raises(ValueError, match=r"lr_plateau_factor=1.0 must lie in \(0, 1\)"):
+        OptimConfig(lr_plateau_patience=2, lr_plateau_factor=1.0)
+
+
+def test_a_resumed_run_keeps_the_rates_cut_and_its_count(tmp_path) -> None:
+    """The plateau's scale, best and count are in the checkpoint: a resumed run sets the
+    cut rate and cuts again where the run would have; a run saved without the plateau
+    can turn it on at resume (it starts uncut)."""
+    from cut_core.train_checkpoint import load_train_state, save_train_state
+    from cut_core.training import observe_val_metric
+
+    cfg = tiny("cut", n_epochs=1, n_epochs_decay=1, lr=1e-3, lr_plateau_patience=2, lr_plateau_min=0.25)
+    state = build_train_state(cfg)
+    for step, value in ((5, 0.5), (10, 0.6), (15, 0.7), (20, 0.4), (25, 0.45)):
+        state.step = step
+        observe_val_metric(state, value, 100)
+    save_train_state(state, tmp_path / "ckpt")
+    resumed = build_train_state(cfg)
+    load_train_state(resumed, tmp_path / "ckpt")
+    saved = {k: float(v) for k, v in resumed.lr_plateau.state_dict().items()}
+    assert saved == {"scale": 0.5, "best": 0.4, "bad": 1.0, "cuts": 1.0}
+    assert resumed.opt_G.param_groups[0]["lr"] == pytest.approx(5e-4)
+    resumed.step = 30
+    assert observe_val_metric(resumed, 0.41, 100) is True  # 2 of 2 since the best 0.4 at step 20
+    assert resumed.lr_plateau.value == 0.25
+    save_train_state(build_train_state(tiny("cut")), tmp_path / "plain")
+    turned_on = build_train_state(cfg)
+    load_train_state(turned_on, tmp_path / "plain")
+    assert turned_on.lr_plateau.value == 1.0
 
 
 def test_step_rejects_mismatched_batches():

@@ -38,9 +38,12 @@ def run_bench(args: argparse.Namespace) -> int:
                                         variant_config)
 
         variants = parse_variants(args.quality_variants or QUALITY_VARIANTS)
+        eval_every = args.steps // 6 if args.eval_every is None else args.eval_every
         for preset in args.presets:  # a bad key or value: one line now, not a traceback per run later
-            for sets in variants.values():
-                variant_config(preset, args.config, sets, args.size)
+            for name, sets in variants.items():
+                if variant_config(preset, args.config, sets, args.size).optim.lr_plateau_patience and not eval_every:
+                    raise RaycutError(f"variant {name} sets lr_plateau_patience, which cuts the rate on the val "
+                                      "metric: leave out --eval-every 0")
         rows = []
         # A line per run as it ends, appended (never rewritten): a bench stopped part-way,
         # hours in, keeps the runs that ended.
@@ -52,7 +55,7 @@ def run_bench(args: argparse.Namespace) -> int:
             grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
                                   variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log,
-                                  eval_every=args.steps // 6 if args.eval_every is None else args.eval_every)
+                                  eval_every=eval_every)
         out = write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

@@ -149,6 +149,9 @@ def _check_options(opts: TrainOptions) -> None:
 def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Listing]]:
     """The run's spec from the options, and the domains' listings it was sized from."""
     cfg = resolve_config(opts.preset, opts.config_file, list(opts.sets), opts.overrides)
+    if cfg.optim.lr_plateau_patience and not opts.eval_every:
+        raise RaycutError(f"lr_plateau_patience={cfg.optim.lr_plateau_patience} cuts the rate on the val metric, "
+                          "which needs --eval-every N (and, off the toy data, --eval-data/--eval-real)")
     listings: dict[str, Listing] = {}
     if cfg.data.single_image:
         from pipelines import single_image
@@ -165,9 +168,6 @@ def _plan_job(opts: TrainOptions, storage: str) -> tuple[TrainJob, dict[str, Lis
             decode_head(listing, cfg.data, min(listing.size, HEAD_CHECK_FILES))
         size_a, size_b = listings["A"].size, listings["B"].size
         spe = data_steps_per_epoch(size_a, size_b, batch_size=cfg.optim.batch_size, workers=opts.workers)
-    if cfg.optim.lr_plateau_patience and not opts.eval_every:
-        raise RaycutError(f"lr_plateau_patience={cfg.optim.lr_plateau_patience} cuts the rate on the val metric, "
-                          "which needs --eval-every N (and, off the toy data, --eval-data/--eval-real)")
     epochs = opts.epochs or (cfg.optim.n_epochs + cfg.optim.n_epochs_decay)
     steps = opts.steps or epochs * spe
     name = opts.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
