@@ -164,11 +164,12 @@ def test_ranks_settle_fast_paths_together(tmp_path: Path) -> None:
         assert r["divergence"] == 0.0 and r["G_layout"] is False
 
 
-# ---- ADA's probability, one for the whole group ------------------------------------
+# ---- ADA's probability and the LR's plateau cut, one for the whole group ------------
 
 
-def _ada_worker(rank: int, world: int, tmp: str) -> None:
+def _shared_worker(rank: int, world: int, tmp: str) -> None:
     from cut_core.d_balance import AdaptiveP
+    from cut_core.lr_plateau import RatePlateau
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
     try:
@@ -177,42 +178,24 @@ def _ada_worker(rank: int, world: int, tmp: str) -> None:
         # 0 would raise p and rank 1 keep it at 0; pooled, the mean 0.7 is above 0.6.
         for _ in range(8):
             ada.observe(torch.tensor(1.0 if rank == 0 else 0.4), batch=2)
-        Path(f"{tmp}/ada{rank}.json").write_text(json.dumps({"p": ada.value}))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ranks_share_adas_probability(tmp_path: Path) -> None:
-    """ADA pools r_t over the ranks and counts every rank's images, so p is one value
-    for the group: two adjustments of 2 ranks x batch 2 x 4 steps / 1000 images."""
-    mp.spawn(_ada_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    p = [json.loads((tmp_path / f"ada{r}.json").read_text())["p"] for r in range(2)]
-    assert p[0] == p[1] == pytest.approx(2 * 2 * 2 * 4 / 1000)
-
-
-# ---- the LR's plateau cut, decided on rank 0 ----------------------------------------
-
-
-def _plateau_worker(rank: int, world: int, tmp: str) -> None:
-    from cut_core.lr_plateau import RatePlateau
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
-    try:
         plateau = RatePlateau(patience=1, factor=0.5, min_scale=0.25)
         # Only rank 0 evaluates; the other rank passes None at the same steps.
         cuts = [plateau.observe(v if rank == 0 else None, decaying=False) for v in (0.5, 0.7, 0.4)]
         state = {k: float(v) for k, v in plateau.state_dict().items()}
-        Path(f"{tmp}/plateau{rank}.json").write_text(json.dumps({"cut_at": cuts, "state": state}))
+        Path(f"{tmp}/shared{rank}.json").write_text(json.dumps({"p": ada.value, "cut_at": cuts, "plateau": state}))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def test_ranks_take_rank_0s_cut_of_the_rate(tmp_path: Path) -> None:
-    """Rank 0's evaluations decide the cut (0.7 after 0.5, patience 1); every rank gets
-    the same scale, best and count, and hears of the cut at the same step."""
-    mp.spawn(_plateau_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    got = [json.loads((tmp_path / f"plateau{r}.json").read_text()) for r in range(2)]
-    assert got[0] == got[1] == {"cut_at": [False, True, False],
-                                "state": {"scale": 0.5, "best": 0.4, "bad": 0.0, "cuts": 1.0}}
+def test_ranks_share_adas_probability_and_rank_0s_cut_of_the_rate(tmp_path: Path) -> None:
+    """ADA pools r_t over the ranks and counts every rank's images, so p is one value
+    for the group: two adjustments of 2 ranks x batch 2 x 4 steps / 1000 images. Rank
+    0's evaluations decide the LR's cut (0.7 after 0.5, patience 1); every rank gets the
+    same scale, best and count, and hears of the cut at the same step. (One spawn for
+    both: each costs two torch imports.)"""
+    mp.spawn(_shared_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"shared{r}.json").read_text()) for r in range(2)]
+    assert got[0]["p"] == got[1]["p"] == pytest.approx(2 * 2 * 2 * 4 / 1000)
+    assert got[0]["cut_at"] == got[1]["cut_at"] == [False, True, False]
+    assert got[0]["plateau"] == got[1]["plateau"] == {"scale": 0.5, "best": 0.4, "bad": 0.0, "cuts": 1.0}
