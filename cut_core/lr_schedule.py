@@ -65,11 +65,11 @@ def describe_schedule(optim: OptimConfig, total_steps: int, steps_per_epoch: int
         shape = f"constant for all {total_steps} steps" if not warm else f"constant for the other {total_steps - warm}"
     if warm:
         shape = f"a linear warm-up over the first {warm} steps, then {shape}"
-    if optim.lr_plateau_patience:
-        shape += (f"; cut x{optim.lr_plateau_factor:g} after {optim.lr_plateau_patience} evaluations without a new "
-                  f"best of the val metric, before the decay, down to x{optim.lr_plateau_min:g}")
     data_epochs = total_steps / max(1, steps_per_epoch)
     fitted = "" if total_steps == (optim.n_epochs + optim.n_epochs_decay) * steps_per_epoch else (
         f" (the config's {optim.n_epochs}+{optim.n_epochs_decay} epochs fitted to this run's {total_steps} steps, "
         f"{data_epochs:.3g} epochs of its data)")
-    return f"lr {optim.lr:g} {shape}{fitted}"
+    plateau = (f"; cut x{optim.lr_plateau_factor:g} after {optim.lr_plateau_patience} evaluations without a new "
+               f"best of the val metric, before the decay, down to x{optim.lr_plateau_min:g}"
+               if optim.lr_plateau_patience else "")
+    return f"lr {optim.lr:g} {shape}{fitted}{plateau}"

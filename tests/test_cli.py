@@ -346,8 +346,8 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     the translations."""
     out = tmp_path / "quality.json"
     r = raycut("bench", "quality", "--out", str(out), "--presets", "fastcut", "--size", "32", "--steps", "20",
-               "--seeds", "0", "--quality-variants", "plain", "aug:d_augment=color,translation,cutout",
-               "--eval-every", "10")
+               "--seeds", "0", "--quality-variants", "plain",
+               "aug:d_augment=color,translation,cutout:lr_plateau_patience=1", "--eval-every", "5")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
     assert set(rows) == {"baseline/identity", "baseline/histogram", "fastcut/plain", "fastcut/aug"}
@@ -356,17 +356,18 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     for name in ("fastcut/plain", "fastcut/aug"):
         row = rows[name]
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
-        assert [h["step"] for h in row["histories"][0]] == [10, 20] and "D_rt" in row["histories"][0][-1]
+        # A log point at each evaluation (every 5 steps here; every 10 at most).
+        assert [h["step"] for h in row["histories"][0]] == [5, 10, 15, 20] and "D_rt" in row["histories"][0][-1]
         # The record says what the learning rate did: FastCUT's 150 + 50 epochs over 20 steps.
         assert "constant for 15 steps, then a linear decay over the last 5 (the config's 150+50" in row["lr_schedule"]
         # Label preservation, read by the toy segmenter: the paired truth is what it
         # reads best; a 20-step G keeps some of the labels.
         assert row["mIoU_per_seed"] == [row["mIoU"]] and 0 < row["mIoU"] < row["truth_mIoU"] <= 1
         # The checkpoint `raycut train --eval-every` would register: scored on the val
-        # pair at steps 10 and 20, the better one then scored on the test pair. Where
-        # that is the last step, its test scores are the last step's.
+        # pair every 5 steps, the best one then scored on the test pair. Where that is
+        # the last step, its test scores are the last step's.
         (curve,), (chosen,) = row["val_curves"], row["best_step_per_seed"]
-        assert [c["step"] for c in curve] == [10, 20]
+        assert [c["step"] for c in curve] == [5, 10, 15, 20]
         assert chosen == min(curve, key=lambda c: c["eval_colour_err"])["step"]
         assert row["best_per_seed"] == [row["best"]] and row["best"] > 0
         if chosen == 20:
@@ -380,8 +381,14 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
         (name.split("/")[1], 0, pytest.approx(rows[name]["value"], abs=0.01)) for name in ("fastcut/plain", "fastcut/aug"))
     # A variant of the user's own (NAME:KEY=VALUE) trains with its overrides: augmenting
     # D's inputs changes what G learns from D.
-    assert rows["fastcut/aug"]["sets"] == ["d_augment=color,translation,cutout"]
+    assert rows["fastcut/aug"]["sets"] == ["d_augment=color,translation,cutout", "lr_plateau_patience=1"]
     assert rows["fastcut/plain"]["value"] != rows["fastcut/aug"]["value"]
+    # ... and its rate is cut on the val metric: at step 10 exactly when that evaluation
+    # did not beat step 5's (patience 1; steps 15 and 20 are in the decay); the record
+    # says where.
+    val = {c["step"]: c["eval_colour_err"] for c in rows["fastcut/aug"]["val_curves"][0]}
+    assert rows["fastcut/aug"]["lr_cuts_per_seed"] == [[{"step": 10, "scale": 0.5}] if val[10] >= val[5] else []]
+    assert "lr_cuts_per_seed" not in rows["fastcut/plain"]
     with Image.open(out.with_suffix(".png")) as im:
         im.verify()
     # The translations beside the input, histogram matching and the truth: 4 test

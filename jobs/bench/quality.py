@@ -140,10 +140,13 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
 
     images_a, images_b = load_folder(root / "trainA"), load_folder(root / "trainB")
     epoch = data_steps_per_epoch(len(images_a), len(images_b), batch_size=cfg.optim.batch_size)
-    state, history = train_in_process(cfg, images_a, images_b, steps=steps, progress=False, log_every=10, on_log=report)
+    # A log point every 10 steps, or at each evaluation where those come more often.
+    log_every = min(10, eval_every) if eval_every else 10
+    state, history = train_in_process(cfg, images_a, images_b, steps=steps, progress=False, log_every=log_every,
+                                      on_log=report)
     watch = WinWatch.for_config(cfg)
     for row in history:
-        watch.observe(row["D"], 10, row.get("D_rt"))
+        watch.observe(row["D"], log_every, row.get("D_rt"))
     test = load_toy_test(root)
     preds = translate_array(state, test.a)
     # Label preservation too (the toy segmenter, trained once by the parent and cached
