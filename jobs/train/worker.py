@@ -199,7 +199,8 @@ def _report_fast_paths(state: TrainState, job: TrainJob, *, fresh: bool) -> None
 
 
 def _note(job: TrainJob, message: str) -> None:
-    """One console line of something the run changed in itself (not a warning)."""
+    """One console line on a line of its own (after the progress line): what the run
+    changed in itself, or, through _warn, a warning."""
     sys.stdout.write(f"\n[{job.console_label}] {message}\n")
     sys.stdout.flush()
 
@@ -208,8 +209,7 @@ def _warn(job: TrainJob, what: str, message: str) -> None:
     """One console line, and the same words as the MLflow tag ``raycut.warning.<what>``."""
     from jobs import tracking
 
-    sys.stdout.write(f"\n[{job.console_label}] warning: {message}\n")
-    sys.stdout.flush()
+    _note(job, f"warning: {message}")
     if job.mlflow_run_id:
         tracking.log_tags(job.tracking_uri, job.mlflow_run_id, {f"raycut.warning.{what}": message})
 
