@@ -490,6 +490,7 @@ def test_quality_variants_are_named_recipes_or_the_users_own():
         (["--data-a", "a", "--data-b", "b", "--steps", "0"], "at least 1"),
         (["--resume"], "no run to resume"),
         (["--data-a", "a", "--data-b", "b", "--set", "lr_plateau_patience=2"], "needs --eval-every N"),
+        (["--config", "cut-small-data", "--data-a", "a", "--data-b", "b"], "needs --eval-every N"),
     ],
 )
 def test_train_bad_input_is_one_line(tmp_path, args, words):

@@ -210,5 +210,8 @@ def test_builtin_toy_config_by_name_is_the_demo_model(tmp_path, monkeypatch):
     recipe = ["lambda_NCE=1", *ADA_GUARD_SETS, "n_epochs=100", "n_epochs_decay=100", "ema_decay=0.999", "lr=0.0001",
               "n_epochs_warmup=0"]
     assert small == resolve_config("fastcut", None, recipe)
-    with pytest.raises(ConfigError, match="built-in configs by name: fastcut-small-data, toy"):
+    # CUT's is the preset and the rate's cut on the val metric, nothing else.
+    assert resolve_config(None, "cut-small-data", []) == resolve_config("cut", None, ["lr_plateau_patience=2"])
+    assert resolve_config(None, "cut-small-data", []) != resolve_config("cut", None, [])
+    with pytest.raises(ConfigError, match="built-in configs by name: cut-small-data, fastcut-small-data, toy"):
         resolve_config("fastcut", "tiny-model", [])
