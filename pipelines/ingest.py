@@ -146,7 +146,7 @@ class DecodeAugment:
             # it (calls from two processes keep no order between them), or die with this
             # actor when Ray Data stops its pool at the end of a pass: on busy cores the
             # demo once printed fewer decoded images than it had trained on (CI run of
-            # 2026-12-07). One actor call a batch is ~1 ms beside the batch's decoding.
+            # 2026-12-07). One actor round trip a batch, small beside its decoding.
             ray.get(self.report.add.remote(paths, skipped, upscaled, converted))
         c = self.data.crop_size
         if self.data.preprocess != "none":
