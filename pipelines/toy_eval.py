@@ -5,7 +5,7 @@ and the truth itself (the best any method can do).
 Paired metrics (pred vs the real render of the same layout):
 - ``colour_err``: per-class mean colour error under the label masks (grey levels);
 - ``L1`` (in [0, 1] units), ``PSNR`` (dB; identical images count as 100 dB) and
-  ``SSIM`` (torchmetrics, Gaussian 11x11);
+  ``SSIM`` (Gaussian 11x11, torchmetrics' function: pipelines.ssim);
 Label preservation: ``mIoU`` and ``pixel_acc`` of a small segmenter trained on the
 real-style trainB (pipelines.toy_segmenter), run on the translations.
 
@@ -26,6 +26,7 @@ from PIL import Image
 from cut_core.errors import RaycutError
 from pipelines.label_preservation import SegProtocol, score_images
 from pipelines.local_images import list_images, read_rgb
+from pipelines.ssim import ssim
 from pipelines.toy_data import CLASSES, per_class_colour_error
 
 Translate = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) uint8 -> same
@@ -83,19 +84,16 @@ def baselines(root: str | Path, test: ToyTest) -> dict[str, np.ndarray]:
 
 def paired_metrics(preds: np.ndarray, truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """colour_err, L1, PSNR and SSIM of (N, H, W, 3) uint8 predictions, averaged over images."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
     # Copies: the arrays may be read-only views (Ray's object store), which torch warns about.
     p = torch.from_numpy(np.array(preds)).permute(0, 3, 1, 2).double() / 255.0
     t = torch.from_numpy(np.array(truth)).permute(0, 3, 1, 2).double() / 255.0
     mse = ((p - t) ** 2).flatten(1).mean(1)
     psnr = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, PSNR_CAP))
-    ssim = structural_similarity_index_measure(p, t, data_range=1.0)
     return {
         "colour_err": float(np.mean([per_class_colour_error(a, b, lab) for a, b, lab in zip(preds, truth, labels)])),
         "L1": float((p - t).abs().mean()),
         "PSNR": float(psnr.clamp(max=PSNR_CAP).mean()),
-        "SSIM": float(ssim),
+        "SSIM": float(ssim(p, t)),
     }
 
 

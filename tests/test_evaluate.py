@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cut_core.errors import RaycutError
 from jobs.cli import main
 from jobs.evaluate import EvaluateOptions, label_preservation, run_evaluate
 from pipelines.feature_extractors import (
@@ -163,6 +164,31 @@ def test_toy_metrics_rank_truth_then_histogram_then_identity(toy):
         assert truth[metric] > hist[metric] > ident[metric], (metric, rows)
     # The segmenter, trained on real-style images only, reads the truth best.
     assert truth["mIoU"] > 0.5 and truth["mIoU"] > max(hist["mIoU"], ident["mIoU"]) + 0.2, rows
+
+
+def test_ssim_is_torchmetrics_ssim_on_real_and_random_images(toy):
+    """raycut's own SSIM (pipelines.ssim, kept out of torchmetrics for its import cost)
+    is torchmetrics' with its defaults: on the toy truth against histogram matching,
+    on noise, on an image against itself (1), and per image."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    from pipelines.ssim import ssim, ssim_per_image
+    from pipelines.toy_eval import baselines, load_toy_test
+
+    test = load_toy_test(toy, limit=6)
+    as_unit = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double() / 255.0  # noqa: E731
+    truth, hist = as_unit(test.truth), as_unit(baselines(toy, test)[HISTOGRAM])
+    g = torch.Generator().manual_seed(0)
+    noise_a, noise_b = torch.rand(3, 3, 37, 29, generator=g, dtype=torch.float64), torch.rand(3, 3, 37, 29, generator=g,
+                                                                                              dtype=torch.float64)
+    for p, t in ((hist, truth), (noise_a, noise_b), (noise_a, (noise_a + 0.1 * noise_b).clamp(0, 1)), (truth, truth)):
+        want = tm_ssim(p, t, data_range=1.0)
+        assert ssim(p, t).item() == pytest.approx(want.item(), abs=1e-9)
+        per = tm_ssim(p, t, data_range=1.0, reduction="none")
+        torch.testing.assert_close(ssim_per_image(p, t), per, rtol=0, atol=1e-9)
+    assert ssim(truth, truth).item() == pytest.approx(1.0)
+    with pytest.raises(RaycutError, match="at least 6x6"):
+        ssim(truth[..., :5, :8], truth[..., :5, :8])
 
 
 def test_toy_command_scores_a_translation_folder_and_logs_to_mlflow(toy, tmp_path, monkeypatch, capsys):
