@@ -158,8 +158,30 @@ def follow(client: Any, job_id: str) -> int:
     A stream that drops while the job still runs is opened again (each new stream
     starts from the job's first line: what was printed already is skipped)."""
     import asyncio
+    import signal
+    import threading
 
     printed = 0
+    interrupted = False
+
+    # Ctrl-C is caught here, not by asyncio's own handler. That one only cancels the
+    # stream's task, and a cancel can be lost: when the task has just ended, or when the
+    # client's cleanup raises an error of its own, which reads below as a dropped stream.
+    # Once, on a loaded machine (2026-12-07), a watch went on until its job ended after a
+    # Ctrl-C. asyncio.Runner keeps a handler that is set already; this one raises at once
+    # and leaves a mark that the "dropped stream" branch reads.
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    def quiet_after_ctrl_c(loop: Any, context: dict) -> None:
+        # The stream's own teardown error, after a Ctrl-C, is no news to the user.
+        if not interrupted:
+            loop.default_exception_handler(context)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
 
     async def tail() -> None:
         nonlocal printed
@@ -174,9 +196,12 @@ def follow(client: Any, job_id: str) -> int:
     try:
         while True:
             try:
-                asyncio.run(tail())
+                with asyncio.Runner() as runner:
+                    runner.get_loop().set_exception_handler(quiet_after_ctrl_c)
+                    runner.run(tail())
             except Exception:  # noqa: BLE001 - a dropped stream; the status decides what comes next
-                pass
+                if interrupted:  # an error raised while the stream was torn down by Ctrl-C
+                    raise KeyboardInterrupt from None
             status = str(client.get_job_status(job_id).value)
             if status in TERMINAL:
                 break
@@ -186,6 +211,9 @@ def follow(client: Any, job_id: str) -> int:
         # Ctrl-C stops the watching, not the job: say so, and how to watch or stop it.
         raise KeyboardInterrupt(f"job {job_id} goes on running on the cluster: `raycut jobs logs {job_id} --follow` "
                                 f"watches it again, `raycut jobs stop {job_id}` stops it") from None
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if status == "SUCCEEDED":
         print(f"[submit] job {job_id} SUCCEEDED", flush=True)
         return 0
