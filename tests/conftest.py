@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -95,6 +96,21 @@ def tiny(preset: str = "cut", **overrides: object) -> CUTConfig:
     batch 2, fp32 NCHW unless a test asks (auto would pick bf16 on some CPUs; the tests
     of auto ask for it)."""
     return CUTConfig.tiny(preset, **overrides)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_left_as_found():
+    """Every test leaves Ctrl-C's handler as it found it. A handler left behind (Ray
+    Train's and Ray Tune's fit() install their own) turns a later test's SIGINT into
+    something else: once a translate test's Ctrl-C raised nothing and its job ran to the
+    end (2026-12-07, cause not found). This names the test that left one, and puts the
+    first back."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left a SIGINT handler behind ({after!r}, was {before!r})")
 
 
 @pytest.fixture
