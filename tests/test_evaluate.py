@@ -179,8 +179,7 @@ def test_ssim_is_torchmetrics_ssim_on_real_and_random_images(toy):
     as_unit = lambda x: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double() / 255.0  # noqa: E731
     truth, hist = as_unit(test.truth), as_unit(baselines(toy, test)[HISTOGRAM])
     g = torch.Generator().manual_seed(0)
-    noise_a, noise_b = torch.rand(3, 3, 37, 29, generator=g, dtype=torch.float64), torch.rand(3, 3, 37, 29, generator=g,
-                                                                                              dtype=torch.float64)
+    noise_a, noise_b = (torch.rand(3, 3, 37, 29, generator=g, dtype=torch.float64) for _ in range(2))
     for p, t in ((hist, truth), (noise_a, noise_b), (noise_a, (noise_a + 0.1 * noise_b).clamp(0, 1)), (truth, truth)):
         want = tm_ssim(p, t, data_range=1.0)
         assert ssim(p, t).item() == pytest.approx(want.item(), abs=1e-9)
