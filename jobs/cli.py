@@ -364,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="quality: also score each run's best checkpoint on the toy val pair, chosen every N steps as "
                    "`raycut train --eval-every` does (default: a sixth of --steps; 0: the last step only)")
+    b.add_argument("--val-metric", default="colour_err", choices=["colour_err", "kid"],
+                   help="quality: what scores the val pair, picks the best checkpoint and drives lr_plateau_patience: "
+                   "the paired truth's colour error, or KID as on your data (against trainB, in the toy segmenter's "
+                   "features; the val colour error is logged beside it)")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
                    help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan for the time of --steps steps of the "
                    "first other variant, or of the preset as configured; default: all), or your own as "

@@ -10,6 +10,7 @@ it is cached beside the dataset, keyed by everything that decides its weights.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,3 +95,59 @@ def toy_segmenter(root: str | Path, cfg: ToySegmenterConfig = ToySegmenterConfig
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
     meta.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
     return net
+
+
+class SegmenterFeatures(nn.Module):
+    """(N, 3, S, S) in [0, 1] -> (N, 2 * width) in (-1, 1): the mean and the spread over
+    the image of each channel of the segmenter's last hidden layer, centred and scaled
+    by their values on real-style renders (``shift``, ``scale``), then squashed.
+
+    A KID feature space that needs no download, for the toy data: the segmenter knows
+    only real-style renders, so its features tell real-looking colour and texture per
+    class from sim-looking ones, as Inception's do on photos (cruder, and cheap). Why
+    squashed: KID's kernel is cubic in the features, and sim-looking images drive a few
+    channels to many times their spread on reals, so unbounded features made KID 1e6
+    times larger on sim images than between two sets of reals, and the values that
+    matter in training, near the reals, would differ only in the noise of 16 images.
+    Bounded, like Inception's pooled features, the ranges are closer to KID's on photos."""
+
+    def __init__(self, segmenter: ToySegmenter, shift: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.body = segmenter.net[:-1]  # everything but the 1x1 classifier
+        d = 2 * segmenter.net[0].out_channels
+        self.register_buffer("shift", torch.zeros(d) if shift is None else shift.detach().clone())
+        self.register_buffer("scale", torch.ones(d) if scale is None else scale.detach().clone())
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The features before centring and squashing: (N, 2 * width)."""
+        h = self.body(x)
+        return torch.cat([h.mean(dim=(2, 3)), h.std(dim=(2, 3))], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh((self.raw(x) - self.shift) / self.scale)
+
+
+def toy_feature_extractor(root: str | Path, cfg: ToySegmenterConfig = ToySegmenterConfig()) -> Path:
+    """The dataset's segmenter features (standardised on trainB) as an exported program
+    beside its cache: what ``--feature-extractor`` takes, so KID on toy data runs the
+    same code as KID on a user's data. Written when missing or older than the cached
+    segmenter, through a rename, so processes that read it while another writes it see
+    a whole file."""
+    root = Path(root)
+    segmenter = toy_segmenter(root, cfg)
+    folder = root / CACHE_NAME
+    path = folder / "features.pt2"
+    if path.is_file() and path.stat().st_mtime >= (folder / "segmenter.safetensors").stat().st_mtime:
+        return path
+    reals = torch.from_numpy(np.stack([read_rgb(p) for p in list_images(root / "trainB")])).permute(0, 3, 1, 2) / 255.0
+    with torch.no_grad():
+        f = SegmenterFeatures(segmenter).raw(reals.float())
+    spread = f.std(0)
+    net = SegmenterFeatures(segmenter, f.mean(0), spread.clamp_min(0.1 * float(spread.mean()))).eval()
+    example = reals[:2].float()
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    tmp = folder / f"features.{os.getpid()}.tmp.pt2"
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -19,6 +19,7 @@ from pipelines.feature_extractors import (
     INCEPTION_FILE,
     ExtractorSpec,
     FIDInceptionPool3,
+    features_of_images,
     load_extractor,
     torchscript_spec,
 )
@@ -286,3 +287,37 @@ def test_training_time_kid_on_held_out_images(toy, extractor, tmp_path):
     G = build_generator(tiny("cut").model)
     got = Evaluator(plan)(G, torch.device("cpu"))
     assert set(got) == {"eval_kid", "eval_fid"} and np.isfinite(got["eval_kid"]) and got["eval_fid"] > 0
+
+
+@pytest.mark.cost(15)
+def test_toy_kid_features_put_real_renders_nearest_and_load_as_a_users_extractor(tmp_path):
+    """The toy data's own KID feature space (the segmenter's, standardised on trainB and
+    squashed): it loads as ``--feature-extractor`` does, its features are bounded, and
+    KID ranks another set of real renders nearer to trainB than histogram matching or the
+    sim renders; it is rewritten only when the segmenter is newer."""
+    import os
+
+    from pipelines.toy_eval import baselines, load_toy_test
+    from pipelines.toy_segmenter import toy_feature_extractor
+
+    root = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=32, n_test=16, seed=1))
+    path = toy_feature_extractor(root)
+    net = load_extractor(torchscript_spec(str(path), 32))
+    assert net.num_features == 48  # mean and spread of the segmenter's 24 hidden channels
+
+    def kid(images) -> float:
+        feats = features_of_images(net, images)
+        assert feats.shape == (len(images), 48) and np.abs(feats).max() <= 1
+        return fid_kid(reference, feats)["kid"]
+
+    reference = features_of_images(net, load_folder(root / "trainB")[:16])
+    test = load_toy_test(root)
+    reals, histogram, sims = kid(list(test.truth)), kid(list(baselines(root, test)[HISTOGRAM])), kid(list(test.a))
+    assert reals < histogram / 3 and reals < sims / 3, (reals, histogram, sims)
+    # Kept while the segmenter is unchanged; written again once the segmenter is newer.
+    stamp = path.stat().st_mtime_ns
+    assert toy_feature_extractor(root) == path and path.stat().st_mtime_ns == stamp
+    seg = root / ".raycut-toy-segmenter" / "segmenter.safetensors"
+    os.utime(seg, ns=(stamp + 10**9, stamp + 10**9))
+    toy_feature_extractor(root)
+    assert path.stat().st_mtime_ns > stamp

@@ -51,11 +51,12 @@ def run_bench(args: argparse.Namespace) -> int:
         runs_log.parent.mkdir(parents=True, exist_ok=True)
         for preset in args.presets:
             log(f"raycut bench quality: {preset} --config {args.config}, {args.steps} steps at {args.size} px on the "
-                f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}")
+                f"{args.scene} pair, seeds {', '.join(map(str, args.seeds))}: {', '.join(variants)}"
+                + (f"; val metric {args.val_metric}" if eval_every and args.val_metric != "colour_err" else ""))
             grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
                                   variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log,
-                                  eval_every=eval_every)
+                                  eval_every=eval_every, val_metric=args.val_metric)
         out = write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

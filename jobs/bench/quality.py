@@ -92,11 +92,14 @@ def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, s
 
 
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
-                     data: str, steps_done: Any = None, eval_every: int = 0) -> dict[str, Any]:
+                     data: str, steps_done: Any = None, eval_every: int = 0,
+                     val_metric: str = "colour_err") -> dict[str, Any]:
     """One run, in a fresh process: train in process, score the (EMA) G on testA; with
     ``eval_every``, also score G on the val pair every that many steps (and at the
-    last) and the best of those checkpoints on testA. ``steps_done``, a queue of the
-    parent's, gets the steps of each log interval."""
+    last) and the best of those checkpoints on testA. ``val_metric`` is what chooses
+    that checkpoint and what ``lr_plateau_patience`` reads (VAL_METRICS); the val
+    colour error is logged beside KID. ``steps_done``, a queue of the parent's, gets
+    the steps of each log interval."""
     import copy
 
     import torch
@@ -106,7 +109,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from cut_core.ema_schedule import describe_ema
     from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
     from cut_core.training import observe_val_metric
-    from jobs.train.evaluation import Evaluator, plan_eval
+    from jobs.train.evaluation import Evaluator
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy, load_toy_test
@@ -115,10 +118,11 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     root = Path(data)
     t = time.perf_counter()
     last = 0
-    # The same scoring as `raycut train --eval-every` on toy data: the val pair's colour error.
-    plan = plan_eval(eval_every, str(root / "trainA"), eval_data=None, eval_real=None, n_images=16,
-                     crop_size=size) if eval_every else None
-    evaluator = Evaluator(plan) if plan else None
+    # The same scoring as `raycut train --eval-every`: on toy data the val pair's colour
+    # error; with val_metric "kid", KID as off the toy data (val_plans).
+    plans = val_plans(root, val_metric, size, eval_every) if eval_every else []
+    plan = plans[0] if plans else None
+    evaluators = [Evaluator(p) for p in plans]
     val_curve: list[dict[str, float]] = []
     lr_cuts: list[dict[str, float]] = []  # optim.lr_plateau_patience: where the rate was cut
     best: dict[str, Any] = {}
@@ -131,8 +135,9 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
         due = plan is not None and (step // eval_every > last // eval_every or step == steps)
         last = step
         if due:
-            value = evaluator(state.inference_G, torch.device("cpu"))[plan.key]
-            val_curve.append({"step": step, plan.key: round(value, 4)})
+            scores = [e(state.inference_G, torch.device("cpu"))[e.plan.key] for e in evaluators]
+            value = scores[0]
+            val_curve.append({"step": step, **{p.key: round(v, 4) for p, v in zip(plans, scores)}})
             if observe_val_metric(state, value, steps, order=plan.order):
                 lr_cuts.append({"step": step, "scale": state.lr_plateau.value})
             if plan.better(value, best.get("value")):
@@ -163,17 +168,44 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history],
            **({"lr_cuts": lr_cuts} if state.lr_plateau is not None else {})}
     if best:
-        out.update(best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
+        out.update(val_metric=plan.key, best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
                    best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
     return out
 
 
-def _train_segmenter(data: str) -> None:
-    """Train and cache the toy dataset's segmenter (runs in a pool process, so the
-    bench's own process never imports torch)."""
-    from pipelines.toy_segmenter import toy_segmenter
+# What the val pair is scored by, which picks the best checkpoint and drives the rate's
+# cut: "colour_err", the toy data's own (its paired truth's colour error), or "kid", the
+# metric of a user's data, whose noise on a small val set the toy's paired truth does
+# not have. KID here compares valA's translations with the first trainB images (unpaired,
+# as a user's real val images are) in the toy segmenter's feature space (no download).
+VAL_METRICS = ("colour_err", "kid")
 
-    toy_segmenter(data)
+
+def val_plans(root: Path, val_metric: str, size: int, eval_every: int) -> list[Any]:
+    """The evaluation plans of a run: the one that decides first, then the val colour
+    error when that is not it (logged beside it, to read the two together)."""
+    from jobs.train.evaluation import plan_eval
+
+    colour = plan_eval(eval_every, str(root / "trainA"), eval_data=None, eval_real=None, n_images=16, crop_size=size)
+    if val_metric == "colour_err":
+        return [colour]
+    from pipelines.toy_segmenter import toy_feature_extractor
+
+    return [plan_eval(eval_every, str(root / "trainA"), eval_data=str(root / "valA"), eval_real=str(root / "trainB"),
+                      n_images=16, crop_size=size, feature_extractor=str(toy_feature_extractor(root)),
+                      extractor_size=size), colour]
+
+
+def _train_segmenter(data: str, val_metric: str = "colour_err") -> None:
+    """Train and cache the toy dataset's segmenter, and with ``val_metric`` "kid" write
+    its KID features (runs in a pool process, so the bench's own process never imports
+    torch)."""
+    from pipelines.toy_segmenter import toy_feature_extractor, toy_segmenter
+
+    if val_metric == "kid":
+        toy_feature_extractor(data)
+    else:
+        toy_segmenter(data)
 
 
 def step_seconds(preset: str, config: str, sets: tuple[str, ...], size: int, data: str, steps: int = 6) -> float:
@@ -208,12 +240,15 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                   seeds: tuple[int, ...] = (0, 1, 2), variants: Mapping[str, tuple[str, ...]] = QUALITY_VARIANTS,
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
                   progress_stream: TextIO | None = None, samples: Path | None = None,
-                  runs_log: Path | None = None, eval_every: int = 0) -> list[dict[str, object]]:
+                  runs_log: Path | None = None, eval_every: int = 0,
+                  val_metric: str = "colour_err") -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
     of the first test images: sim input, histogram matching, each variant (its first
     seed) and the paired truth, side by side; with ``runs_log``, a JSON line there per
-    run as it ends; with ``eval_every``, each run's best checkpoint on the val pair is
-    scored too (``best_*`` fields)."""
+    run as it ends; with ``eval_every``, each run's best checkpoint on the val pair (by
+    ``val_metric``, VAL_METRICS) is scored too (``best_*`` fields)."""
+    if val_metric not in VAL_METRICS:
+        raise RaycutError(f"val metric {val_metric!r}: choose {' or '.join(VAL_METRICS)}")
     import tempfile
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
@@ -242,9 +277,9 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             # progress line with an ETA over all of them (a 64 px bench runs for
             # hours); in a log, a line each 5%.
             steps_done = manager.Queue()
-            pool.submit(_train_segmenter, str(data)).result()  # once, before the runs read its cache
+            pool.submit(_train_segmenter, str(data), val_metric if eval_every else "colour_err").result()  # once, before the runs read its cache
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
-                                           str(data), steps_done, eval_every) for v, s in runs}
+                                           str(data), steps_done, eval_every, val_metric) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
             bar = Progress("quality", total, unit="step", every=max(1, total // 20), stream=progress_stream)
             pending = set(futures.values())
@@ -297,7 +332,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      **({"lr_cuts_per_seed": [r["lr_cuts"] for r in rs]} if "lr_cuts" in rs[0] else {})})
         if "best_step" in rs[0]:
             best = [r["best_colour_err"] for r in rs]
-            rows[-1].update(best=round(statistics.median(best), 2), best_per_seed=[round(e, 2) for e in best],
+            rows[-1].update(val_metric=rs[0]["val_metric"], best=round(statistics.median(best), 2), best_per_seed=[round(e, 2) for e in best],
                             best_worst=round(max(best), 2), best_step_per_seed=[r["best_step"] for r in rs],
                             best_mIoU_per_seed=[round(r["best_mIoU"], 4) for r in rs],
                             val_curves=[r["val_curve"] for r in rs])

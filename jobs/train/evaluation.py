@@ -84,8 +84,10 @@ def _selection_split(root: Path, folder: str) -> str:
 
 
 def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str | None, n_images: int,
-              crop_size: int, inception_weights: str | None = None, feature_extractor: str | None = None) -> EvalPlan:
-    """Load the validation subset on the driver (once for the whole run)."""
+              crop_size: int, inception_weights: str | None = None, feature_extractor: str | None = None,
+              extractor_size: int | None = None) -> EvalPlan:
+    """Load the validation subset on the driver (once for the whole run). ``extractor_size``:
+    the side a TorchScript extractor's inputs are resized to (default Inception's 299)."""
     if every < 1:
         raise RaycutError("--eval-every must be at least 1")
     toy = _toy_split_of(eval_data or data_a) if not eval_real else None
@@ -100,7 +102,8 @@ def plan_eval(every: int, data_a: str, *, eval_data: str | None, eval_real: str 
                           "(held-out B images) for KID")
     from pipelines.feature_extractors import inception_spec, load_extractor, torchscript_spec
 
-    spec = torchscript_spec(feature_extractor) if feature_extractor else inception_spec(inception_weights)
+    spec = (torchscript_spec(feature_extractor, *([extractor_size] if extractor_size else []))
+            if feature_extractor else inception_spec(inception_weights))
     load_extractor(spec)  # fails here, before training, if the file does not load
     return EvalPlan(every=every, metric="kid",
                     images={"a": _center_crops(eval_data, n_images, crop_size),
