@@ -484,6 +484,30 @@ def test_quality_variants_are_named_recipes_or_the_users_own():
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["raycut: error: unknown config key 'lambda_NCEE'; did you mean lambda_NCE?"]
 
 
+@pytest.mark.cost(20)
+def test_bench_quality_can_choose_and_cut_on_kid_as_off_the_toy_data(tmp_path):
+    """``--val-metric kid``: the val pair is scored by KID (as a user's data is) in the toy
+    segmenter's features, which picks the best checkpoint and drives the rate's cut; the
+    val colour error is logged beside it, at the same steps."""
+    from jobs.bench.quality import _train_and_score, _train_segmenter
+    from pipelines.toy_data import ToySpec, write_toy_dataset
+
+    root = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=16, n_test=16, n_val=16, seed=0, scene="coast"))
+    _train_segmenter(str(root), "kid")
+    r = _train_and_score("fastcut", "toy", ("lr_plateau_patience=1",), 0, 32, 16, str(root), eval_every=2,
+                         val_metric="kid")
+    curve = r["val_curve"]
+    assert r["val_metric"] == "eval_kid" and [c["step"] for c in curve] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert all(c["eval_colour_err"] > 0 and abs(c["eval_kid"]) < 10 for c in curve), curve
+    assert r["best_step"] == min(curve, key=lambda c: c["eval_kid"])["step"]
+    # The cut follows KID, not the colour: with a patience of one, at the first
+    # evaluation of the constant-rate half (FastCUT's 150 of 200 epochs: steps 2-12)
+    # that does not beat the best KID before it; once (the floor is half the rate).
+    first = next((c["step"] for i, c in enumerate(curve) if 0 < i and c["step"] <= 12
+                  and c["eval_kid"] >= min(e["eval_kid"] for e in curve[:i])), None)
+    assert r["lr_cuts"] == ([] if first is None else [{"step": first, "scale": 0.5}])
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
