@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="quality: also score each run's best checkpoint on the toy val pair, chosen every N steps as "
                    "`raycut train --eval-every` does (default: a sixth of --steps; 0: the last step only)")
+    b.add_argument("--threads", type=int, default=1,
+                   help="quality: torch threads per run, as many runs at a time as fit the cores (a seed trained on "
+                   "another count is another draw of it: the kernels' sums run in another order)")
     b.add_argument("--val-metric", default="colour_err", choices=["colour_err", "kid"],
                    help="quality: what scores the val pair, picks the best checkpoint and drives lr_plateau_patience: "
                    "the paired truth's colour error, or KID as on your data (against trainB, in the toy segmenter's "

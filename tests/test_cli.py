@@ -359,6 +359,7 @@ def test_bench_quality_scores_every_run_and_shows_one_progress_line(tmp_path):
     for name in ("fastcut/plain", "fastcut/aug"):
         row = rows[name]
         assert row["steps"] == 20 and row["per_seed"] == [row["value"]] and row["value"] > 0
+        assert row["threads"] == 1  # what each run trained on (--threads, default 1)
         # A log point at each evaluation (every 5 steps here; every 10 at most).
         assert [h["step"] for h in row["histories"][0]] == [5, 10, 15, 20] and "D_rt" in row["histories"][0][-1]
         # The record says what the learning rate did: FastCUT's 150 + 50 epochs over 20 steps.
@@ -482,6 +483,8 @@ def test_quality_variants_are_named_recipes_or_the_users_own():
     # Bad keys and values are refused before any run starts, in one line.
     r = raycut("bench", "quality", "--out", "unused.json", "--quality-variants", "x:lambda_NCEE=2")
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["raycut: error: unknown config key 'lambda_NCEE'; did you mean lambda_NCE?"]
+    r = raycut("bench", "quality", "--out", "unused.json", "--threads", "0")
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == ["raycut: error: --threads must be at least 1"]
 
 
 @pytest.mark.cost(20)
@@ -489,13 +492,20 @@ def test_bench_quality_can_choose_and_cut_on_kid_as_off_the_toy_data(tmp_path):
     """``--val-metric kid``: the val pair is scored by KID (as a user's data is) in the toy
     segmenter's features, which picks the best checkpoint and drives the rate's cut; the
     val colour error is logged beside it, at the same steps."""
+    import torch
+
     from jobs.bench.quality import _train_and_score, _train_segmenter
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
     root = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=16, n_test=16, n_val=16, seed=0, scene="coast"))
     _train_segmenter(str(root), "kid")
-    r = _train_and_score("fastcut", "toy", ("lr_plateau_patience=1",), 0, 32, 16, str(root), eval_every=2,
-                         val_metric="kid")
+    before = torch.get_num_threads()
+    try:  # --threads 2: the run trains on two (another draw of the seed)
+        r = _train_and_score("fastcut", "toy", ("lr_plateau_patience=1",), 0, 32, 16, str(root), eval_every=2,
+                             val_metric="kid", threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert r["threads"] == 2
     curve = r["val_curve"]
     assert r["val_metric"] == "eval_kid" and [c["step"] for c in curve] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert all(c["eval_colour_err"] > 0 and abs(c["eval_kid"]) < 10 for c in curve), curve

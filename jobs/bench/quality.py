@@ -4,7 +4,7 @@ toy benchmark (whose paired truth gives a colour error) at a budget these CPUs r
 ``scene`` picks the toy pair (pipelines.toy_data.SCENES): "street", which raycut's
 settings were developed on, or "coast", held out to check that a choice generalises.
 Each variant is a set of config overrides; each (variant, seed) trains in its own
-process, one torch thread each, as many at a time as there are cores. Rows per
+process, on one torch thread (or ``threads``), as many at a time as fit the cores. Rows per
 variant: the median colour error over the seeds and its spread, the worst seed, the
 longest run of steps for which D had won (cut_core.d_balance.WinWatch), and the
 baselines (identity, histogram matching) of the same held-out images.
@@ -93,18 +93,20 @@ def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, s
 
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
                      data: str, steps_done: Any = None, eval_every: int = 0,
-                     val_metric: str = "colour_err") -> dict[str, Any]:
+                     val_metric: str = "colour_err", threads: int = 1) -> dict[str, Any]:
     """One run, in a fresh process: train in process, score the (EMA) G on testA; with
     ``eval_every``, also score G on the val pair every that many steps (and at the
     last) and the best of those checkpoints on testA. ``val_metric`` is what chooses
     that checkpoint and what ``lr_plateau_patience`` reads (VAL_METRICS); the val
-    colour error is logged beside KID. ``steps_done``, a queue of the parent's, gets
-    the steps of each log interval."""
+    colour error is logged beside KID. ``threads``: torch's threads for this run (a
+    seed trained on another count is another draw of it: the kernels' sums run in
+    another order). ``steps_done``, a queue of the parent's, gets the steps of each
+    log interval."""
     import copy
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from cut_core.d_balance import WinWatch
     from cut_core.ema_schedule import describe_ema
     from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
@@ -163,6 +165,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "baseline_mIoU": {k.split("/")[-1]: rows[k]["mIoU"] for k in rows if k not in translations},
            "identity": rows["baseline/identity"]["colour_err"], "d_won_longest": watch.longest,
            "D_rt_last": history[-1].get("D_rt"), "seconds": time.perf_counter() - t,
+           "threads": torch.get_num_threads(),
            "lr_schedule": describe_schedule(cfg.optim, steps, epoch),
            **({"ema_schedule": describe_ema(cfg.optim.ema_decay, steps)} if cfg.optim.ema_decay else {}),
            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history],
@@ -241,12 +244,13 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
                   progress_stream: TextIO | None = None, samples: Path | None = None,
                   runs_log: Path | None = None, eval_every: int = 0,
-                  val_metric: str = "colour_err") -> list[dict[str, object]]:
+                  val_metric: str = "colour_err", threads: int = 1) -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
     of the first test images: sim input, histogram matching, each variant (its first
     seed) and the paired truth, side by side; with ``runs_log``, a JSON line there per
     run as it ends; with ``eval_every``, each run's best checkpoint on the val pair (by
-    ``val_metric``, VAL_METRICS) is scored too (``best_*`` fields)."""
+    ``val_metric``, VAL_METRICS) is scored too (``best_*`` fields). Each run trains on
+    ``threads`` torch threads, as many runs at a time as fit the cores."""
     if val_metric not in VAL_METRICS:
         raise RaycutError(f"val metric {val_metric!r}: choose {' or '.join(VAL_METRICS)}")
     import tempfile
@@ -263,7 +267,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
         data = write_toy_dataset(Path(tmp) / "toy", spec)
         runs = [(v, s) for s in seeds for v in variants]
         first = next(iter(variants))
-        with spawn_manager() as manager, spawn_pool(usable_cores()) as pool:
+        with spawn_manager() as manager, spawn_pool(max(1, usable_cores() // threads)) as pool:
             budget = {v: steps for v in variants}
             reference = cyclegan_reference(variants)
             if reference is not None:  # CycleGAN gets the wall-clock time of `steps` reference steps
@@ -279,7 +283,7 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             steps_done = manager.Queue()
             pool.submit(_train_segmenter, str(data), val_metric if eval_every else "colour_err").result()  # once, before the runs read its cache
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
-                                           str(data), steps_done, eval_every, val_metric) for v, s in runs}
+                                           str(data), steps_done, eval_every, val_metric, threads) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
             bar = Progress("quality", total, unit="step", every=max(1, total // 20), stream=progress_stream)
             pending = set(futures.values())
@@ -326,7 +330,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      "mIoU": round(statistics.median(ious), 4), "mIoU_per_seed": [round(x, 4) for x in ious],
                      "truth_mIoU": round(miou["truth (paired real)"], 4),
                      "d_won_longest": max(r["d_won_longest"] for r in rs), "sets": list(variants[v]),
-                     "steps": budget[v], "scene": scene, "seconds": [round(r["seconds"], 1) for r in rs],
+                     "steps": budget[v], "scene": scene, "threads": rs[0]["threads"],
+                     "seconds": [round(r["seconds"], 1) for r in rs],
                      "lr_schedule": rs[0]["lr_schedule"],
                      "histories": [r["history"] for r in rs],
                      **({"lr_cuts_per_seed": [r["lr_cuts"] for r in rs]} if "lr_cuts" in rs[0] else {})})
