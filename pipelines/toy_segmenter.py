@@ -98,7 +98,7 @@ def toy_segmenter(root: str | Path, cfg: ToySegmenterConfig = ToySegmenterConfig
 
 
 class SegmenterFeatures(nn.Module):
-    """(N, 3, S, S) in [0, 1] -> (N, 2 * width) in (-1, 1): the mean and the spread over
+    """(N, 3, S, S) in [0, 1] -> (N, 2 * width) in [-1, 1]: the mean and the spread over
     the image of each channel of the segmenter's last hidden layer, centred and scaled
     by their values on real-style renders (``shift``, ``scale``), then squashed.
 
@@ -106,7 +106,7 @@ class SegmenterFeatures(nn.Module):
     only real-style renders, so its features tell real-looking colour and texture per
     class from sim-looking ones, as Inception's do on photos (cruder, and cheap). Why
     squashed: KID's kernel is cubic in the features, and sim-looking images drive a few
-    channels to many times their spread on reals, so unbounded features made KID 1e6
+    channels to many times their spread on reals, so unbounded features made KID 1e5-1e8
     times larger on sim images than between two sets of reals, and the values that
     matter in training, near the reals, would differ only in the noise of 16 images.
     Bounded, like Inception's pooled features, the ranges are closer to KID's on photos."""
@@ -129,7 +129,8 @@ class SegmenterFeatures(nn.Module):
 
 
 def toy_feature_extractor(root: str | Path, cfg: ToySegmenterConfig = ToySegmenterConfig()) -> Path:
-    """The dataset's segmenter features (standardised on trainB) as an exported program
+    """The dataset's segmenter features (centred and scaled on trainB: each feature by
+    its spread, at least a tenth of their average) as an exported program
     beside its cache: what ``--feature-extractor`` takes, so KID on toy data runs the
     same code as KID on a user's data. Written when missing or older than the cached
     segmenter, through a rename, so processes that read it while another writes it see

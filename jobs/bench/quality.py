@@ -171,8 +171,8 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
            "history": [{k: round(float(v), 5) for k, v in r.items()} for r in history],
            **({"lr_cuts": lr_cuts} if state.lr_plateau is not None else {})}
     if best:
-        out.update(val_metric=plan.key, best_step=best["step"], best_val=round(best["value"], 4), best_colour_err=rows["best"]["colour_err"],
-                   best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
+        out.update(val_metric=plan.key, best_step=best["step"], best_val=round(best["value"], 4),
+                   best_colour_err=rows["best"]["colour_err"], best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
     return out
 
 
@@ -281,7 +281,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             # progress line with an ETA over all of them (a 64 px bench runs for
             # hours); in a log, a line each 5%.
             steps_done = manager.Queue()
-            pool.submit(_train_segmenter, str(data), val_metric if eval_every else "colour_err").result()  # once, before the runs read its cache
+            # Once, before the runs read its cache.
+            pool.submit(_train_segmenter, str(data), val_metric if eval_every else "colour_err").result()
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
                                            str(data), steps_done, eval_every, val_metric, threads) for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
@@ -337,8 +338,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                      **({"lr_cuts_per_seed": [r["lr_cuts"] for r in rs]} if "lr_cuts" in rs[0] else {})})
         if "best_step" in rs[0]:
             best = [r["best_colour_err"] for r in rs]
-            rows[-1].update(val_metric=rs[0]["val_metric"], best=round(statistics.median(best), 2), best_per_seed=[round(e, 2) for e in best],
-                            best_worst=round(max(best), 2), best_step_per_seed=[r["best_step"] for r in rs],
+            rows[-1].update(val_metric=rs[0]["val_metric"], best=round(statistics.median(best), 2),
+                            best_per_seed=[round(e, 2) for e in best], best_worst=round(max(best), 2), best_step_per_seed=[r["best_step"] for r in rs],
                             best_mIoU_per_seed=[round(r["best_mIoU"], 4) for r in rs],
                             val_curves=[r["val_curve"] for r in rs])
     return rows
