@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipelines.local_images import list_images, read_rgb
+from pipelines.local_images import list_images, load_folder, read_rgb
 from pipelines.toy_data import CLASSES
 
 CACHE_NAME = ".raycut-toy-segmenter"  # inside the toy dataset's folder
@@ -141,7 +141,7 @@ def toy_feature_extractor(root: str | Path, cfg: ToySegmenterConfig = ToySegment
     path = folder / "features.pt2"
     if path.is_file() and path.stat().st_mtime >= (folder / "segmenter.safetensors").stat().st_mtime:
         return path
-    reals = torch.from_numpy(np.stack([read_rgb(p) for p in list_images(root / "trainB")])).permute(0, 3, 1, 2) / 255.0
+    reals = torch.from_numpy(np.stack(load_folder(root / "trainB"))).permute(0, 3, 1, 2) / 255.0
     with torch.no_grad():
         f = SegmenterFeatures(segmenter).raw(reals.float())
     spread = f.std(0)
