@@ -371,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality: what scores the val pair, picks the best checkpoint and drives lr_plateau_patience: "
                    "the paired truth's colour error, or KID as on your data (against trainB, in the toy segmenter's "
                    "features; the val colour error is logged beside it)")
+    b.add_argument("--kid-pool", type=int, default=0, metavar="N",
+                   help="quality: a checkpoint study: record every evaluated checkpoint's test scores and the KID "
+                   "features of N val translations and N held-out reals (an .npz per run beside the runs log), for "
+                   "`raycut bench checkpoint-choice`")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
                    help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan for the time of --steps steps of the "
                    "first other variant, or of the preset as configured; default: all), or your own as "

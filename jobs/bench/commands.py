@@ -41,6 +41,8 @@ def run_bench(args: argparse.Namespace) -> int:
         eval_every = args.steps // 6 if args.eval_every is None else args.eval_every
         if args.threads < 1:
             raise RaycutError("--threads must be at least 1")
+        if args.kid_pool and (not eval_every or args.kid_pool < 2):
+            raise RaycutError("--kid-pool needs --eval-every (the checkpoints it records) and at least 2 images")
         for preset in args.presets:  # a bad key or value: one line now, not a traceback per run later
             for name, sets in variants.items():
                 if variant_config(preset, args.config, sets, args.size).optim.lr_plateau_patience and not eval_every:
@@ -58,7 +60,8 @@ def run_bench(args: argparse.Namespace) -> int:
             grid = Path(args.out).with_name(f"{Path(args.out).stem}_samples_{preset}.png")
             rows += bench_quality(preset, args.config, size=args.size, steps=args.steps, seeds=tuple(args.seeds),
                                   variants=variants, scene=args.scene, log=log, samples=grid, runs_log=runs_log,
-                                  eval_every=eval_every, val_metric=args.val_metric, threads=args.threads)
+                                  eval_every=eval_every, val_metric=args.val_metric, threads=args.threads,
+                                  kid_pool=args.kid_pool)
         out = write_record(args.out, "quality", rows, "cpu")
         plot = quality_plot(rows, out.with_suffix(".png"))
         print(format_quality(rows))

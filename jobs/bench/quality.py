@@ -93,10 +93,14 @@ def variant_config(preset: str, config: str, sets: tuple[str, ...], size: int, s
 
 def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int, size: int, steps: int,
                      data: str, steps_done: Any = None, eval_every: int = 0,
-                     val_metric: str = "colour_err", threads: int = 1) -> dict[str, Any]:
+                     val_metric: str = "colour_err", threads: int = 1, kid_pool: str | None = None) -> dict[str, Any]:
     """One run, in a fresh process: train in process, score the (EMA) G on testA; with
     ``eval_every``, also score G on the val pair every that many steps (and at the
-    last) and the best of those checkpoints on testA. ``val_metric`` is what chooses
+    last) and the best of those checkpoints on testA. ``kid_pool``, a folder of
+    held-out real images: at every evaluation also record the checkpoint's testA scores
+    and the KID features of its translations of valA and of those reals (as many of
+    each), so that any rule for choosing a checkpoint, on any number of val images, can
+    be judged afterwards (jobs.bench.checkpoint_choice). ``val_metric`` is what chooses
     that checkpoint and what ``lr_plateau_patience`` reads (VAL_METRICS); the val
     colour error is logged beside KID. ``threads``: torch's threads for this run (a
     seed trained on another count is another draw of it: the kernels' sums run in
@@ -128,6 +132,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     val_curve: list[dict[str, float]] = []
     lr_cuts: list[dict[str, float]] = []  # optim.lr_plateau_patience: where the rate was cut
     best: dict[str, Any] = {}
+    pool = _KidPool(root, kid_pool, size) if kid_pool and eval_every else None
 
     def report(step: int, _row: dict[str, float], state: Any) -> None:
         nonlocal last
@@ -144,6 +149,8 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
                 lr_cuts.append({"step": step, "scale": state.lr_plateau.value})
             if plan.better(value, best.get("value")):
                 best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
+            if pool is not None:
+                pool.record(step, state.inference_G)
 
     images_a, images_b = load_folder(root / "trainA"), load_folder(root / "trainB")
     epoch = data_steps_per_epoch(len(images_a), len(images_b), batch_size=cfg.optim.batch_size)
@@ -173,7 +180,52 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     if best:
         out.update(val_metric=plan.key, best_step=best["step"], best_val=round(best["value"], 4),
                    best_colour_err=rows["best"]["colour_err"], best_mIoU=rows["best"]["mIoU"], val_curve=val_curve)
+    if pool is not None:
+        out.update(checkpoints=pool.scores, kid_features=pool.features())
     return out
+
+
+class _KidPool:
+    """What a checkpoint study needs of each evaluated checkpoint: its testA scores
+    (colour error, mIoU: what a choice of checkpoint is judged by) and the KID features
+    of its translations of valA's first N images, beside those of N held-out reals."""
+
+    def __init__(self, root: Path, reals: str, size: int) -> None:
+        from pipelines.local_images import load_folder
+        from pipelines.toy_eval import load_toy_test
+        from pipelines.toy_segmenter import toy_feature_extractor, toy_segmenter
+        from pipelines.feature_extractors import load_extractor, torchscript_spec
+
+        import numpy as np
+
+        self.real = np.stack(load_folder(Path(reals)))
+        self.val = np.stack(load_folder(root / "valA")[: len(self.real)])
+        if len(self.val) < len(self.real):
+            raise RaycutError(f"the KID pool needs {len(self.real)} valA images, the toy data has {len(self.val)}")
+        self.test, self.segmenter = load_toy_test(root), toy_segmenter(root)
+        self.net = load_extractor(torchscript_spec(str(toy_feature_extractor(root)), size))
+        self.real_features = self._features(self.real)
+        self.scores: list[dict[str, float]] = []
+        self.fake_features: list[Any] = []
+
+    def _features(self, images: Any) -> Any:
+        from pipelines.feature_extractors import features_of_images
+
+        return features_of_images(self.net, images)
+
+    def record(self, step: int, G: Any) -> None:
+        from jobs.train.in_process import translate_array
+        from pipelines.toy_eval import score_set
+
+        row = score_set(translate_array(G, self.test.a), self.test, self.segmenter)
+        self.scores.append({"step": step, "colour_err": round(row["colour_err"], 4), "mIoU": round(row["mIoU"], 4)})
+        self.fake_features.append(self._features(translate_array(G, self.val)))
+
+    def features(self) -> dict[str, Any]:
+        """{"real": (N, d), "fake": (checkpoints, N, d)} float32."""
+        import numpy as np
+
+        return {"real": self.real_features, "fake": np.stack(self.fake_features)}
 
 
 # What the val pair is scored by, which picks the best checkpoint and drives the rate's
@@ -197,6 +249,24 @@ def val_plans(root: Path, val_metric: str, size: int, eval_every: int) -> list[A
     return [plan_eval(eval_every, str(root / "trainA"), eval_data=str(root / "valA"), eval_real=str(root / "trainB"),
                       n_images=16, crop_size=size, feature_extractor=str(toy_feature_extractor(root)),
                       extractor_size=size), colour]
+
+
+def _held_out_reals(tmp: Path, spec: Any, n: int) -> str:
+    """A folder of ``n`` real-style renders of layouts that no split of ``spec``'s data
+    holds: the toy data's trainB drawn further (each image has its own seed, so the
+    first ``n_train`` are trainB's own), as a user's held-out real images are."""
+    import dataclasses
+    import shutil
+
+    from pipelines.local_images import list_images
+    from pipelines.toy_data import write_toy_dataset
+
+    more = write_toy_dataset(tmp / "more", dataclasses.replace(spec, n_train=spec.n_train + n, n_test=0, n_val=0))
+    out = tmp / "held_out_real"
+    out.mkdir()
+    for p in list_images(more / "trainB")[spec.n_train:]:
+        shutil.copy(p, out / p.name)
+    return str(out)
 
 
 def _train_segmenter(data: str, val_metric: str = "colour_err") -> None:
@@ -244,16 +314,22 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                   n_train: int = 64, scene: str = "street", log: Callable[[str], None] = print,
                   progress_stream: TextIO | None = None, samples: Path | None = None,
                   runs_log: Path | None = None, eval_every: int = 0,
-                  val_metric: str = "colour_err", threads: int = 1) -> list[dict[str, object]]:
+                  val_metric: str = "colour_err", threads: int = 1, kid_pool: int = 0) -> list[dict[str, object]]:
     """Rows of the record (see the module's docstring); with ``samples``, a PNG there
     of the first test images: sim input, histogram matching, each variant (its first
     seed) and the paired truth, side by side; with ``runs_log``, a JSON line there per
     run as it ends; with ``eval_every``, each run's best checkpoint on the val pair (by
     ``val_metric``, VAL_METRICS) is scored too (``best_*`` fields). Each run trains on
-    ``threads`` torch threads, as many runs at a time as fit the cores."""
+    ``threads`` torch threads, as many runs at a time as fit the cores. ``kid_pool``
+    (with ``eval_every`` and ``runs_log``): every evaluated checkpoint's testA scores,
+    in the run's line, and the KID features of its translations of ``kid_pool`` valA
+    images and of as many held-out reals, in an .npz beside the runs log (a checkpoint
+    study: jobs.bench.checkpoint_choice)."""
     if val_metric not in VAL_METRICS:
         raise RaycutError(f"val metric {val_metric!r}: choose {' or '.join(VAL_METRICS)}")
     import tempfile
+
+    import numpy as np
 
     from pipelines.toy_data import ToySpec, write_toy_dataset
     from pipelines.report import save_grid
@@ -263,8 +339,10 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
     with tempfile.TemporaryDirectory() as tmp:
         # The val pair only chooses checkpoints; each split draws its own images, so adding
         # it leaves trainA/testA (and earlier records' numbers) as they were.
-        spec = ToySpec(size=size, n_train=n_train, n_test=16, n_val=16 if eval_every else 0, seed=0, scene=scene)
+        spec = ToySpec(size=size, n_train=n_train, n_test=16, n_val=max(16, kid_pool) if eval_every else 0, seed=0,
+                       scene=scene)
         data = write_toy_dataset(Path(tmp) / "toy", spec)
+        pool_reals = _held_out_reals(Path(tmp), spec, kid_pool) if kid_pool and eval_every else None
         runs = [(v, s) for s in seeds for v in variants]
         first = next(iter(variants))
         with spawn_manager() as manager, spawn_pool(max(1, usable_cores() // threads)) as pool:
@@ -284,7 +362,8 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
             # Once, before the runs read its cache.
             pool.submit(_train_segmenter, str(data), val_metric if eval_every else "colour_err").result()
             futures = {(v, s): pool.submit(_train_and_score, preset, config, variants[v], s, size, budget[v],
-                                           str(data), steps_done, eval_every, val_metric, threads) for v, s in runs}
+                                           str(data), steps_done, eval_every, val_metric, threads, pool_reals)
+                       for v, s in runs}
             total = sum(budget[v] for v, _ in runs)
             bar = Progress("quality", total, unit="step", every=max(1, total // 20), stream=progress_stream)
             pending = set(futures.values())
@@ -303,10 +382,16 @@ def bench_quality(preset: str = "fastcut", config: str = "toy", *, size: int = 3
                             f"mIoU {r['mIoU']:.3f}{best}, D won for {r['d_won_longest']} steps at most, "
                             f"{r['seconds']:.0f} s")
                         if runs_log is not None:  # a bench stopped later keeps the runs that ended
+                            extra = {}
+                            if "kid_features" in r:
+                                npz = runs_log.with_name(f"{runs_log.name.removesuffix('.runs.jsonl')}_kidpool_{v}_seed{s}.npz")
+                                np.savez_compressed(npz, **r["kid_features"])
+                                extra["kid_pool_file"] = npz.name
                             with open(runs_log, "a") as f:
                                 f.write(json.dumps({"preset": preset, "variant": v, "sets": list(variants[v]), "seed": s,
-                                                    "scene": scene, "size": size, "steps": budget[v],
-                                                    **{k: x for k, x in r.items() if k != "samples"}}) + "\n")
+                                                    "scene": scene, "size": size, "steps": budget[v], **extra,
+                                                    **{k: x for k, x in r.items() if k not in ("samples", "kid_features")}})
+                                        + "\n")
             results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for (v, s), fut in futures.items():  # in seed order, whatever order they ended in
                 results[v].append(fut.result())
