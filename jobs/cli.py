@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_env)
 
     b = sub.add_parser("bench", help="benchmarks that print a table and write a JSON record")
-    b.add_argument("which", choices=["train", "ingest", "translate", "quality"], help="what to measure")
+    b.add_argument("which", choices=["train", "ingest", "translate", "quality", "checkpoint-choice"],
+                   help="what to measure")
     b.add_argument("--out", required=True, help="JSON file to write")
     b.add_argument("--device", default="cpu")
     b.add_argument("--crop", type=int, default=256)
@@ -375,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality: a checkpoint study: record every evaluated checkpoint's test scores and the KID "
                    "features of N val translations and N held-out reals (an .npz per run beside the runs log), for "
                    "`raycut bench checkpoint-choice`")
+    b.add_argument("--runs", nargs="+", default=None, metavar="RUNS_JSONL",
+                   help="checkpoint-choice: the runs logs of `raycut bench quality --kid-pool N` to replay")
+    b.add_argument("--sizes", nargs="+", type=int, default=[16, 32, 64, 128],
+                   help="checkpoint-choice: val images per val set")
+    b.add_argument("--draws", type=int, default=200, help="checkpoint-choice: val sets drawn per size")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
                    help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan for the time of --steps steps of the "
                    "first other variant, or of the preset as configured; default: all), or your own as "

@@ -492,17 +492,26 @@ def test_bench_quality_can_choose_and_cut_on_kid_as_off_the_toy_data(tmp_path):
     """``--val-metric kid``: the val pair is scored by KID (as a user's data is) in the toy
     segmenter's features, which picks the best checkpoint and drives the rate's cut; the
     val colour error is logged beside it, at the same steps."""
+    from pathlib import Path
+
+    import numpy as np
     import torch
 
-    from jobs.bench.quality import _train_and_score, _train_segmenter
+    from jobs.bench.quality import _held_out_reals, _train_and_score, _train_segmenter
     from pipelines.toy_data import ToySpec, write_toy_dataset
 
-    root = write_toy_dataset(tmp_path / "toy", ToySpec(size=32, n_train=16, n_test=16, n_val=16, seed=0, scene="coast"))
+    spec = ToySpec(size=32, n_train=16, n_test=16, n_val=16, seed=0, scene="coast")
+    root = write_toy_dataset(tmp_path / "toy", spec)
     _train_segmenter(str(root), "kid")
+    # --kid-pool 8: a checkpoint study's records of every evaluation, against 8 reals
+    # of layouts that no split holds.
+    reals = _held_out_reals(tmp_path, spec, 8)
+    held_out = sorted(p.read_bytes() for p in Path(reals).iterdir())
+    assert len(held_out) == 8 and not set(held_out) & {p.read_bytes() for p in (root / "trainB").iterdir()}
     before = torch.get_num_threads()
     try:  # --threads 2: the run trains on two (another draw of the seed)
         r = _train_and_score("fastcut", "toy", ("lr_plateau_patience=1",), 0, 32, 16, str(root), eval_every=2,
-                             val_metric="kid", threads=2)
+                             val_metric="kid", threads=2, kid_pool=reals)
     finally:
         torch.set_num_threads(before)
     assert r["threads"] == 2
@@ -510,6 +519,16 @@ def test_bench_quality_can_choose_and_cut_on_kid_as_off_the_toy_data(tmp_path):
     assert r["val_metric"] == "eval_kid" and [c["step"] for c in curve] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert all(c["eval_colour_err"] > 0 and abs(c["eval_kid"]) < 10 for c in curve), curve
     assert r["best_step"] == min(curve, key=lambda c: c["eval_kid"])["step"]
+    # The study scored every evaluated checkpoint on the test pair, as the run scores
+    # its last step and its chosen one, and kept the KID features of each.
+    scores = {c["step"]: c for c in r["checkpoints"]}
+    assert list(scores) == [c["step"] for c in curve]
+    assert scores[16]["colour_err"] == pytest.approx(r["colour_err"], abs=1e-3)
+    assert scores[r["best_step"]]["colour_err"] == pytest.approx(r["best_colour_err"], abs=1e-3)
+    assert scores[r["best_step"]]["mIoU"] == pytest.approx(r["best_mIoU"], abs=1e-3)
+    feats = r["kid_features"]
+    assert feats["real"].shape == (8, 48) and feats["fake"].shape == (8, 8, 48)
+    assert np.abs(feats["fake"]).max() <= 1 and not np.array_equal(feats["fake"][0], feats["fake"][-1])
     # The cut follows KID, not the colour: with a patience of one, at the first
     # evaluation of the constant-rate half (FastCUT's 150 of 200 epochs: steps 2-12)
     # that does not beat the best KID before it; once (the floor is half the rate).

@@ -33,6 +33,20 @@ def run_bench(args: argparse.Namespace) -> int:
         print(format_table(rows))
         print(f"wrote {out}")
         return 0
+    if args.which == "checkpoint-choice":
+        from jobs.bench.checkpoint_choice import format_choice, load_studies, reference_rows, replay
+
+        if not args.runs:
+            raise RaycutError("checkpoint-choice reads --runs X.runs.jsonl ... (from `raycut bench quality --kid-pool N`)")
+        rows = []
+        for study in load_studies(args.runs):
+            log(f"raycut bench checkpoint-choice: {study.name}, {len(study.steps)} checkpoints, "
+                f"{args.draws} val sets of each size")
+            rows += reference_rows(study) + replay(study, tuple(args.sizes), args.draws)
+        out = write_record(args.out, "checkpoint-choice", rows, "cpu")
+        print(format_choice(rows))
+        print(f"wrote {out}")
+        return 0
     if args.which == "quality":
         from jobs.bench.quality import (QUALITY_VARIANTS, bench_quality, format_quality, parse_variants, quality_plot,
                                         variant_config)

@@ -1,0 +1,224 @@
+"""`raycut bench checkpoint-choice`: which checkpoint a noisy val metric registers, and
+what that choice costs, judged on the test pair.
+
+`raycut train --eval-every` registers the checkpoint that scored best on the val set.
+On a user's data that score is KID on a few dozen images, and KID's noise on so few
+can pick an early checkpoint over a later, better one. This reads the checkpoint
+studies of `raycut bench quality --kid-pool N` (every evaluated checkpoint's test
+scores, and the KID features of its translations of N val images and of N held-out
+reals) and replays the choice many times: each draw takes n of the N val images and n
+of the reals, as one user's val set, scores every checkpoint on it, and applies each
+rule as the run would, one evaluation at a time. Rows: per rule and n, the test colour
+error of the chosen checkpoint (as a multiple of histogram matching's), its mIoU, and
+the step it chose, median and worst decile over the draws.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cut_core.errors import RaycutError
+
+
+def _kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """KID's kernel, the cubic polynomial (x.y / d + 1)^3: (n, d), (m, d) -> (n, m)."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _offdiag_mean(k: np.ndarray) -> float:
+    n = len(k)
+    return float((k.sum() - np.trace(k)) / (n * (n - 1)))
+
+
+def kid(real: np.ndarray, fake: np.ndarray) -> float:
+    """The unbiased MMD^2 of KID on all of (n, d) real and (m, d) fake features: what
+    torchmetrics' KID computes when one subset holds every image."""
+    real, fake = real.astype(np.float64), fake.astype(np.float64)
+    return _offdiag_mean(_kernel(real, real)) + _offdiag_mean(_kernel(fake, fake)) - 2 * float(_kernel(real, fake).mean())
+
+
+def _leave_one_out(k_ff: np.ndarray, k_fr: np.ndarray) -> np.ndarray:
+    """The fake-side terms of KID, ``mean_offdiag(K_ff) - 2 mean(K_fr)``, with each fake
+    image left out in turn: (n,). (The real-real term does not change.)"""
+    n = len(k_ff)
+    off = k_ff.sum() - np.trace(k_ff)
+    rows = k_ff.sum(1) - np.diag(k_ff)
+    return (off - 2 * rows) / ((n - 1) * (n - 2)) - 2 * (k_fr.sum() - k_fr.sum(1)) / ((n - 1) * k_fr.shape[1])
+
+
+def _jackknife_var(values: np.ndarray) -> float:
+    n = len(values)
+    return float((n - 1) / n * ((values - values.mean()) ** 2).sum())
+
+
+def kid_with_se(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
+    """KID and its standard error, by the two-sample jackknife (each real image, then
+    each fake image, left out in turn; the two variances add)."""
+    real, fake = real.astype(np.float64), fake.astype(np.float64)
+    k_rr, k_ff, k_fr = _kernel(real, real), _kernel(fake, fake), _kernel(fake, real)
+    var = _jackknife_var(_leave_one_out(k_ff, k_fr)) + _jackknife_var(_leave_one_out(k_rr, k_fr.T))
+    return _offdiag_mean(k_rr) + _offdiag_mean(k_ff) - 2 * float(k_fr.mean()), var ** 0.5
+
+
+def kid_difference(real: np.ndarray, fake: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """KID(real, fake) - KID(real, other) and its standard error, where ``fake`` and
+    ``other`` are two checkpoints' translations of the same val images (row i of each
+    from val image i): the jackknife leaves out val image i from both at once, so what
+    the two sets share (the val images, the reals) cancels in the error as in the value."""
+    real, fake, other = real.astype(np.float64), fake.astype(np.float64), other.astype(np.float64)
+    by_val = _leave_one_out(_kernel(fake, fake), _kernel(fake, real)) - _leave_one_out(_kernel(other, other),
+                                                                                        _kernel(other, real))
+    # Each real left out: only the cross terms move.
+    n_r = len(real)
+    cross = _kernel(real, fake).mean(1) - _kernel(real, other).mean(1)  # (n_r,)
+    by_real = -2 * (cross.sum() - cross) / (n_r - 1)
+    value = (_offdiag_mean(_kernel(fake, fake)) - 2 * float(_kernel(fake, real).mean())
+             - _offdiag_mean(_kernel(other, other)) + 2 * float(_kernel(other, real).mean()))
+    return value, (_jackknife_var(by_val) + _jackknife_var(by_real)) ** 0.5
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One val set's view of a run: per checkpoint, KID and its standard error, and
+    the features the paired rule compares."""
+
+    real: np.ndarray  # (n, d)
+    fake: np.ndarray  # (checkpoints, n, d)
+    kid: np.ndarray  # (checkpoints,)
+    se: np.ndarray  # (checkpoints,)
+
+
+def score(real: np.ndarray, fake: np.ndarray) -> Scored:
+    got = [kid_with_se(real, f) for f in fake]
+    return Scored(real, fake, np.array([k for k, _ in got]), np.array([s for _, s in got]))
+
+
+def choose_lowest(s: Scored) -> int:
+    """Today's rule: the first checkpoint with the lowest KID."""
+    return int(np.argmin(s.kid))
+
+
+def choose_within_se(s: Scored, k: float = 1.0) -> int:
+    """The latest checkpoint whose KID is within ``k`` of its own standard errors of the
+    lowest KID so far (online: each evaluation replaces the choice when it holds)."""
+    chosen, lowest = 0, s.kid[0]
+    for t in range(1, len(s.kid)):
+        if s.kid[t] <= lowest + k * s.se[t]:
+            chosen = t
+        lowest = min(lowest, s.kid[t])
+    return chosen
+
+
+def choose_not_worse(s: Scored, k: float = 1.0) -> int:
+    """The latest checkpoint not worse than the best so far by more than ``k`` standard
+    errors of their paired difference (the same val images and reals in both)."""
+    chosen = best = 0
+    for t in range(1, len(s.kid)):
+        diff, se = kid_difference(s.real, s.fake[t], s.fake[best])
+        if diff <= k * se:
+            chosen = t
+        if s.kid[t] < s.kid[best]:
+            best = t
+    return chosen
+
+
+RULES: dict[str, Callable[[Scored], int]] = {
+    "last": lambda s: len(s.kid) - 1,
+    "lowest KID": choose_lowest,
+    "within 1 SE of the lowest": choose_within_se,
+    "not worse by 1 paired SE": choose_not_worse,
+    "not worse by 2 paired SE": lambda s: choose_not_worse(s, 2.0),
+}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One run's checkpoint study, as `raycut bench quality --kid-pool` recorded it."""
+
+    name: str
+    steps: list[int]
+    colour: np.ndarray  # test colour error per checkpoint, as a multiple of histogram matching's
+    miou: np.ndarray
+    val_colour_choice: int | None  # the checkpoint the toy's val colour error chose
+    real: np.ndarray  # (N, d)
+    fake: np.ndarray  # (checkpoints, N, d)
+
+
+def load_studies(runs_logs: Sequence[str | Path]) -> list[Study]:
+    """Every run with a checkpoint study in these runs logs (``*.runs.jsonl``)."""
+    out = []
+    for log in map(Path, runs_logs):
+        if not log.is_file():
+            raise RaycutError(f"{log}: no such runs log; `raycut bench quality --kid-pool N --out X.json` writes X.runs.jsonl")
+        for line in log.read_text().splitlines():
+            run = json.loads(line)
+            if "kid_pool_file" not in run:
+                continue
+            z = np.load(log.with_name(run["kid_pool_file"]))
+            cps = run["checkpoints"]
+            curve = {int(c["step"]): c.get("eval_colour_err") for c in run.get("val_curve", [])}
+            val = [curve.get(int(c["step"])) for c in cps]
+            out.append(Study(name=f"{run['scene']} seed {run['seed']} ({run['variant']})",
+                             steps=[int(c["step"]) for c in cps],
+                             colour=np.array([c["colour_err"] for c in cps]) / run["histogram"],
+                             miou=np.array([c["mIoU"] for c in cps]),
+                             val_colour_choice=int(np.argmin(val)) if None not in val else None,
+                             real=z["real"], fake=z["fake"]))
+    if not out:
+        raise RaycutError("no checkpoint study in those runs logs: run `raycut bench quality` with --kid-pool N")
+    return out
+
+
+def replay(study: Study, sizes: Sequence[int], draws: int, seed: int = 0) -> list[dict[str, object]]:
+    """Rows per (n, rule): the chosen checkpoints' test scores over ``draws`` val sets of
+    n images each (n val images and n reals drawn without replacement, each draw its own)."""
+    n_pool = min(len(study.real), study.fake.shape[1])
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for n in sizes:
+        if n > n_pool:
+            raise RaycutError(f"{study.name}: {n} val images asked, the study holds {n_pool}")
+        picks: dict[str, list[int]] = {r: [] for r in RULES}
+        for _ in range(draws if n < n_pool else 1):  # all N: one val set only
+            v, r = rng.choice(n_pool, n, replace=False), rng.choice(n_pool, n, replace=False)
+            scored = score(study.real[r], study.fake[:, v])
+            for name, rule in RULES.items():
+                picks[name].append(rule(scored))
+        for name, chosen in picks.items():
+            rows.append(_row(study, n, name, chosen))
+    return rows
+
+
+def _row(study: Study, n: int, rule: str, chosen: list[int]) -> dict[str, object]:
+    colour = np.array([study.colour[c] for c in chosen])
+    return {"name": f"{study.name}/{rule}" + (f"/n={n}" if n else ""), "metric": "test_colour_err_vs_histogram",
+            "value": round(float(np.median(colour)), 4), "unit": "x",
+            "run": study.name, "n": n, "rule": rule, "draws": len(chosen),
+            "colour_median": round(float(np.median(colour)), 4), "colour_p90": round(float(np.quantile(colour, 0.9)), 4),
+            "mIoU_median": round(float(np.median([study.miou[c] for c in chosen])), 4),
+            "step_median": int(statistics.median(study.steps[c] for c in chosen)),
+            "worse_than_last": round(float(np.mean(colour > study.colour[-1] * 1.1)), 3)}
+
+
+def reference_rows(study: Study) -> list[dict[str, object]]:
+    """What the replayed rules are read against: the last step, the checkpoint the
+    toy's val colour error chose, and the best on the test pair (no rule can know it)."""
+    picks = {"the val colour's choice": study.val_colour_choice, "best on test (oracle)": int(np.argmin(study.colour))}
+    return [_row(study, 0, name, [c]) for name, c in picks.items() if c is not None]
+
+
+def format_choice(rows: Sequence[dict[str, object]]) -> str:
+    lines = [f"{'run':28s} {'n':>4s} {'rule':28s} {'colour/hist med':>15s} {'p90':>6s} {'mIoU':>6s} "
+             f"{'step':>5s} {'>1.1x last':>10s}"]
+    for r in rows:
+        n = str(r["n"]) if r["n"] else "-"
+        lines.append(f"{str(r['run']):28s} {n:>4s} {str(r['rule']):28s} {float(r['colour_median']):15.3f} "  # type: ignore[arg-type]
+                     f"{float(r['colour_p90']):6.3f} {float(r['mIoU_median']):6.3f} {r['step_median']!s:>5s} "  # type: ignore[arg-type]
+                     f"{float(r['worse_than_last']):10.2f}")  # type: ignore[arg-type]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""The checkpoint study's arithmetic (jobs.bench.checkpoint_choice): KID as torchmetrics
+computes it, standard errors that match the spread over independent val sets, the
+rules' choices, and `raycut bench checkpoint-choice` on a recorded study."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs.bench.checkpoint_choice import (Scored, choose_lowest, choose_not_worse, choose_within_se, kid,
+                                          kid_difference, kid_with_se)
+from tests.test_cli import raycut
+
+
+def test_kid_is_torchmetrics_kid_on_all_the_images():
+    from pipelines.fid import fid_kid
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(20, 8)), rng.normal(0.5, 1.2, size=(20, 8))
+    assert kid(real, fake) == pytest.approx(fid_kid(real, fake)["kid"], rel=1e-4)
+    assert kid_with_se(real, fake)[0] == pytest.approx(kid(real, fake), rel=1e-9)
+
+
+def test_the_standard_errors_match_the_spread_over_independent_val_sets():
+    """What the rules rely on: a val set's jackknife error is the spread its KID (and the
+    difference of two checkpoints' KID on it) would have over other val sets."""
+    rng = np.random.default_rng(1)
+    n, d, draws = 32, 16, 300
+    kids, ses, diffs, diff_ses = [], [], [], []
+    for _ in range(draws):
+        real, val = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+        # Two checkpoints' translations of the same val images: one a little further off.
+        a = val * 0.8 + 0.3
+        b = a + 0.1 + rng.normal(0, 0.2, size=(n, d))
+        k, s = kid_with_se(real, a)
+        kids.append(k)
+        ses.append(s)
+        dk, ds = kid_difference(real, b, a)
+        diffs.append(dk)
+        diff_ses.append(ds)
+        assert dk == pytest.approx(kid(real, b) - kid(real, a), abs=1e-9)
+    assert 0.75 < np.median(ses) / np.std(kids) < 1.33, (np.median(ses), np.std(kids))
+    assert 0.75 < np.median(diff_ses) / np.std(diffs) < 1.33, (np.median(diff_ses), np.std(diffs))
+    # Pairing is the point: the difference is known far better than either KID.
+    assert np.median(diff_ses) < 0.5 * np.median(ses)
+
+
+def _scored(values, se=0.1):
+    k = np.asarray(values, float)
+    return Scored(real=np.zeros((2, 1)), fake=np.zeros((len(k), 2, 1)), kid=k, se=np.full(len(k), se))
+
+
+def test_the_rules_choose_as_a_run_would_online():
+    # A run that settles: KID within its noise after step 2; the lowest is step 3.
+    settles = _scored([3.0, 1.0, 1.2, 0.9, 0.98])
+    assert choose_lowest(settles) == 3
+    assert choose_within_se(settles) == 4  # 0.98 is within 0.1 of 0.9
+    # A run that is lost late: the rise is past the noise, the choice stays before it.
+    lost = _scored([2.0, 0.5, 0.55, 2.0, 2.5])
+    assert choose_within_se(lost) == 2 and choose_lowest(lost) == 1
+    # The paired rule on features: checkpoint 2 is checkpoint 1 again, up to noise
+    # (not worse); 3 is far off (worse); so 2 is the last it keeps.
+    rng = np.random.default_rng(2)
+    real, val = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
+    fake = np.stack([val + 2.0, val, val + rng.normal(0, 0.01, size=val.shape), val + 3.0])
+    scored = Scored(real, fake, np.array([kid(real, f) for f in fake]), np.zeros(4))
+    assert choose_not_worse(scored) == 2
+
+
+def test_bench_checkpoint_choice_replays_a_recorded_study(tmp_path):
+    """A study as `raycut bench quality --kid-pool` writes it: three checkpoints, the
+    second and third equally good in the features and the second best on the test pair."""
+    rng = np.random.default_rng(3)
+    n = 24
+    real, val = rng.normal(size=(n, 8)), rng.normal(size=(n, 8))
+    fake = np.stack([val + 1.5, val * 0.9, val * 0.9 + rng.normal(0, 0.05, size=val.shape)]).astype(np.float32)
+    np.savez_compressed(tmp_path / "q_kidpool_v_seed1.npz", real=real.astype(np.float32), fake=fake)
+    run = {"scene": "coast", "seed": 1, "variant": "v", "histogram": 50.0, "kid_pool_file": "q_kidpool_v_seed1.npz",
+           "checkpoints": [{"step": s, "colour_err": c, "mIoU": m} for s, c, m in
+                           ((100, 80.0, 0.3), (200, 20.0, 0.6), (300, 25.0, 0.55))],
+           "val_curve": [{"step": 100, "eval_colour_err": 70.0}, {"step": 200, "eval_colour_err": 30.0},
+                         {"step": 300, "eval_colour_err": 31.0}]}
+    runs = tmp_path / "q.runs.jsonl"
+    runs.write_text(json.dumps({"scene": "street", "seed": 0, "variant": "v"}) + "\n" + json.dumps(run) + "\n")
+    out = tmp_path / "choice.json"
+    r = raycut("bench", "checkpoint-choice", "--runs", str(runs), "--sizes", "8", "24", "--draws", "20",
+               "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
+    oracle, colour = rows["coast seed 1 (v)/best on test (oracle)"], rows["coast seed 1 (v)/the val colour's choice"]
+    assert oracle["value"] == colour["value"] == 0.4 and oracle["step_median"] == 200
+    last = rows["coast seed 1 (v)/last/n=8"]
+    assert (last["value"], last["mIoU_median"], last["draws"]) == (0.5, 0.55, 20)
+    assert rows["coast seed 1 (v)/last/n=24"]["draws"] == 1  # all the pool: one val set
+    # Step 100 is far off in the features: no rule, on any val set, chooses it.
+    assert all(row["colour_median"] <= 0.5 and row["colour_p90"] <= 0.5 for row in rows.values())
+    assert "not worse by 1 paired SE" in r.stdout
+    r = raycut("bench", "checkpoint-choice", "--runs", str(runs), "--sizes", "32", "--out", str(out))
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
+        "raycut: error: coast seed 1 (v): 32 val images asked, the study holds 24")
