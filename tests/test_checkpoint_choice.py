@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from jobs.bench.checkpoint_choice import (Scored, choose_lowest, choose_not_worse, choose_within_se, kid,
-                                          kid_difference, kid_with_se)
+from jobs.bench.checkpoint_choice import Scored, choose_lowest, choose_not_worse, choose_within_se
+from pipelines.kid_error import kid, kid_difference, kid_with_se
 from tests.test_cli import raycut
 
 

@@ -286,7 +286,9 @@ def test_training_time_kid_on_held_out_images(toy, extractor, tmp_path):
     assert plan.key == "eval_kid" and plan.order == "min" and plan.images["a"].shape == (8, 32, 32, 3)
     G = build_generator(tiny("cut").model)
     got = Evaluator(plan)(G, torch.device("cpu"))
-    assert set(got) == {"eval_kid", "eval_fid"} and np.isfinite(got["eval_kid"]) and got["eval_fid"] > 0
+    assert set(got) == {"eval_kid", "eval_kid_se", "eval_fid"} and np.isfinite(got["eval_kid"]) and got["eval_fid"] > 0
+    # KID's error on these 8 images, which choosing a checkpoint has to know.
+    assert 0 < got["eval_kid_se"] < abs(got["eval_kid"]) + 1
 
 
 @pytest.mark.cost(15)

@@ -10,7 +10,8 @@ checkpoint (Ray Train keeps the best ones by it) and logs it to MLflow.
         better), or of testA where the dataset has no val split or --eval-data names
         testA (then the test pair also chooses the checkpoint it scores)
     other data: KID between translations of --eval-data (held-out A images) and the
-        held-out B images of --eval-real, with the Inception (or TorchScript) features
+        held-out B images of --eval-real, with the Inception (or TorchScript) features,
+        and its standard error on that val set (eval_kid_se)
 """
 
 from __future__ import annotations
@@ -168,6 +169,11 @@ class Evaluator:
             got = paired_metrics(fake, self.plan.images["truth"], self.plan.images["labels"])
             return {EVAL_PREFIX + k: v for k, v in got.items()}
         from pipelines.fid import fid_kid
+        from pipelines.kid_error import kid_with_se
 
-        got = fid_kid(self.real_features, self._features(fake))
-        return {EVAL_PREFIX + "kid": got["kid"], EVAL_PREFIX + "fid": got["fid"]}
+        features = self._features(fake)
+        got = fid_kid(self.real_features, features)
+        # KID's own error on this val set (the jackknife): on 32 images it is as large
+        # as the differences between checkpoints, which is what choosing one has to know.
+        _, se = kid_with_se(self.real_features, features)
+        return {EVAL_PREFIX + "kid": got["kid"], EVAL_PREFIX + "kid_se": se, EVAL_PREFIX + "fid": got["fid"]}
