@@ -98,3 +98,33 @@ def test_bench_checkpoint_choice_replays_a_recorded_study(tmp_path):
     r = raycut("bench", "checkpoint-choice", "--runs", str(runs), "--sizes", "32", "--out", str(out))
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         "raycut: error: coast seed 1 (v): 32 val images asked, the study holds 24")
+
+
+def test_a_run_registers_the_best_score_or_with_kids_error_the_latest_near_it():
+    """jobs.train.evaluation.CheckpointChoice, as the training loop feeds it one
+    evaluation at a time; what a checkpoint keeps of it resumes the same choice."""
+    from jobs.train.evaluation import CheckpointChoice, EvalPlan
+
+    # A score without an error (the toy's colour error): strictly the best so far.
+    colour = CheckpointChoice("eval_colour_err", "min")
+    assert [colour.observe(s, {"eval_colour_err": v}) for s, v in ((5, 5.0), (10, 3.0), (15, 4.0), (20, 2.5))] == [
+        True, True, False, True]
+    assert colour.chosen == {"step": 20, "metric": "eval_colour_err", "value": 2.5}
+    # KID with its error: the latest within one error of the best so far; one further
+    # off than that (step 20) or past a tight error (step 25) does not replace it.
+    kid = CheckpointChoice("eval_kid", "min")
+    evals = ((5, 1.0, 0.1), (10, 0.5, 0.1), (15, 0.55, 0.1), (20, 0.9, 0.1), (25, 0.52, 0.01))
+    assert [kid.observe(s, {"eval_kid": v, "eval_kid_se": e}) for s, v, e in evals] == [True, True, True, False, False]
+    assert (kid.chosen["step"], kid.best) == (15, {"step": 10, "value": 0.5})
+    # A score that grows with quality, the same way round.
+    up = CheckpointChoice("eval_mIoU", "max")
+    assert [up.observe(s, {"eval_mIoU": v, "eval_mIoU_se": 0.05}) for s, v in ((5, 0.5), (10, 0.7), (15, 0.66),
+                                                                              (20, 0.6))] == [True, True, True, False]
+    # The checkpoint's best.json resumes the choice (and one written before it, its best only).
+    plan = EvalPlan(every=5, metric="kid", images={})
+    resumed = CheckpointChoice.from_json(plan, json.loads(json.dumps(kid.to_json())))
+    assert (resumed.chosen, resumed.best) == (kid.chosen, kid.best)
+    assert resumed.observe(30, {"eval_kid": 0.58, "eval_kid_se": 0.1}) and resumed.chosen["step"] == 30
+    old = CheckpointChoice.from_json(plan, {"step": 10, "metric": "eval_kid", "value": 0.5})
+    assert old.best == {"step": 10, "value": 0.5} and not old.observe(15, {"eval_kid": 0.7, "eval_kid_se": 0.1})
+    assert CheckpointChoice.from_json(plan, None).observe(5, {"eval_kid": 3.0})

@@ -115,7 +115,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     from cut_core.ema_schedule import describe_ema
     from cut_core.lr_schedule import data_steps_per_epoch, describe_schedule
     from cut_core.training import observe_val_metric
-    from jobs.train.evaluation import Evaluator
+    from jobs.train.evaluation import CheckpointChoice, Evaluator
     from jobs.train.in_process import train_in_process, translate_array
     from pipelines.local_images import load_folder
     from pipelines.toy_eval import evaluate_toy, load_toy_test
@@ -129,6 +129,7 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
     plans = val_plans(root, val_metric, size, eval_every) if eval_every else []
     plan = plans[0] if plans else None
     evaluators = [Evaluator(p) for p in plans]
+    choice = CheckpointChoice(plan.key, plan.order) if plan is not None else None
     val_curve: list[dict[str, float]] = []
     lr_cuts: list[dict[str, float]] = []  # optim.lr_plateau_patience: where the rate was cut
     best: dict[str, Any] = {}
@@ -142,12 +143,13 @@ def _train_and_score(preset: str, config: str, sets: tuple[str, ...], seed: int,
         due = plan is not None and (step // eval_every > last // eval_every or step == steps)
         last = step
         if due:
-            scores = [e(state.inference_G, torch.device("cpu"))[e.plan.key] for e in evaluators]
-            value = scores[0]
-            val_curve.append({"step": step, **{p.key: round(v, 4) for p, v in zip(plans, scores)}})
+            got = [e(state.inference_G, torch.device("cpu")) for e in evaluators]
+            value = got[0][plan.key]
+            val_curve.append({"step": step, **{k: round(v, 4) for p, g in zip(plans, got) for k, v in g.items()
+                                               if k in (p.key, p.key + "_se")}})
             if observe_val_metric(state, value, steps, order=plan.order):
                 lr_cuts.append({"step": step, "scale": state.lr_plateau.value})
-            if plan.better(value, best.get("value")):
+            if choice.observe(step, got[0]):  # the checkpoint `raycut train` would register
                 best.update(step=step, value=value, G=copy.deepcopy(state.inference_G))
             if pool is not None:
                 pool.record(step, state.inference_G)

@@ -296,7 +296,9 @@ def _fit(job: TrainJob, opts: TrainOptions, callbacks: Sequence[Any] = (), listi
     plan = _eval_plan(job)
     score = {}
     if plan is not None:
-        score = {"checkpoint_score_attribute": plan.key, "checkpoint_score_order": plan.order}
+        from jobs.train.evaluation import CHOICE_SCORE
+
+        score = {"checkpoint_score_attribute": CHOICE_SCORE, "checkpoint_score_order": "max"}
     use_gpu = job.gpus_per_worker > 0
     resources = {"CPU": job.cpus_per_worker, **({"GPU": job.gpus_per_worker} if use_gpu else {})}
     stop = stop_request()  # Ctrl-C: the workers checkpoint where they are (jobs.train.interrupt)
@@ -436,15 +438,16 @@ def _key_metrics(metrics: Any) -> dict[str, float]:
 def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) -> dict[str, Any]:
     """The best evaluated checkpoint: its model logged as ``best_model`` in the run, its
     score and step as run metrics/tags, and ``best.json`` in the run's folder."""
-    from jobs.train.evaluation import score_order
+    from jobs.train.evaluation import CHOICE_SCORE
     from jobs.train.worker import MODEL_SUBDIR
 
     key = job.eval["metric"]
-    order = score_order(key)
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if key in m]
+    # The checkpoints chosen as they were evaluated (jobs.train.evaluation.CheckpointChoice):
+    # the latest of them is the one to register.
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(CHOICE_SCORE, -1) >= 0]
     if not scored:
         raise RaycutError(f"run {job.name} has no evaluated checkpoint; see the log above")
-    checkpoint, metrics = (min if order == "min" else max)(scored, key=lambda cm: cm[1][key])
+    checkpoint, metrics = max(scored, key=lambda cm: cm[1][CHOICE_SCORE])
     if int(metrics["step"]) == job.steps:
         model_uri = final_model_uri  # the final model is the best: logged once
     else:

@@ -16,7 +16,7 @@ checkpoint (Ray Train keeps the best ones by it) and logs it to MLflow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,55 @@ class EvalPlan:
     def order(self) -> str:
         return score_order(self.metric)
 
-    def better(self, value: float, best: float | None) -> bool:
-        return best is None or (value < best if self.order == "min" else value > best)
+
+# Ray Train keeps checkpoints by this reported metric: a checkpoint's step when it
+# becomes the one to register, -1 otherwise, so the latest chosen one ranks first.
+CHOICE_SCORE = "choice_score"
+
+
+@dataclass
+class CheckpointChoice:
+    """Which evaluated checkpoint a run registers, decided at each evaluation on rank 0.
+
+    A score without an error (the toy's colour error, against a paired truth): the best
+    so far. KID on a val set carries its standard error (``eval_kid_se``): the latest
+    checkpoint within ``within_se`` of those errors of the best so far. Why: on a few
+    dozen val images KID's noise is as large as the gains of the decay's last steps, and
+    the lowest of a dozen noisy scores is most often an early checkpoint's; the error
+    tells a noisy low from a real loss, which a checkpoint further off than that still
+    is (docs/quality.md, "The checkpoint that KID registers")."""
+
+    key: str
+    order: str = "min"
+    within_se: float = 1.0
+    best: dict[str, Any] = field(default_factory=dict)  # the best score so far: step, value
+    chosen: dict[str, Any] = field(default_factory=dict)  # the checkpoint to register: step, metric, value
+
+    def observe(self, step: int, metrics: dict[str, float]) -> bool:
+        """Read one evaluation's metrics; True when this checkpoint is now the one to register."""
+        value = metrics[self.key]
+        sign = 1.0 if self.order == "min" else -1.0
+        se = metrics.get(self.key + "_se")
+        new_best = not self.best or sign * value < sign * self.best["value"]
+        near = bool(self.best) and se is not None and sign * (value - self.best["value"]) <= self.within_se * se
+        if new_best:
+            self.best = {"step": step, "value": value}
+        if new_best or near:
+            self.chosen = {"step": step, "metric": self.key, "value": value}
+        return new_best or near
+
+    def to_json(self) -> dict[str, Any]:
+        """What a checkpoint keeps (``best.json``): the chosen checkpoint's step, metric and
+        value, and the best score so far, for a resumed run to go on from."""
+        return {**self.chosen, "best": self.best}
+
+    @classmethod
+    def from_json(cls, plan: "EvalPlan", saved: dict[str, Any] | None) -> "CheckpointChoice":
+        saved = dict(saved or {})
+        best = saved.pop("best", None)
+        # A checkpoint written before the choice kept its best only: that is both.
+        return cls(plan.key, plan.order, best=best or ({"step": saved["step"], "value": saved["value"]} if saved else {}),
+                   chosen=saved)
 
 
 def score_order(metric: str) -> str:

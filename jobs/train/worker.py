@@ -6,7 +6,7 @@
     every checkpoint_every and at the end: report metrics + a checkpoint to Ray Train
     every sample_every (rank 0): a sample grid into the MLflow run
     with --eval-every (rank 0, at each checkpoint): score G on the validation subset;
-    a new best also puts the model directory into that checkpoint
+    the checkpoint chosen to register (CheckpointChoice) also holds the model directory
 
 Every rank calls ``ray.train.report`` at the same steps (the checkpoint steps): it
 is a barrier.
@@ -42,7 +42,7 @@ from cut_core.train_checkpoint import load_train_state, save_train_state
 from cut_core.training import TrainState, observe_val_metric
 from jobs.progress import Progress
 from jobs.tracking import RunLogger
-from jobs.train.evaluation import EvalPlan, Evaluator
+from jobs.train.evaluation import CHOICE_SCORE, CheckpointChoice, EvalPlan, Evaluator
 from jobs.train.interrupt import stop_requested
 from jobs.train.spec import TrainJob
 from pipelines.ingest import unpaired_batches
@@ -50,7 +50,7 @@ from pipelines.report import save_grid
 
 MODEL_SUBDIR = "model"  # the final checkpoint also holds the model directory
 FINAL_SAMPLES = "final_samples.safetensors"  # inputs and the in-memory G's outputs
-BEST_NAME = "best.json"  # in each checkpoint of an evaluated run: the best score so far
+BEST_NAME = "best.json"  # in each checkpoint of an evaluated run: the checkpoint chosen so far (CheckpointChoice)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -68,13 +68,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     fast = agree_fast_paths(resolve_perf(cfg.perf, device), device)
     state = build_train_state(cfg, device=device, rank=rank, fast=fast)
     resumed_from = 0
-    best: dict[str, Any] = {}
+    saved_choice: dict[str, Any] | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             load_train_state(state, folder, rank=rank)
             if (Path(folder) / BEST_NAME).is_file():
-                best = json.loads((Path(folder) / BEST_NAME).read_text())
+                saved_choice = json.loads((Path(folder) / BEST_NAME).read_text())
         resumed_from = state.step
     # The data streams from here on: Ray Data starts its actors (seconds) while this
     # worker wraps DDP, loads its evaluation set and connects to MLflow.
@@ -88,6 +88,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     lead = rank == 0
     plan = EvalPlan(**loop_config["eval"]) if loop_config.get("eval") else None
     evaluator = Evaluator(plan) if plan is not None and lead else None
+    choice = CheckpointChoice.from_json(plan, saved_choice) if plan is not None else None
     logger = RunLogger(job.tracking_uri, job.mlflow_run_id) if lead and job.mlflow_run_id else None
     shows_steps = lead and job.step_lines
     bar = Progress(job.console_label, job.steps, unit="step", every=1, stream=sys.stdout, initial=state.step) if shows_steps else None
@@ -138,16 +139,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             metrics["replica_divergence"] = replica_divergence(state) if world > 1 else 0.0
         if stopping:
             metrics["interrupted"] = 1.0  # tells the driver this run stopped on request, not at its end
-        new_best = False
+        chosen = False
         if save and evaluator is not None:
             metrics.update(evaluator(state.inference_G, device))
-            new_best = plan.better(metrics[plan.key], best.get("value"))
-            if new_best:
-                best = {"step": step, "metric": plan.key, "value": metrics[plan.key]}
-            metrics[f"best_{plan.key}"] = best["value"]
+            chosen = choice.observe(step, metrics)
+            # The registered checkpoint's score (the best, or with KID's error the latest near it).
+            metrics[f"best_{plan.key}"] = choice.chosen["value"]
+            metrics[CHOICE_SCORE] = float(step if chosen else -1)
         if save and plan is not None and state.lr_plateau is not None:
             # Every rank at the same step: rank 0's value decides, the others get its scale.
             if observe_val_metric(state, metrics.get(plan.key), job.steps, order=plan.order) and lead:
+                best = choice.best
                 _note(job, f"step {step}: {plan.key} has not beaten {best['value']:.4g} (step {best['step']}) in "
                            f"{cfg.optim.lr_plateau_patience} evaluations: the rate is cut to "
                            f"x{state.lr_plateau.value:g} of the schedule's")
@@ -169,8 +171,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # so a crash loses no metric of the steps it does not repeat.
             if logger is not None:
                 logger.flush()
-            _report_checkpoint(state, job, rank, metrics, samples if last else None, best=best if lead and plan else None,
-                               with_model=new_best)
+            _report_checkpoint(state, job, rank, metrics, samples if last else None,
+                               best=choice.to_json() if lead and choice else None, with_model=chosen)
         sums, window_steps, window_start, waited = {}, 0, time.perf_counter(), 0.0
         if stopping:
             break
@@ -219,7 +221,7 @@ def _report_checkpoint(state: TrainState, job: TrainJob, rank: int, metrics: dic
                        with_model: bool = False) -> None:
     """Every rank writes its part (rank 0 the networks and optimizers, each rank its
     RNG); Ray Train merges the parts into one checkpoint directory. The final one and
-    every new best of an evaluated run also hold the model directory."""
+    every newly chosen checkpoint of an evaluated run also hold the model directory."""
     with tempfile.TemporaryDirectory(prefix="raycut-ckpt-") as tmp:
         save_train_state(state, tmp, rank=rank)
         if rank == 0 and best:
