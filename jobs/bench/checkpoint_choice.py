@@ -43,20 +43,26 @@ def score(real: np.ndarray, fake: np.ndarray) -> Scored:
     return Scored(real, fake, np.array([k for k, _ in got]), np.array([s for _, s in got]))
 
 
+def _replay_choice(s: Scored, k: float | None) -> int:
+    """The checkpoint `raycut train` registers (jobs.train.evaluation.CheckpointChoice),
+    fed one evaluation at a time: with ``k``, KID's errors too."""
+    from jobs.train.evaluation import CheckpointChoice
+
+    choice = CheckpointChoice("eval_kid", "min", within_se=k or 0.0)
+    for t in range(len(s.kid)):
+        choice.observe(t, {"eval_kid": float(s.kid[t]), **({"eval_kid_se": float(s.se[t])} if k else {})})
+    return int(choice.chosen["step"])
+
+
 def choose_lowest(s: Scored) -> int:
-    """Today's rule: the first checkpoint with the lowest KID."""
-    return int(np.argmin(s.kid))
+    """The rule before KID's error was read: the first checkpoint with the lowest KID."""
+    return _replay_choice(s, None)
 
 
 def choose_within_se(s: Scored, k: float = 1.0) -> int:
-    """The latest checkpoint whose KID is within ``k`` of its own standard errors of the
-    lowest KID so far (online: each evaluation replaces the choice when it holds)."""
-    chosen, lowest = 0, s.kid[0]
-    for t in range(1, len(s.kid)):
-        if s.kid[t] <= lowest + k * s.se[t]:
-            chosen = t
-        lowest = min(lowest, s.kid[t])
-    return chosen
+    """raycut train's rule: the latest checkpoint whose KID is within ``k`` of its own
+    standard errors of the lowest KID so far."""
+    return _replay_choice(s, k)
 
 
 def choose_not_worse(s: Scored, k: float = 1.0) -> int:
@@ -76,6 +82,7 @@ RULES: dict[str, Callable[[Scored], int]] = {
     "last": lambda s: len(s.kid) - 1,
     "lowest KID": choose_lowest,
     "within 1 SE of the lowest": choose_within_se,
+    "within 2 SE of the lowest": lambda s: choose_within_se(s, 2.0),
     "not worse by 1 paired SE": choose_not_worse,
     "not worse by 2 paired SE": lambda s: choose_not_worse(s, 2.0),
 }
