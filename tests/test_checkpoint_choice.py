@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jobs.bench.checkpoint_choice import Scored, choose_lowest, choose_not_worse, choose_within_se
+from cut_core.errors import RaycutError
+from jobs.bench.checkpoint_choice import (Scored, choose_lowest, choose_not_worse, choose_within_se, load_studies,
+                                          replay)
 from pipelines.kid_error import kid, kid_difference, kid_with_se
 from tests.test_cli import raycut
 
@@ -95,9 +97,9 @@ def test_bench_checkpoint_choice_replays_a_recorded_study(tmp_path):
     # Step 100 is far off in the features: no rule, on any val set, chooses it.
     assert all(row["colour_median"] <= 0.5 and row["colour_p90"] <= 0.5 for row in rows.values())
     assert "not worse by 1 paired SE" in r.stdout
-    r = raycut("bench", "checkpoint-choice", "--runs", str(runs), "--sizes", "32", "--out", str(out))
-    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
-        "raycut: error: coast seed 1 (v): 32 val images asked, the study holds 24")
+    (study,) = load_studies([runs])
+    with pytest.raises(RaycutError, match=r"^coast seed 1 \(v\): 32 val images asked, the study holds 24$"):
+        replay(study, (32,), draws=5)
 
 
 def test_a_run_registers_the_best_score_or_with_kids_error_the_latest_near_it():
