@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", nargs="+", type=int, default=[16, 32, 64, 128],
                    help="checkpoint-choice: val images per val set")
     b.add_argument("--draws", type=int, default=200, help="checkpoint-choice: val sets drawn per size")
+    b.add_argument("--reversed", action="store_true",
+                   help="checkpoint-choice: also replay each run's checkpoints in reverse order (a run that got "
+                   "worse as it went on)")
     b.add_argument("--quality-variants", nargs="+", default=None, metavar="VARIANT",
                    help=f"quality: {', '.join(QUALITY_VARIANTS)} (cyclegan for the time of --steps steps of the "
                    "first other variant, or of the preset as configured; default: all), or your own as "

@@ -86,7 +86,7 @@ def test_bench_checkpoint_choice_replays_a_recorded_study(tmp_path):
     runs.write_text(json.dumps({"scene": "street", "seed": 0, "variant": "v"}) + "\n" + json.dumps(run) + "\n")
     out = tmp_path / "choice.json"
     r = raycut("bench", "checkpoint-choice", "--runs", str(runs), "--sizes", "8", "24", "--draws", "20",
-               "--out", str(out))
+               "--reversed", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
     oracle, colour = rows["coast seed 1 (v)/best on test (oracle)"], rows["coast seed 1 (v)/the val colour's choice"]
@@ -95,8 +95,13 @@ def test_bench_checkpoint_choice_replays_a_recorded_study(tmp_path):
     assert (last["value"], last["mIoU_median"], last["draws"]) == (0.5, 0.55, 20)
     assert rows["coast seed 1 (v)/last/n=24"]["draws"] == 1  # all the pool: one val set
     # Step 100 is far off in the features: no rule, on any val set, chooses it.
-    assert all(row["colour_median"] <= 0.5 and row["colour_p90"] <= 0.5 for row in rows.values())
+    assert all(row["colour_median"] <= 0.5 and row["colour_p90"] <= 0.5 for name, row in rows.items()
+               if "reversed" not in name)
     assert "not worse by 1 paired SE" in r.stdout
+    # --reversed: the same checkpoints as a run that got worse (steps 300, 200, 100 of it).
+    back = rows["coast seed 1 reversed (v)/last/n=8"]
+    assert (back["value"], back["mIoU_median"]) == (1.6, 0.3)
+    assert rows["coast seed 1 reversed (v)/best on test (oracle)"]["value"] == 0.4
     (study,) = load_studies([runs])
     with pytest.raises(RaycutError, match=r"^coast seed 1 \(v\): 32 val images asked, the study holds 24$"):
         replay(study, (32,), draws=5)

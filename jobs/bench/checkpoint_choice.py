@@ -101,6 +101,17 @@ class Study:
     fake: np.ndarray  # (checkpoints, N, d)
 
 
+def reversed_study(study: Study) -> Study:
+    """The same checkpoints in the reverse order: a run that got worse as it went on
+    (as one that D took over does), to check that a rule still keeps an early checkpoint
+    when the later ones are worse by more than the noise."""
+    steps = study.steps
+    return Study(name=study.name.replace(" (", " reversed (", 1), steps=steps, colour=study.colour[::-1].copy(),
+                 miou=study.miou[::-1].copy(),
+                 val_colour_choice=None if study.val_colour_choice is None else len(steps) - 1 - study.val_colour_choice,
+                 real=study.real, fake=study.fake[::-1].copy())
+
+
 def load_studies(runs_logs: Sequence[str | Path]) -> list[Study]:
     """Every run with a checkpoint study in these runs logs (``*.runs.jsonl``)."""
     out = []

@@ -34,12 +34,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.which == "checkpoint-choice":
-        from jobs.bench.checkpoint_choice import format_choice, load_studies, reference_rows, replay
+        from jobs.bench.checkpoint_choice import format_choice, load_studies, reference_rows, replay, reversed_study
 
         if not args.runs:
             raise RaycutError("checkpoint-choice reads --runs X.runs.jsonl ... (from `raycut bench quality --kid-pool N`)")
         rows = []
-        for study in load_studies(args.runs):
+        studies = load_studies(args.runs)
+        for study in studies + ([reversed_study(s) for s in studies] if args.reversed else []):
             log(f"raycut bench checkpoint-choice: {study.name}, {len(study.steps)} checkpoints, "
                 f"{args.draws} val sets of each size")
             rows += reference_rows(study) + replay(study, tuple(args.sizes), args.draws)
