@@ -193,12 +193,12 @@ class _KidPool:
     of its translations of valA's first N images, beside those of N held-out reals."""
 
     def __init__(self, root: Path, reals: str, size: int) -> None:
+        import numpy as np
+
+        from pipelines.feature_extractors import load_extractor, torchscript_spec
         from pipelines.local_images import load_folder
         from pipelines.toy_eval import load_toy_test
         from pipelines.toy_segmenter import toy_feature_extractor, toy_segmenter
-        from pipelines.feature_extractors import load_extractor, torchscript_spec
-
-        import numpy as np
 
         self.real = np.stack(load_folder(Path(reals)))
         self.val = np.stack(load_folder(root / "valA")[: len(self.real)])

@@ -3,7 +3,8 @@
 The paper reports best-during-training numbers, and Tune's scheduler needs a metric
 while a trial runs, so ``raycut train --eval-every N`` scores G on rank 0 at every
 checkpoint (checkpoints then come every N steps), reports the score with the
-checkpoint (Ray Train keeps the best ones by it) and logs it to MLflow.
+checkpoint, chooses the checkpoint to register as the scores come (CheckpointChoice;
+Ray Train keeps the chosen ones) and logs it all to MLflow.
 
     toy data (a ``toy.json`` beside --data-a): per-class colour error of the first
         ``eval_images`` translations of valA against their paired truth valB (lower is
