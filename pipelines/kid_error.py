@@ -26,13 +26,6 @@ def _offdiag_mean(k: np.ndarray) -> float:
     return float((k.sum() - np.trace(k)) / (n * (n - 1)))
 
 
-def kid(real: np.ndarray, fake: np.ndarray) -> float:
-    """The unbiased MMD^2 of KID on all of (n, d) real and (m, d) fake features: what
-    torchmetrics' KID computes when one subset holds every image."""
-    real, fake = real.astype(np.float64), fake.astype(np.float64)
-    return _offdiag_mean(_kernel(real, real)) + _offdiag_mean(_kernel(fake, fake)) - 2 * float(_kernel(real, fake).mean())
-
-
 def _leave_one_out(k_ff: np.ndarray, k_fr: np.ndarray) -> np.ndarray:
     """The fake-side terms of KID, ``mean_offdiag(K_ff) - 2 mean(K_fr)``, with each fake
     image left out in turn: (n,). (The real-real term does not change.)"""
@@ -48,8 +41,10 @@ def _jackknife_var(values: np.ndarray) -> float:
 
 
 def kid_with_se(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
-    """KID and its standard error, by the two-sample jackknife (each real image, then
-    each fake image, left out in turn; the two variances add)."""
+    """KID of (n, d) real and (m, d) fake features, the unbiased MMD^2 on all of them
+    (what torchmetrics' KID computes when one subset holds every image), and its
+    standard error by the two-sample jackknife (each real image, then each fake image,
+    left out in turn; the two variances add)."""
     real, fake = real.astype(np.float64), fake.astype(np.float64)
     k_rr, k_ff, k_fr = _kernel(real, real), _kernel(fake, fake), _kernel(fake, real)
     var = _jackknife_var(_leave_one_out(k_ff, k_fr)) + _jackknife_var(_leave_one_out(k_rr, k_fr.T))

@@ -10,8 +10,12 @@ import pytest
 from cut_core.errors import RaycutError
 from jobs.bench.checkpoint_choice import (Scored, choose_lowest, choose_not_worse, choose_within_se, load_studies,
                                           replay)
-from pipelines.kid_error import kid, kid_difference, kid_with_se
+from pipelines.kid_error import kid_difference, kid_with_se
 from tests.test_cli import raycut
+
+
+def kid(real, fake) -> float:
+    return kid_with_se(real, fake)[0]
 
 
 def test_kid_is_torchmetrics_kid_on_all_the_images():
@@ -20,7 +24,6 @@ def test_kid_is_torchmetrics_kid_on_all_the_images():
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(20, 8)), rng.normal(0.5, 1.2, size=(20, 8))
     assert kid(real, fake) == pytest.approx(fid_kid(real, fake)["kid"], rel=1e-4)
-    assert kid_with_se(real, fake)[0] == pytest.approx(kid(real, fake), rel=1e-9)
 
 
 def test_the_standard_errors_match_the_spread_over_independent_val_sets():
