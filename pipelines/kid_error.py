@@ -5,8 +5,11 @@ cubic kernel (x.y / d + 1)^3. On the few dozen val images that evaluation during
 training scores, its noise is as large as the differences between checkpoints, so a
 choice between checkpoints needs the estimate's standard error, which the jackknife
 gives from the one val set at hand: each image left out in turn. Two checkpoints'
-translations of the same val images share their noise (the same layouts, the same
-reals), so their difference is known far better than either KID alone: ``kid_difference``.
+translations of the same val images share part of their noise (the same layouts, the
+same reals), so their difference can be known better than either KID alone
+(``kid_difference``): by half or more where the two sets move together, as in the
+tests' synthetic features, but not much better on the toy runs' checkpoints
+(docs/quality.md, "The checkpoint that KID registers").
 
 All (n, d) float arrays; numpy only (no torch, no torchmetrics).
 """
