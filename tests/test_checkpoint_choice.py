@@ -138,3 +138,28 @@ def test_a_run_registers_the_best_score_or_with_kids_error_the_latest_near_it():
     old = CheckpointChoice.from_json(plan, {"step": 10, "metric": "eval_kid", "value": 0.5})
     assert old.best == {"step": 10, "value": 0.5} and not old.observe(15, {"eval_kid": 0.7, "eval_kid_se": 0.1})
     assert CheckpointChoice.from_json(plan, None).observe(5, {"eval_kid": 3.0})
+
+
+def test_the_driver_registers_the_latest_chosen_checkpoint_or_for_older_ones_the_best(tmp_path):
+    """jobs.train.evaluation.checkpoint_to_register, on what Ray Train keeps: each
+    checkpoint with the metrics its worker reported (choice_score = its step when the
+    choice took it, else -1). Checkpoints written before the choice was reported (a run
+    resumed across that upgrade) carry their score only: the best of them."""
+    from jobs.train.evaluation import CHOICE_SCORE, CheckpointChoice, checkpoint_to_register
+
+    choice, kept = CheckpointChoice("eval_kid", "min"), []
+    for step, value in ((5, 1.0), (10, 0.5), (15, 0.55), (20, 0.9)):
+        metrics = {"step": step, "eval_kid": value, "eval_kid_se": 0.1}
+        metrics[CHOICE_SCORE] = float(step if choice.observe(step, metrics) else -1)
+        (folder := tmp_path / f"checkpoint_{step}").mkdir()
+        kept.append((folder, metrics))
+    folder, metrics = checkpoint_to_register(kept, "eval_kid")
+    assert folder.name == "checkpoint_15" and metrics["step"] == choice.chosen["step"] == 15
+    # Older checkpoints: the lowest error, or the highest of a score that grows with quality.
+    old = [(tmp_path / f"old_{s}", {"step": s, "eval_kid": v, "eval_mIoU": 1 - v})
+           for s, v in ((5, 0.7), (10, 0.4), (15, 0.6))]
+    assert checkpoint_to_register(old, "eval_kid")[1]["step"] == 10
+    assert checkpoint_to_register(old, "eval_mIoU")[1]["step"] == 10
+    # One chosen checkpoint among old ones decides; none evaluated gives None (the driver's error).
+    assert checkpoint_to_register([*old, kept[2]], "eval_kid")[1]["step"] == 15
+    assert checkpoint_to_register([(tmp_path, {"step": 5})], "eval_kid") is None

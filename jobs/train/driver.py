@@ -439,22 +439,14 @@ def _mark_best(job: TrainJob, result: Any, uri: str, *, final_model_uri: str) ->
     """The evaluated checkpoint chosen to register (jobs.train.evaluation.CheckpointChoice):
     its model logged as ``best_model`` in the run, its score and step as run
     metrics/tags, and ``best.json`` in the run's folder."""
-    from jobs.train.evaluation import CHOICE_SCORE
+    from jobs.train.evaluation import checkpoint_to_register
     from jobs.train.worker import MODEL_SUBDIR
 
     key = job.eval["metric"]
-    # The checkpoints chosen as they were evaluated (jobs.train.evaluation.CheckpointChoice):
-    # the latest of them is the one to register.
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(CHOICE_SCORE, -1) >= 0]
-    if scored:
-        checkpoint, metrics = max(scored, key=lambda cm: cm[1][CHOICE_SCORE])
-    else:  # checkpoints of a run started before the choice was reported: the best score
-        from jobs.train.evaluation import score_order
-
-        scored = [(c, m) for c, m in (result.best_checkpoints or []) if key in m]
-        if not scored:
-            raise RaycutError(f"run {job.name} has no evaluated checkpoint; see the log above")
-        checkpoint, metrics = (min if score_order(key) == "min" else max)(scored, key=lambda cm: cm[1][key])
+    registered = checkpoint_to_register(result.best_checkpoints or [], key)
+    if registered is None:
+        raise RaycutError(f"run {job.name} has no evaluated checkpoint; see the log above")
+    checkpoint, metrics = registered
     if int(metrics["step"]) == job.steps:
         model_uri = final_model_uri  # the final model is the best: logged once
     else:

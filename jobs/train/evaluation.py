@@ -97,6 +97,21 @@ class CheckpointChoice:
                    chosen=saved)
 
 
+def checkpoint_to_register(kept: list[tuple[Any, dict[str, Any]]],
+                           metric: str) -> tuple[Any, dict[str, Any]] | None:
+    """Of the checkpoints Ray Train kept (checkpoint, reported metrics), the one to
+    register: the latest that CheckpointChoice chose (the highest ``choice_score``).
+    Checkpoints written before the choice was reported (a run resumed across that
+    upgrade) carry only their score: then the best score. None when none was evaluated."""
+    chosen = [(c, m) for c, m in kept if m.get(CHOICE_SCORE, -1) >= 0]
+    if chosen:
+        return max(chosen, key=lambda cm: cm[1][CHOICE_SCORE])
+    scored = [(c, m) for c, m in kept if metric in m]
+    if not scored:
+        return None
+    return (min if score_order(metric) == "min" else max)(scored, key=lambda cm: cm[1][metric])
+
+
 def score_order(metric: str) -> str:
     """Ray Train's checkpoint_score_order for a metric: "max" for the scores that grow
     with quality (PSNR, SSIM, mIoU, ...), "min" for errors, distances and losses."""
